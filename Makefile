@@ -1,0 +1,11 @@
+# The two commands of the README. Both build the test host (.host/) on first use.
+.PHONY: demo test
+
+# The main job: a headless ComfyUI with the pack runs workflows/ipadapter_sd15_api.json through the HTTP API
+# and writes the image under out/.
+demo:
+	bash scripts/demo.sh
+
+# Every test tier: unit, in-process ComfyUI, real ComfyUI servers.
+test:
+	bash scripts/test.sh

@@ -1,0 +1,67 @@
+"""Loading an official IP-Adapter file into `models.IPAdapterModel`, without a wasted random initialisation."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..models.adapter import IPAdapterModel
+from ..models.image_projection import LinearProjection, MLPProjection, Resampler
+from .detection import RESAMPLER_DIM_HEAD, AdapterSpec, detect_spec
+from .errors import IPAdapterError
+from .formats import read_adapter_file
+
+RESAMPLER_FF_MULT = 4
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedAdapter:
+    """An adapter file, loaded: what it is, its weights, and where it came from."""
+
+    spec: AdapterSpec
+    model: IPAdapterModel
+    source: str  # the file name, for error messages
+
+
+def load_adapter(path: str) -> LoadedAdapter:
+    parts = read_adapter_file(path)
+    spec = detect_spec(parts, path)
+    return LoadedAdapter(spec=spec, model=build_adapter_model(spec, parts, os.path.basename(path)), source=os.path.basename(path))
+
+
+def build_adapter_model(spec: AdapterSpec, parts: dict[str, dict[str, torch.Tensor]], name: str) -> IPAdapterModel:
+    """Build the modules on the meta device (no memory, no random init), then take the file's tensors as they are."""
+    with torch.device("meta"):
+        model = IPAdapterModel(
+            image_proj=_image_projection(spec),
+            cross_attention_dim=spec.cross_attention_dim,
+            hidden_sizes=dict(zip(spec.layer_numbers, spec.hidden_sizes)),
+        )
+    flat = {f"{part}.{key}": tensor for part, tensors in parts.items() for key, tensor in tensors.items()}
+    try:
+        model.load_state_dict(flat, strict=True, assign=True)
+    except RuntimeError as error:
+        raise IPAdapterError(
+            f"'{name}' looks like {spec.variant} but its weights do not fit that layout ({error}). "
+            "The file may be damaged or an unofficial variant; download the official file again."
+        ) from error
+    return model.eval().requires_grad_(False)
+
+
+def _image_projection(spec: AdapterSpec) -> torch.nn.Module:
+    if spec.projection == "linear":
+        return LinearProjection(
+            embedding_dim=spec.embedding_dim, cross_attention_dim=spec.cross_attention_dim, num_tokens=spec.num_tokens
+        )
+    if spec.projection == "mlp":
+        return MLPProjection(embedding_dim=spec.embedding_dim, cross_attention_dim=spec.cross_attention_dim)
+    return Resampler(
+        dim=spec.resampler_dim,
+        depth=spec.resampler_depth,
+        dim_head=RESAMPLER_DIM_HEAD,
+        heads=spec.resampler_heads,
+        num_queries=spec.num_tokens,
+        embedding_dim=spec.embedding_dim,
+        output_dim=spec.cross_attention_dim,
+        ff_mult=RESAMPLER_FF_MULT,
+    )

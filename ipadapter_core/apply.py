@@ -1,0 +1,62 @@
+"""Putting an image prompt on a ComfyUI model: check that adapter, model and embeds fit, then patch a clone."""
+
+from .adapter import LoadedAdapter
+from .embeds import ImagePromptEmbeds, check_embeds_fit
+from .errors import IPAdapterError
+from .layer_map import CrossAttentionLayer, cross_attention_layers
+from .patch import ImagePromptTerm, LayerPatch
+from .schedule import sigma_range
+
+BASE_OF_LAYER_COUNT = {16: "SD1.5", 70: "SDXL"}
+EXAMPLE_FILE = {"SD1.5": "ip-adapter_sd15.safetensors", "SDXL": "ip-adapter_sdxl_vit-h.safetensors"}
+
+
+def check_adapter_fits_model(adapter: LoadedAdapter, layers: list[CrossAttentionLayer]) -> None:
+    spec = adapter.spec
+    model_widths = tuple(layer.hidden_size for layer in layers)
+    context_dims = {layer.context_dim for layer in layers}
+    if model_widths == spec.hidden_sizes and context_dims == {spec.cross_attention_dim}:
+        return
+    model_base = BASE_OF_LAYER_COUNT.get(len(layers), "another architecture")
+    if not layers:
+        model_text = "a model without cross-attention layers"
+    else:
+        model_text = f"a {model_base} model ({len(layers)} cross-attention layers, text width {sorted(context_dims)[0]})"
+    fix = f"Load an IP-Adapter made for {model_base}" + (
+        f", for example {EXAMPLE_FILE[model_base]}" if model_base in EXAMPLE_FILE else ""
+    )
+    raise IPAdapterError(
+        f"'{adapter.source}' is an {spec.base} IP-Adapter ({spec.layer_count} layers, text width "
+        f"{spec.cross_attention_dim}) but it was applied to {model_text}. {fix}, or a {spec.base} checkpoint."
+    )
+
+
+def apply_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, *, weight: float, start_at: float, end_at: float):
+    """Return a clone of the ModelPatcher `model` whose cross-attention layers also attend to the image prompt.
+
+    Several calls stack: every layer keeps one patch holding all terms (summed, each with its own softmax). A replace
+    patch set on a layer by another pack is kept and called for the text attention, not dropped.
+    """
+    if not 0.0 <= start_at <= end_at <= 1.0:
+        raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
+    layers = cross_attention_layers(model.get_model_object("diffusion_model"))
+    check_adapter_fits_model(adapter, layers)
+    check_embeds_fit(embeds, adapter.spec, adapter.source)
+    sampling = model.get_model_object("model_sampling")
+    term = ImagePromptTerm(
+        adapter=adapter,
+        weights_patcher=weights_patcher,
+        embeds=embeds,
+        weight=float(weight),
+        sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
+    )
+    patched = model.clone()
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for layer in layers:
+        previous = existing.get(layer.key, existing.get(layer.key[:2]))
+        if isinstance(getattr(previous, "terms", None), tuple) and hasattr(previous, "stacked_with"):
+            new_patch = previous.stacked_with(term)
+        else:
+            new_patch = LayerPatch(layer=layer, terms=(term,), base=previous)
+        patched.set_model_attn2_replace(new_patch, *layer.key)
+    return patched

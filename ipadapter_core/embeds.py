@@ -1,0 +1,84 @@
+"""Image-prompt embeds: the CLIP image encoder's output for the reference images, before the adapter's projection.
+
+`positive` holds one row per reference image; `negative` is what the reference uses for the unconditional pass
+(a zero embedding for base adapters; the encoder run on an all-zero normalised pixel tensor for plus/full-face).
+Several images in one embeds are one image prompt: their tokens are concatenated into one softmax.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .detection import (
+    ENCODER_FILES,
+    ENCODER_HIDDEN_DIM,
+    ENCODER_IMAGE_EMBEDS_DIM,
+    IMAGE_EMBEDS,
+    AdapterSpec,
+)
+from .errors import IPAdapterError
+
+
+@dataclass(frozen=True, eq=False)
+class ImagePromptEmbeds:
+    positive: torch.Tensor  # [N, E] image embeds, or [N, S, E] penultimate hidden states
+    negative: torch.Tensor  # same shape as positive
+    clip_output: str  # "image_embeds" | "penultimate_hidden_states"
+
+    @property
+    def width(self) -> int:
+        return self.positive.shape[-1]
+
+    @property
+    def image_count(self) -> int:
+        return self.positive.shape[0]
+
+
+def encoder_of_width(clip_output: str, width: int) -> str:
+    table = ENCODER_IMAGE_EMBEDS_DIM if clip_output == IMAGE_EMBEDS else ENCODER_HIDDEN_DIM
+    for encoder, encoder_width in table.items():
+        if encoder_width == width:
+            return encoder
+    return f"an encoder of width {width}"
+
+
+def make_embeds(positive: torch.Tensor, negative: torch.Tensor, *, clip_output: str) -> ImagePromptEmbeds:
+    """Pair positive and negative rows; a single negative row serves every positive image."""
+    expected_rank = 2 if clip_output == IMAGE_EMBEDS else 3
+    for label, tensor in (("image", positive), ("negative image", negative)):
+        if tensor.dim() != expected_rank or tensor.shape[0] == 0:
+            raise IPAdapterError(
+                f"The {label} embedding has shape {list(tensor.shape)}; {clip_output} of one or more images is "
+                f"expected ({expected_rank} dimensions). Connect a batch of at least one image."
+            )
+    if negative.shape[0] == 1 and positive.shape[0] > 1:
+        negative = negative.expand(positive.shape[0], *negative.shape[1:])
+    if negative.shape != positive.shape:
+        raise IPAdapterError(
+            f"The negative image batch ({negative.shape[0]} images) does not match the image batch "
+            f"({positive.shape[0]} images). Give one negative image, or as many as images."
+        )
+    return ImagePromptEmbeds(positive=positive, negative=negative, clip_output=clip_output)
+
+
+def check_embeds_fit(embeds: ImagePromptEmbeds, spec: AdapterSpec, source: str) -> None:
+    """Raise a clear error unless these embeds are what the adapter's projection reads."""
+    if embeds.image_count == 0 or embeds.positive.numel() == 0:
+        raise IPAdapterError("The image-prompt embeds are empty. Connect at least one reference image to Encode.")
+    if not (torch.isfinite(embeds.positive).all() and torch.isfinite(embeds.negative).all()):
+        raise IPAdapterError(
+            "The image-prompt embeds contain NaN or infinite values. Re-encode the reference images; "
+            "if that repeats, the CLIP vision model file is damaged or runs in a precision it cannot handle."
+        )
+    if embeds.clip_output != spec.clip_output:
+        kind = "image embeds" if spec.clip_output == IMAGE_EMBEDS else "penultimate hidden states"
+        raise IPAdapterError(
+            f"'{source}' ({spec.variant}) reads the CLIP {kind}, but these embeds hold "
+            f"{embeds.clip_output.replace('_', ' ')}. Encode the image with this adapter connected to the Encode node."
+        )
+    if embeds.width != spec.embedding_dim:
+        have = encoder_of_width(embeds.clip_output, embeds.width)
+        raise IPAdapterError(
+            f"'{source}' ({spec.variant}) needs embeds from the {spec.image_encoder} image encoder, but these come "
+            f"from {have}. Load {ENCODER_FILES[spec.image_encoder]} with CLIPVisionLoader and encode again."
+        )

@@ -1,0 +1,79 @@
+"""Encoding reference images with a ComfyUI CLIP vision model into the embeds an adapter reads.
+
+The CLIP vision object is ComfyUI's `comfy.clip_vision.ClipVisionModel`; it is only called here (its own
+preprocessing: resize the short side to the encoder's size, centre crop, normalise), never imported.
+"""
+
+from collections.abc import Callable
+
+import torch
+
+from .detection import ENCODER_FILES, IMAGE_EMBEDS, AdapterSpec
+from .embeds import ImagePromptEmbeds, encoder_of_width, make_embeds
+from .errors import IPAdapterError
+
+ENCODE_BATCH_SIZE = 16
+
+
+def encoder_widths(clip_vision) -> tuple[int, int]:
+    """(image_embeds width, hidden-state width) of a CLIP vision model, read from its projection weight."""
+    projection = getattr(clip_vision.model, "visual_projection", None)
+    weight = getattr(projection, "weight", None)
+    if weight is None:
+        raise IPAdapterError("The CLIP vision model has no image projection; IP-Adapter needs a CLIP image encoder (ViT-H or ViT-bigG).")
+    projection_dim, hidden_dim = weight.shape
+    return projection_dim, hidden_dim
+
+
+def check_encoder_fits(clip_vision, spec: AdapterSpec, source: str) -> None:
+    projection_dim, hidden_dim = encoder_widths(clip_vision)
+    width = projection_dim if spec.clip_output == IMAGE_EMBEDS else hidden_dim
+    if width != spec.embedding_dim:
+        raise IPAdapterError(
+            f"'{source}' ({spec.variant}) needs the {spec.image_encoder} image encoder, but the connected CLIP vision "
+            f"model is {encoder_of_width(spec.clip_output, width)}. Load {ENCODER_FILES[spec.image_encoder]} "
+            "with CLIPVisionLoader."
+        )
+
+
+def encode_images(
+    clip_vision,
+    images: torch.Tensor,
+    *,
+    clip_output: str,
+    after_batch: Callable[[int], None],
+    batch_size: int = ENCODE_BATCH_SIZE,
+) -> torch.Tensor:
+    """CLIP output of an IMAGE batch `[B, H, W, 3]`, encoded `batch_size` images at a time -> `[B, E]` or `[B, S, E]`."""
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise IPAdapterError(f"Expected an IMAGE batch [B, H, W, C] with at least one image, got shape {list(images.shape)}.")
+    encoded = []
+    for start in range(0, images.shape[0], batch_size):
+        chunk = images[start : start + batch_size, :, :, :3]  # [b, H, W, 3]: an alpha channel is dropped
+        encoded.append(clip_vision.encode_image(chunk, crop=True)[clip_output])
+        after_batch(chunk.shape[0])
+    return torch.cat(encoded)
+
+
+def unconditional_output(clip_vision, positive: torch.Tensor, *, clip_output: str) -> torch.Tensor:
+    """The reference's negative: a zero embedding (base adapters), or the encoder's penultimate hidden states of an
+    all-zero *normalised* pixel tensor (plus / full-face adapters): the mean-colour image, not a black one."""
+    if clip_output == IMAGE_EMBEDS:
+        return torch.zeros_like(positive[:1])
+    import comfy.model_management
+
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    size = clip_vision.image_size
+    pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)  # [1, 3, S, S], already normalised
+    hidden = clip_vision.model(pixel_values=pixels, intermediate_output=-2)[1]  # [1, T, E]
+    return hidden.to(device=positive.device, dtype=positive.dtype)
+
+
+def encode_image_prompt(clip_vision, spec: AdapterSpec, source: str, images, negative_images, *, after_batch) -> ImagePromptEmbeds:
+    check_encoder_fits(clip_vision, spec, source)
+    positive = encode_images(clip_vision, images, clip_output=spec.clip_output, after_batch=after_batch)
+    if negative_images is None:
+        negative = unconditional_output(clip_vision, positive, clip_output=spec.clip_output)
+    else:
+        negative = encode_images(clip_vision, negative_images, clip_output=spec.clip_output, after_batch=after_batch)
+    return make_embeds(positive, negative, clip_output=spec.clip_output)

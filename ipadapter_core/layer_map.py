@@ -1,0 +1,46 @@
+"""Which ComfyUI attn2 patch key each `ip_adapter.N` layer of a checkpoint belongs to.
+
+`N` is the position of the attention processor in diffusers' `unet.attn_processors`: modules in registration
+order, which is down blocks, then up blocks, then the middle block last; attn1 before attn2 in every transformer
+block, so cross-attention layers are the odd N. In ComfyUI's LDM layout that is: `input_blocks` in order, then
+`output_blocks`, then `middle_block`, and inside each SpatialTransformer its transformer blocks in order. The patch
+key is `(block_name, block_id, transformer_block_index)`, with the middle block as `("middle", 0, i)`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class CrossAttentionLayer:
+    number: int  # the checkpoint's ip_adapter.N
+    key: tuple[str, int, int]  # ComfyUI's attn2 replace key (block_name, block_id, transformer_block_index)
+    hidden_size: int  # the layer's attention width (to_k output rows)
+    context_dim: int  # the width of the text tokens it reads (to_k input)
+
+
+def cross_attention_layers(diffusion_model: torch.nn.Module) -> list[CrossAttentionLayer]:
+    """Every cross-attention layer of a ComfyUI UNet, numbered as IP-Adapter checkpoints number them."""
+    ordered_blocks = [
+        *(("input", index, block) for index, block in enumerate(diffusion_model.input_blocks)),
+        *(("output", index, block) for index, block in enumerate(diffusion_model.output_blocks)),
+        ("middle", 0, diffusion_model.middle_block),
+    ]
+    layers = []
+    for block_name, block_id, block in ordered_blocks:
+        for module in block:
+            for index, transformer_block in enumerate(getattr(module, "transformer_blocks", ())):
+                attn2 = getattr(transformer_block, "attn2", None)
+                if attn2 is None:
+                    continue
+                hidden_size, context_dim = attn2.to_k.weight.shape
+                layers.append(
+                    CrossAttentionLayer(
+                        number=2 * len(layers) + 1,
+                        key=(block_name, block_id, index),
+                        hidden_size=hidden_size,
+                        context_dim=context_dim,
+                    )
+                )
+    return layers

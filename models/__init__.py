@@ -1,0 +1,1 @@
+"""Torch modules of the IP-Adapter checkpoints (no ComfyUI imports)."""

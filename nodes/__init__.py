@@ -1,0 +1,18 @@
+"""The pack's ComfyUI nodes: thin V3 classes that call ipadapter_core."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .apply import ApplyIPAdapter
+from .combine import CombineEmbeds
+from .encode import EncodeImage
+from .loader import LoadIPAdapter, register_model_folder
+
+NODES = [LoadIPAdapter, EncodeImage, ApplyIPAdapter, CombineEmbeds]
+
+
+class DecoupledIPAdapterExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+__all__ = ["DecoupledIPAdapterExtension", "register_model_folder"]

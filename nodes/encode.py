@@ -1,0 +1,60 @@
+"""IPAdapter Encode Image: reference images -> the embeds the adapter reads."""
+
+import comfy.model_management
+import comfy.utils
+from comfy_api.latest import io
+
+from ..ipadapter_core.encoding import encode_image_prompt
+from .errors import errors_named_for
+from .types import EmbedsType, IPAdapterType
+
+
+class EncodeImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DecoupledIPAdapterEncode",
+            display_name="IPAdapter Encode Image",
+            category="decoupled_ipadapter",
+            description=(
+                "Encodes reference images with the CLIP vision model into image-prompt embeds: image embeds for "
+                "base adapters, the penultimate hidden states for plus and full-face adapters. All images of the "
+                "batch form one image prompt. Without a negative image the negative is the reference's "
+                "unconditional embedding."
+            ),
+            inputs=[
+                IPAdapterType.Input("ipadapter", tooltip="The adapter from Load IPAdapter; it decides which CLIP output is read."),
+                io.ClipVision.Input(
+                    "clip_vision",
+                    tooltip="The image encoder the adapter was trained with (ViT-H for most files, ViT-bigG for ip-adapter_sdxl and ip-adapter_sd15_vit-G).",
+                ),
+                io.Image.Input("image", tooltip="One or more reference images; they are centre-cropped to a square."),
+                io.Image.Input(
+                    "negative_image",
+                    optional=True,
+                    tooltip="Optional: what the image prompt should move away from (one image, or as many as 'image').",
+                ),
+            ],
+            outputs=[
+                EmbedsType.Output(
+                    display_name="embeds",
+                    tooltip="Positive and negative image-prompt embeds; connect to Apply IPAdapter or Combine Embeds.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, ipadapter, clip_vision, image, negative_image=None) -> io.NodeOutput:
+        total = image.shape[0] + (0 if negative_image is None else negative_image.shape[0])
+        progress = comfy.utils.ProgressBar(total)
+
+        def after_batch(count: int) -> None:
+            progress.update(count)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        with errors_named_for("IPAdapter Encode Image"):
+            adapter = ipadapter.adapter
+            embeds = encode_image_prompt(
+                clip_vision, adapter.spec, adapter.source, image, negative_image, after_batch=after_batch
+            )
+        return io.NodeOutput(embeds)

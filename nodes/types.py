@@ -1,0 +1,6 @@
+"""The pack's own socket types, prefixed so they never connect to another IP-Adapter pack's sockets."""
+
+from comfy_api.latest import io
+
+IPAdapterType = io.Custom("DECOUPLED_IPADAPTER")
+EmbedsType = io.Custom("DECOUPLED_IPADAPTER_EMBEDS")

@@ -1,0 +1,85 @@
+"""Test setup: the pack importable as `decoupled_ipadapter`, and ComfyUI as an in-process library.
+
+Three tiers: pure unit tests (no host); in-process tests (`comfy_host` fixture: ComfyUI imported as a library,
+CPU only); real-server tests (tests/server_harness.py starts `main.py --cpu`). The host comes from COMFYUI_DIR,
+which `make test` sets to the test host it builds. Without it, host tests are skipped when pytest is run by
+hand, and fail under `make test` (DECOUPLED_IPADAPTER_REQUIRE_HOST=1), so a broken host cannot pass silently.
+"""
+
+import asyncio
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "decoupled_ipadapter"
+TESTS = Path(__file__).resolve().parent
+
+
+def _register_pack_as_package() -> None:
+    if PACKAGE in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+
+
+_register_pack_as_package()
+sys.path.insert(0, str(TESTS))
+
+
+def comfyui_dir() -> Path | None:
+    value = os.environ.get("COMFYUI_DIR")
+    return Path(value) if value else None
+
+
+def require_host() -> Path:
+    directory = comfyui_dir()
+    if directory is None or not (directory / "main.py").is_file():
+        message = "no ComfyUI host: run `make test` (it builds one) or set COMFYUI_DIR to a ComfyUI folder"
+        if os.environ.get("DECOUPLED_IPADAPTER_REQUIRE_HOST") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def comfy_host(tmp_path_factory):
+    """ComfyUI imported in this process (CPU), with temporary input/output/model folders and core nodes loaded."""
+    directory = require_host()
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    from comfy.cli_args import args
+
+    args.cpu = True  # before comfy.model_management is imported, or it looks for CUDA
+    args.disable_api_nodes = True
+    import folder_paths
+    import utils.extra_config  # noqa: F401  (before `nodes`, which would shadow the top-level `utils` package)
+
+    base = tmp_path_factory.mktemp("comfy_base")
+    for kind in ("input", "output", "temp"):
+        (base / kind).mkdir()
+    folder_paths.set_input_directory(str(base / "input"))
+    folder_paths.set_output_directory(str(base / "output"))
+    folder_paths.set_temp_directory(str(base / "temp"))
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    from decoupled_ipadapter.nodes import register_model_folder
+
+    register_model_folder()
+    return {"dir": directory, "base": base}
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the figures the tests measured (the parity errors), so a run's log states them."""
+    parity = sys.modules.get("test_parity_diffusers")
+    if parity is not None and parity.PARITY_ERRORS:
+        case, error = max(parity.PARITY_ERRORS, key=lambda item: item[1])
+        terminalreporter.write_line(
+            f"diffusers parity (fp32): {len(parity.PARITY_ERRORS)} cases, largest |Δ| = {error:.3g} ({case})"
+        )
