@@ -87,3 +87,37 @@ def test_decoupled_attention_matches_diffusers(comfy_host, tmp_path, layout, pro
         else:
             assert (ours - plain).abs().max() > 1e-3, "the image prompt must change the output"
 
+
+
+def test_stacked_adapters_match_diffusers_multi_adapter(comfy_host, tmp_path):
+    """Two Apply nodes (base + plus) = diffusers with two adapters loaded, scales [0.5, 1.0]."""
+    generator = torch.Generator().manual_seed(11)
+    model = tiny_comfy_model("SD1.5", seed=4)
+    reference = diffusers_twin(model, "SD1.5")
+    scales, flats, rows = [], [], []
+    patched = model
+    for seed, (projection, scale) in enumerate((("linear", 0.5), ("resampler", 1.0)), start=20):
+        flat = adapter_state_dict(projection, hidden_sizes=layer_hidden_sizes(model), text_width=SD15_TEXT_WIDTH, seed=seed)
+        path = tmp_path / f"{projection}.safetensors"
+        save_file(flat, str(path))
+        adapter = load_adapter(str(path))
+        embeds = make_embeds(clip_like(projection, 1, generator), clip_like(projection, 1, generator), clip_output=CLIP_OUTPUT[projection])
+        patched = apply_image_prompt(
+            patched, adapter, manage(adapter).weights_patcher, embeds, weight=scale, start_at=0.0, end_at=1.0
+        )
+        flats.append(nested(flat))
+        rows.append(torch.stack([embeds.negative, embeds.positive]))  # [2, 1, …]
+        scales.append(scale)
+    reference._load_ip_adapter_weights(flats, low_cpu_mem_usage=False)
+    for processor in reference.attn_processors.values():
+        if hasattr(processor, "scale"):
+            processor.scale = scales
+    x = torch.randn(2, 4, 16, 16, generator=generator)
+    t = torch.tensor([600.0, 600.0])
+    text = torch.randn(2, 77, SD15_TEXT_WIDTH, generator=generator)
+    ours = comfy_forward(patched, x, t, text, [1, 0])
+    with torch.no_grad():
+        theirs = reference(x, t, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": rows}).sample
+    error = (ours - theirs).abs().max().item()
+    PARITY_ERRORS.append(("SD1.5 stacked linear+resampler", error))
+    assert error <= RELATIVE_TOLERANCE * theirs.abs().max().item(), f"|Δ| = {error}"
