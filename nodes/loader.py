@@ -7,6 +7,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..ipadapter_core.adapter import load_adapter
+from ..ipadapter_core.errors import IPAdapterError
 from ..ipadapter_core.memory import ManagedAdapter, manage
 from .errors import errors_named_for
 from .types import IPAdapterType
@@ -68,5 +69,11 @@ class LoadIPAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, ipadapter_name) -> io.NodeOutput:
         with errors_named_for("Load IPAdapter"):
-            path = folder_paths.get_full_path_or_raise(FOLDER, ipadapter_name)
+            path = folder_paths.get_full_path(FOLDER, ipadapter_name)
+            if path is None:
+                folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
+                raise IPAdapterError(
+                    f"'{ipadapter_name}' is not in the ipadapter model folders ({folders}). "
+                    "Put the file there (or fix the name), then refresh the node list."
+                )
             return io.NodeOutput(load_cached(path))
