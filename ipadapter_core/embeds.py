@@ -74,7 +74,8 @@ def check_embeds_fit(embeds: ImagePromptEmbeds, spec: AdapterSpec, source: str) 
         kind = "image embeds" if spec.clip_output == IMAGE_EMBEDS else "penultimate hidden states"
         raise IPAdapterError(
             f"'{source}' ({spec.variant}) reads the CLIP {kind}, but these embeds hold "
-            f"{embeds.clip_output.replace('_', ' ')}. Encode the image with this adapter connected to the Encode node."
+            f"{embeds.clip_output.replace('_', ' ')}. Encode the image with this adapter connected to the Encode node "
+            f"and {ENCODER_FILES[spec.image_encoder]} loaded with CLIPVisionLoader."
         )
     if embeds.width != spec.embedding_dim:
         have = encoder_of_width(embeds.clip_output, embeds.width)

@@ -32,6 +32,8 @@ def read_adapter_file(path: str) -> dict[str, StateDict]:
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise IPAdapterError(f"IP-Adapter file '{path}' does not exist. Put the file in ComfyUI's models/ipadapter folder.")
+    if os.path.getsize(path) == 0:
+        raise IPAdapterError(f"IP-Adapter file '{name}' is empty (0 bytes): its download did not finish. Download it again.")
     if path.lower().endswith((".safetensors", ".sft")):
         flat = _read_safetensors(path, name)
     elif path.lower().endswith(PICKLE_SUFFIXES):
@@ -89,5 +91,8 @@ def _read_pickle(path: str, name: str) -> dict:
             f"IP-Adapter file '{name}' cannot be read ({error}). It is probably truncated or damaged: download it again."
         ) from error
     if not isinstance(content, dict):
-        raise IPAdapterError(f"'{name}' is not an IP-Adapter file: it holds a {type(content).__name__}, not weights.")
+        raise IPAdapterError(
+            f"'{name}' is not an IP-Adapter file: it holds a {type(content).__name__}, not a dict of weights. "
+            "Load an official IP-Adapter checkpoint (for example ip-adapter_sd15.safetensors) here."
+        )
     return content

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "decoupled_ipadapter"
@@ -30,6 +31,9 @@ def _register_pack_as_package() -> None:
 
 _register_pack_as_package()
 sys.path.insert(0, str(TESTS))
+# The tiny test models are small: one thread is faster than two on the 2-core CI machine, and shares it fairly
+# with the ComfyUI servers the server tests start.
+torch.set_num_threads(1)
 
 
 def comfyui_dir() -> Path | None:
@@ -76,10 +80,12 @@ def comfy_host(tmp_path_factory):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Print the figures the tests measured (the parity errors), so a run's log states them."""
-    parity = sys.modules.get("test_parity_diffusers")
-    if parity is not None and parity.PARITY_ERRORS:
-        case, error = max(parity.PARITY_ERRORS, key=lambda item: item[1])
-        terminalreporter.write_line(
-            f"diffusers parity (fp32): {len(parity.PARITY_ERRORS)} cases, largest |Δ| = {error:.3g} ({case})"
-        )
+    """Print the figures the tests measured (parity errors), so a run's log states them."""
+    for module, label in (
+        ("test_parity_diffusers", "UNet parity with diffusers"),
+        ("test_formats_detection", "projection parity with diffusers"),
+    ):
+        errors = getattr(sys.modules.get(module), "PARITY_ERRORS", None)
+        if errors:
+            case, error = max(errors, key=lambda item: item[1])
+            terminalreporter.write_line(f"{label} (fp32): {len(errors)} cases, largest |Δ| = {error:.3g} ({case})")
