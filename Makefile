@@ -1,5 +1,5 @@
 # The two commands of the README. Both build the test host (.host/) on first use.
-.PHONY: demo test
+.PHONY: demo test bench
 
 # The main job: a headless ComfyUI with the pack runs workflows/ipadapter_sd15_api.json through the HTTP API
 # and writes the image under out/.
@@ -9,3 +9,7 @@ demo:
 # Every test tier: unit, in-process ComfyUI, real ComfyUI servers.
 test:
 	bash scripts/test.sh
+
+# Speed and memory figures (not a test): prints a table, writes bench-results/bench.json.
+bench:
+	bash scripts/with_host.sh python scripts/bench.py

@@ -1,0 +1,258 @@
+"""Benchmark: what the image prompt costs per sampling step, loading and encoding times, peak memory.
+
+Run with `make bench` (the host's Python, COMFYUI_DIR set). Prints a table and writes bench-results/bench.json.
+On the CPU: a full-size SD1.5-shaped UNet (random weights) at a small latent. With a CUDA device: SD1.5 at 512×512
+and SDXL at 1024×1024 in fp16. Every case is timed side by side with the plain model in the same run.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from standins import SD15_UNET  # noqa: E402  (scripts/, beside this file)
+
+SDXL_UNET = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+    transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4], transformer_depth_middle=10,
+    use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+    use_temporal_attention=False, use_temporal_resblock=False,
+)  # fmt: skip
+
+
+def start_host():
+    sys.path.insert(0, os.environ["COMFYUI_DIR"])
+    from conftest import REPO as _  # noqa: F401  (registers the pack as `decoupled_ipadapter`)
+    from comfy.cli_args import args
+
+    args.cpu = not torch.cuda.is_available()
+    args.disable_api_nodes = True
+    import utils.extra_config  # noqa: F401
+    import comfy.model_management  # noqa: F401
+
+
+def unet(base: str, device, dtype):
+    import comfy.model_patcher
+    import comfy.supported_models
+    from tiny_models import fill_random_
+
+    config_class = comfy.supported_models.SD15 if base == "SD1.5" else comfy.supported_models.SDXL
+    model_config = config_class(dict(SD15_UNET if base == "SD1.5" else SDXL_UNET))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, device=torch.device("cpu"))
+    fill_random_(model.diffusion_model, seed=0)
+    model.diffusion_model.to(dtype)
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+
+
+def official_adapter(variant: str, directory: Path):
+    from official_shapes import write_official_file
+
+    from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+    from decoupled_ipadapter.ipadapter_core.memory import manage
+
+    path = write_official_file(variant, directory, "safetensors")
+    return manage(load_adapter(str(path))), path
+
+
+def embeds_for(spec, images: int):
+    from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
+
+    generator = torch.Generator().manual_seed(5)
+    if spec.clip_output == "image_embeds":
+        positive = torch.randn(images, spec.embedding_dim, generator=generator)
+        return make_embeds(positive, torch.zeros(1, spec.embedding_dim), clip_output=spec.clip_output)
+    positive = torch.randn(images, 257, spec.embedding_dim, generator=generator)
+    return make_embeds(positive, torch.randn(1, 257, spec.embedding_dim, generator=generator), clip_output=spec.clip_output)
+
+
+def conditioning(base: str, batch: int, size: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    width = 768 if base == "SD1.5" else 2048
+    extra = {} if base == "SD1.5" else {"pooled_output": torch.randn(1, 1280, generator=generator), "width": size, "height": size}
+    return [[torch.randn(1, 77, width, generator=generator), extra]]
+
+
+def seconds_per_step(model, *, base: str, size: int, batch: int, steps: int, repeats: int) -> float:
+    """Median wall time of one KSampler step (euler, cfg 5: a conditional and an unconditional pass)."""
+    import comfy.model_management
+    import comfy.sample
+
+    latent = torch.zeros(batch, 4, size // 8, size // 8)  # [B, 4, h, w]
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up (loading, K'/V', kernels) and is not counted
+        comfy.model_management.soft_empty_cache()
+        start = time.perf_counter()
+        comfy.sample.sample(
+            model, noise, steps, 5.0, "euler", "normal", conditioning(base, batch, size, 1),
+            conditioning(base, batch, size, 2), latent, seed=0, disable_pbar=True,
+        )  # fmt: skip
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times[1:])
+
+
+@contextlib.contextmanager
+def recomputing_keys_values():
+    """K'/V' recomputed on every layer call: what the once-per-run cache saves."""
+    from decoupled_ipadapter.ipadapter_core.patch import ImagePromptTerm
+
+    original = ImagePromptTerm.keys_values
+
+    def uncached(self, number, device, dtype):
+        self.forget_keys_values()
+        return original(self, number, device, dtype)
+
+    ImagePromptTerm.keys_values = uncached
+    try:
+        yield
+    finally:
+        ImagePromptTerm.keys_values = original
+
+
+def step_cases(base: str, device, dtype, size: int, steps: int, repeats: int, directory: Path):
+    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
+
+    model = unet(base, device, dtype)
+    suffix = "sd15" if base == "SD1.5" else "sdxl_vit-h"
+    adapters = {name: official_adapter(f"{prefix}_{suffix}", directory)[0] for name, prefix in
+                (("base", "ip-adapter"), ("plus", "ip-adapter-plus"))}  # fmt: skip
+    if base == "SD1.5":
+        adapters["full-face"] = official_adapter("ip-adapter-full-face_sd15", directory)[0]
+
+    def patched(names, images=1):
+        result = model
+        for name in names:
+            managed = adapters[name]
+            embeds = embeds_for(managed.adapter.spec, images)
+            result = apply_image_prompt(result, managed.adapter, managed.weights_patcher, embeds, weight=0.7, start_at=0.0, end_at=1.0)
+        return result
+
+    cases = [
+        ("base (4 tokens)", ["base"], 1),
+        ("plus (16 tokens)", ["plus"], 1),
+        *([("full-face (257 tokens)", ["full-face"], 1)] if "full-face" in adapters else []),
+        ("4 adapters stacked", ["base"] * 4, 1),
+        ("batch 4, base", ["base"], 4),
+    ]
+    rows = []
+    plain_by_batch = {}
+    for label, names, batch in cases:
+        if batch not in plain_by_batch:
+            plain_by_batch[batch] = seconds_per_step(model, base=base, size=size, batch=batch, steps=steps, repeats=repeats)
+        plain = plain_by_batch[batch]
+        with_adapter = seconds_per_step(patched(names), base=base, size=size, batch=batch, steps=steps, repeats=repeats)
+        with recomputing_keys_values():
+            recomputed = seconds_per_step(patched(names), base=base, size=size, batch=batch, steps=steps, repeats=repeats)
+        rows.append({
+            "base": base, "case": label, "batch": batch, "latent": f"{size // 8}x{size // 8}",
+            "plain_s_per_step": plain, "adapter_s_per_step": with_adapter, "overhead": with_adapter / plain - 1,
+            "recomputed_kv_s_per_step": recomputed, "recomputed_overhead": recomputed / plain - 1,
+        })  # fmt: skip
+    return rows
+
+
+def loading_times(directory: Path, variants):
+    from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+    from official_shapes import write_official_file
+
+    rows = []
+    for variant in variants:
+        path = write_official_file(variant, directory, "safetensors")
+        load_adapter(str(path))  # cold read: fills the OS file cache
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            load_adapter(str(path))
+            times.append(time.perf_counter() - start)
+        rows.append({"file": path.name, "megabytes": path.stat().st_size / 2**20, "warm_load_s": min(times)})
+        path.unlink()
+    return rows
+
+
+def encode_throughput(device) -> dict:
+    import comfy.clip_vision
+
+    from decoupled_ipadapter.ipadapter_core.encoding import encode_images
+
+    config = Path(comfy.clip_vision.__file__).with_name("clip_vision_config_h.json")
+    clip_vision = comfy.clip_vision.ClipVisionModel(str(config))
+    images = torch.rand(16, 256, 256, 3, generator=torch.Generator().manual_seed(0))  # [16, H, W, 3]
+    encode_images(clip_vision, images[:2], clip_output="penultimate_hidden_states", after_batch=lambda count: None)
+    start = time.perf_counter()
+    encode_images(clip_vision, images, clip_output="penultimate_hidden_states", after_batch=lambda count: None)
+    seconds = time.perf_counter() - start
+    return {"encoder": "ViT-H/14 (random weights)", "images": 16, "seconds": seconds, "images_per_s": 16 / seconds}
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA), torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=REPO / "bench-results" / "bench.json")
+    options = parser.parse_args()
+    start_host()
+    import comfy.model_management
+
+    device = comfy.model_management.get_torch_device()
+    cuda = device.type == "cuda"
+    results = {"machine": machine(), "steps": [], "loading": [], "encode": None}
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch)
+        results["loading"] = loading_times(directory, ["ip-adapter_sd15", "ip-adapter-plus_sdxl_vit-h"])
+        results["encode"] = encode_throughput(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            results["steps"] += step_cases("SD1.5", device, torch.float16, 512, options.steps, options.repeats, directory)
+            results["steps"] += step_cases("SDXL", device, torch.float16, 1024, options.steps, options.repeats, directory)
+            results["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            results["steps"] += step_cases("SD1.5", device, torch.float32, 256, options.steps, options.repeats, directory)
+    results["peak_ram_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_text(json.dumps(results, indent=2))
+    print(render(results))
+    print(f"\nJSON: {options.output}")
+
+
+def render(results) -> str:
+    lines = [f"machine: {results['machine']}", "", "| model | case | batch | latent | plain s/step | with adapter | overhead | K'/V' per call | overhead |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in results["steps"]:
+        lines.append(
+            f"| {row['base']} | {row['case']} | {row['batch']} | {row['latent']} | {row['plain_s_per_step']:.3f} | "
+            f"{row['adapter_s_per_step']:.3f} | {row['overhead']:+.1%} | {row['recomputed_kv_s_per_step']:.3f} | "
+            f"{row['recomputed_overhead']:+.1%} |"
+        )
+    lines += ["", "| file | MB | warm load s |", "|---|---|---|"]
+    lines += [f"| {row['file']} | {row['megabytes']:.0f} | {row['warm_load_s']:.3f} |" for row in results["loading"]]
+    encode = results["encode"]
+    lines += ["", f"encode: {encode['images']} images in {encode['seconds']:.2f} s = {encode['images_per_s']:.1f} images/s ({encode['encoder']})"]
+    lines.append(f"peak RAM: {results['peak_ram_gib']:.2f} GiB" + (f", peak VRAM: {results['peak_vram_gib']:.2f} GiB" if "peak_vram_gib" in results else ""))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""A headless ComfyUI with this pack, and a small client for its HTTP API; shared by scripts/demo.py and the tests.
+
+`running_server()` starts `main.py --cpu` on a free localhost port with a temporary base directory (input, output,
+user, custom_nodes), the pack linked into its custom_nodes, and models read from an optional folder in ComfyUI's
+layout. ComfyUI's own files are never changed. The server is stopped by its PID when the block ends, also on errors.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+PACK_LINK = "decoupled-ipadapter"
+EXAMPLE_WORKFLOW = REPO / "workflows" / "ipadapter_sd15_api.json"
+# Model folders passed to ComfyUI from a models directory, where present (ComfyUI's layout).
+MODEL_FOLDERS = ("checkpoints", "clip_vision", "ipadapter", "controlnet", "loras", "vae", "embeddings")
+
+
+class ComfyError(RuntimeError):
+    """Anything that went wrong with the server or a prompt, with a message meant for the user."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def default_comfyui_dir() -> Path:
+    return Path(os.environ.get("COMFYUI_DIR") or REPO / ".host" / "ComfyUI")
+
+
+def _write_model_paths(models_dir: Path, config: Path) -> None:
+    """An extra_model_paths.yaml naming the folders of `models_dir` (plain YAML, written by hand: no yaml needed)."""
+    lines = ["decoupled_ipadapter_models:", f"  base_path: {json.dumps(str(models_dir.resolve()))}"]
+    lines += [f"  {folder}: {folder}" for folder in MODEL_FOLDERS if (models_dir / folder).is_dir()]
+    config.write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    base: Path
+    log_path: Path
+
+    @property
+    def client(self) -> "ComfyClient":
+        return ComfyClient(self.url)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log()[-chars:]
+
+
+def _wait_until_ready(server: Server, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = server.process.poll()
+        if code is not None:
+            raise ComfyError(f"ComfyUI exited with code {code} while starting. Its log:\n{server.log_tail()}")
+        try:
+            if requests.get(f"{server.url}/system_stats", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise ComfyError(f"ComfyUI did not answer on {server.url} within {timeout:.0f} s. Its log:\n{server.log_tail()}")
+
+
+def _stop(process: subprocess.Popen, *, grace: float = 15.0) -> None:
+    """Terminate the server by its PID, then kill it if it has not gone after `grace` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=grace)
+
+
+@contextlib.contextmanager
+def running_server(
+    *,
+    comfyui_dir: Path | None = None,
+    python: str = sys.executable,
+    models_dir: Path | None = None,
+    extra_custom_nodes=(),
+    startup_timeout: float = 180.0,
+    cpu: bool = True,
+):
+    """Yields a started `Server`; `extra_custom_nodes` are further pack folders (test-only nodes) to link in."""
+    comfyui_dir = Path(comfyui_dir or default_comfyui_dir())
+    if not (comfyui_dir / "main.py").is_file():
+        raise ComfyError(f"{comfyui_dir} is not a ComfyUI folder (no main.py); set COMFYUI_DIR")
+    base = Path(tempfile.mkdtemp(prefix="comfyui-base-"))
+    try:
+        custom_nodes = base / "custom_nodes"
+        custom_nodes.mkdir()
+        (custom_nodes / PACK_LINK).symlink_to(REPO, target_is_directory=True)
+        for pack in extra_custom_nodes:
+            pack = Path(pack).resolve()
+            (custom_nodes / pack.name).symlink_to(pack, target_is_directory=True)
+        port = free_port()
+        command = [
+            python, str(comfyui_dir / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
+            "--base-directory", str(base), "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
+            *(["--cpu"] if cpu else []),
+        ]  # fmt: skip
+        if models_dir is not None:
+            config = base / "extra_model_paths.yaml"
+            _write_model_paths(Path(models_dir), config)
+            command += ["--extra-model-paths-config", str(config)]
+        log_path = base / "comfyui.log"
+        with open(log_path, "wb") as log:
+            # Its own session: a Ctrl-C reaches this process, which then stops the server in order.
+            process = subprocess.Popen(
+                command, cwd=comfyui_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        server = Server(url=f"http://127.0.0.1:{port}", process=process, base=base, log_path=log_path)
+        try:
+            _wait_until_ready(server, timeout=startup_timeout)
+            yield server
+        finally:
+            _stop(process)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def load_workflow(path: Path = EXAMPLE_WORKFLOW) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def nodes_of_class(prompt: dict, class_type: str) -> list[dict]:
+    return [node for node in prompt.values() if node["class_type"] == class_type]
+
+
+def configure(prompt: dict, *, image: str | None = None, size: int | None = None, steps: int | None = None,
+              seed: int | None = None) -> dict:  # fmt: skip
+    """Sets the reference image (LoadImage), the square picture size (EmptyLatentImage), steps and seed (KSampler);
+    None leaves a value as the workflow has it."""
+    for node in nodes_of_class(prompt, "LoadImage"):
+        node["inputs"].update({} if image is None else {"image": image})
+    for node in nodes_of_class(prompt, "EmptyLatentImage"):
+        node["inputs"].update({} if size is None else {"width": size, "height": size})
+    for node in nodes_of_class(prompt, "KSampler"):
+        node["inputs"].update({key: value for key, value in (("steps", steps), ("seed", seed)) if value is not None})
+    return prompt
+
+
+def node_title(prompt: dict, node_id) -> str:
+    node = prompt.get(str(node_id), {})
+    return node.get("_meta", {}).get("title") or node.get("class_type") or f"node {node_id}"
+
+
+def describe_rejection(body) -> str:
+    """The text of a 400 answer to POST /prompt: the error and each node's errors."""
+    if not isinstance(body, dict):
+        return str(body)
+    error = body.get("error", {})
+    lines = [f"{error.get('message', 'prompt rejected')} {error.get('details', '')}".strip()]
+    for node_id, node_error in (body.get("node_errors") or {}).items():
+        for item in node_error.get("errors", []):
+            where = f"node {node_id} ({node_error.get('class_type')})"
+            lines.append(f"  {where}: {item.get('message')}: {item.get('details')}")
+    return "\n".join(lines)
+
+
+def describe_failure(entry: dict) -> str:
+    """The error of a failed prompt, from its /history entry."""
+    status = entry.get("status", {})
+    for event, data in status.get("messages", []):
+        if event == "execution_error":
+            return (
+                f"node {data.get('node_id')} ({data.get('node_type')}) raised "
+                f"{str(data.get('exception_type')).rsplit('.', 1)[-1]}: {data.get('exception_message')}"
+            )
+        if event == "execution_interrupted":
+            return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
+    return f"status {status.get('status_str')!r} without an error message"
+
+
+@dataclass
+class Queued:
+    """The answer to POST /prompt: a prompt id, or (status 400) the error body."""
+
+    prompt_id: str | None
+    error: dict | None = None
+
+
+class ComfyClient:
+    def __init__(self, url: str, *, timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _get(self, path: str, **params) -> requests.Response:
+        response = requests.get(f"{self.url}{path}", params=params or None, timeout=self.timeout)
+        if response.status_code != 200:
+            raise ComfyError(f"GET {path} answered {response.status_code}: {response.text[:2000]}")
+        return response
+
+    def object_info(self, node_class: str | None = None) -> dict:
+        return self._get(f"/object_info/{node_class}" if node_class else "/object_info").json()
+
+    def upload_image(self, data: bytes, name: str, *, overwrite: bool = True) -> str:
+        """Stores an image in the input folder; returns the name LoadImage takes."""
+        response = requests.post(
+            f"{self.url}/upload/image",
+            files={"image": (name, data, "image/png")},
+            data={"type": "input", "overwrite": "true" if overwrite else "false"},
+            timeout=self.timeout,
+        )
+        if response.status_code != 200:
+            raise ComfyError(f"POST /upload/image answered {response.status_code}: {response.text[:2000]}")
+        stored = response.json()
+        return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
+
+    def queue_prompt(self, prompt: dict, *, client_id: str | None = None) -> Queued:
+        payload = {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex}
+        response = requests.post(f"{self.url}/prompt", json=payload, timeout=self.timeout)
+        if response.status_code == 200:
+            return Queued(prompt_id=response.json()["prompt_id"])
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": {"message": response.text[:2000]}}
+        return Queued(prompt_id=None, error=body)
+
+    def history(self, prompt_id: str) -> dict | None:
+        """The prompt's /history entry once it has finished (successfully or not), else None."""
+        return self._get(f"/history/{prompt_id}").json().get(prompt_id)
+
+    def _history_if_answered(self, prompt_id: str) -> dict | None:
+        """A quick look at /history; None also when a busy server does not answer within a few seconds."""
+        try:
+            response = requests.get(f"{self.url}/history/{prompt_id}", timeout=5)
+            return response.json().get(prompt_id) if response.status_code == 200 else None
+        except (requests.RequestException, ValueError):
+            return None
+
+    def wait_for_history(self, prompt_id: str, *, timeout: float, poll: float = 0.5) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.history(prompt_id)
+            if entry is not None:
+                return entry
+            time.sleep(poll)
+        raise ComfyError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+    def follow(self, websocket, prompt_id: str, *, timeout: float, report=None, titles=None) -> dict:
+        """Reads the websocket (opened before queueing) until the prompt ends; `report(line)` gets progress lines.
+
+        Returns the /history entry. `titles(node_id) -> str` names nodes in the lines.
+        """
+        from websocket import WebSocketTimeoutException
+
+        titles = titles or (lambda node_id: f"node {node_id}")
+        report = report or (lambda line: None)
+        deadline = time.monotonic() + timeout
+        websocket.settimeout(5.0)
+        while time.monotonic() < deadline:
+            try:
+                message = websocket.recv()
+            except WebSocketTimeoutException:
+                entry = self._history_if_answered(prompt_id)  # a missed end message must not hang us
+                if entry is not None:
+                    return entry
+                continue
+            if not isinstance(message, str):
+                continue  # binary frames: previews
+            event = json.loads(message)
+            kind, data = event.get("type"), event.get("data", {})
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if kind == "execution_cached" and data.get("nodes"):
+                report("cached: " + ", ".join(titles(node) for node in data["nodes"]))
+            elif kind == "executing" and data.get("node") is not None:
+                report(f"running: {titles(data['node'])}")
+            elif kind == "progress":
+                report(f"  {titles(data.get('node'))}: {data.get('value')}/{data.get('max')}")
+            elif kind == "execution_error":
+                report(f"error in {titles(data.get('node_id'))}: {data.get('exception_message')}")
+            ended = kind in ("execution_success", "execution_error", "execution_interrupted")
+            if ended or (kind == "executing" and data.get("node") is None):
+                return self.wait_for_history(prompt_id, timeout=max(deadline - time.monotonic(), 10.0))
+        raise ComfyError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+    @staticmethod
+    def output_images(entry: dict) -> list[dict]:
+        """The image references ({filename, subfolder, type}) of every output node, in node order."""
+        outputs = entry.get("outputs", {})
+        return [image for node_id in sorted(outputs, key=str) for image in outputs[node_id].get("images", [])]
+
+    def fetch(self, image: dict) -> bytes:
+        return self._get(
+            "/view", filename=image["filename"], subfolder=image.get("subfolder", ""), type=image.get("type", "output")
+        ).content
+
+
+def run_prompt(client: ComfyClient, prompt: dict, *, timeout: float, report=None) -> dict:
+    """Queues `prompt`, follows it over the websocket, and returns its /history entry; raises ComfyError with
+    ComfyUI's own message when the prompt is rejected or fails."""
+    import websocket  # websocket-client
+
+    client_id = uuid.uuid4().hex
+    connection = websocket.create_connection(f"ws{client.url[4:]}/ws?clientId={client_id}", timeout=client.timeout)
+    try:
+        queued = client.queue_prompt(prompt, client_id=client_id)
+        if queued.prompt_id is None:
+            raise ComfyError("ComfyUI rejected the prompt:\n" + describe_rejection(queued.error))
+        entry = client.follow(
+            connection, queued.prompt_id, timeout=timeout, report=report, titles=lambda node: node_title(prompt, node)
+        )
+    finally:
+        connection.close()
+    if entry.get("status", {}).get("status_str") != "success":
+        raise ComfyError("the prompt failed: " + describe_failure(entry))
+    return entry

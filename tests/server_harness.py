@@ -1,0 +1,94 @@
+"""Real ComfyUI servers for the tests: `comfy_server()` and small helpers over the HTTP API.
+
+    with comfy_server(models_dir=standin_models()) as server:
+        queued = queue_prompt(server, example_prompt(image=upload_image(server, reference_png(), "ref.png")))
+        entry = wait_for_completion(server, queued.prompt_id, timeout=600)
+        png = fetch_output_image(server, entry)
+
+The server is `main.py --cpu` of the host (COMFYUI_DIR) on a free localhost port, with a temporary base directory
+whose custom_nodes/ holds a link to this pack (plus any `extra_custom_nodes` folders), run by this interpreter.
+It is stopped by its PID when the block ends, also on failure. The code is scripts/comfy_http.py, shared with
+`make demo`.
+"""
+
+import contextlib
+import sys
+from pathlib import Path
+
+from conftest import require_host
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.append(str(SCRIPTS))
+
+import comfy_http  # noqa: E402  (scripts/, shared with the demo)
+import standins  # noqa: E402
+from comfy_http import (  # noqa: E402,F401  (re-exported for the tests)
+    ComfyError,
+    Queued,
+    Server,
+    describe_failure,
+    describe_rejection,
+    nodes_of_class,
+)
+from demo import reference_picture  # noqa: E402
+
+PACK_LINK = comfy_http.PACK_LINK
+
+
+@contextlib.contextmanager
+def comfy_server(*, models_dir: Path | None = None, extra_custom_nodes=(), startup_timeout: float = 240.0):
+    """A started ComfyUI `Server` (`.url`, `.process`, `.log()`, `.client`) with the pack, for one `with` block."""
+    comfyui_dir = require_host()
+    with comfy_http.running_server(
+        comfyui_dir=comfyui_dir,
+        python=sys.executable,
+        models_dir=models_dir,
+        extra_custom_nodes=extra_custom_nodes,
+        startup_timeout=startup_timeout,
+    ) as server:
+        yield server
+
+
+def standin_models() -> Path:
+    """The stand-in models folder (scripts/standins.py; generated on first use, about a minute, then cached)."""
+    return standins.ensure(comfyui_dir=require_host())
+
+
+def reference_png() -> bytes:
+    return reference_picture(size=256)
+
+
+def example_prompt(*, image: str, size: int = 64, steps: int = 2, seed: int = 0) -> dict:
+    """workflows/ipadapter_sd15_api.json with the uploaded reference, a small picture and few steps."""
+    return comfy_http.configure(comfy_http.load_workflow(), image=image, size=size, steps=steps, seed=seed)
+
+
+def object_info(server: Server, node_class: str | None = None) -> dict:
+    return server.client.object_info(node_class)
+
+
+def upload_image(server: Server, data: bytes, name: str) -> str:
+    """Stores PNG bytes in the server's input folder; returns the name for LoadImage."""
+    return server.client.upload_image(data, name)
+
+
+def queue_prompt(server: Server, prompt: dict) -> Queued:
+    """POST /prompt: `.prompt_id` when accepted, else `.error`, the 400 body (see describe_rejection)."""
+    return server.client.queue_prompt(prompt)
+
+
+def wait_for_completion(server: Server, prompt_id: str, *, timeout: float = 600.0) -> dict:
+    """The prompt's /history entry once it has finished; ComfyError after `timeout` seconds."""
+    return server.client.wait_for_history(prompt_id, timeout=timeout)
+
+
+def succeeded(entry: dict) -> bool:
+    return entry.get("status", {}).get("status_str") == "success"
+
+
+def fetch_output_image(server: Server, entry: dict, index: int = 0) -> bytes:
+    images = server.client.output_images(entry)
+    if len(images) <= index:
+        raise ComfyError(f"the prompt has {len(images)} output images: {entry.get('outputs')}")
+    return server.client.fetch(images[index])

@@ -1,0 +1,128 @@
+"""Real ComfyUI servers (`main.py --cpu`) with the pack: the node listing, the example workflow, a bad prompt.
+
+The workflow runs on random stand-in models (scripts/standins.py; generated once, about a minute, then cached)
+at 64x64 pixels and 2 steps.
+"""
+
+from io import BytesIO
+
+import pytest
+from PIL import Image
+from server_harness import (
+    PACK_LINK,
+    comfy_server,
+    describe_failure,
+    describe_rejection,
+    example_prompt,
+    fetch_output_image,
+    nodes_of_class,
+    object_info,
+    queue_prompt,
+    reference_png,
+    standin_models,
+    succeeded,
+    upload_image,
+    wait_for_completion,
+)
+
+pytestmark = pytest.mark.server
+
+OUR_NODES = (
+    "DecoupledIPAdapterLoader",
+    "DecoupledIPAdapterEncode",
+    "DecoupledIPAdapterApply",
+    "DecoupledIPAdapterCombineEmbeds",
+)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MISSING_ADAPTER = "no-such-adapter_sd15.safetensors"
+
+
+class LeaveTheBlock(Exception):
+    """Raised inside a server block to check that the harness stops the server on the way out."""
+
+
+PACK_PATH = f"/custom_nodes/{PACK_LINK}"
+
+
+def pack_log_problems(log: str) -> list[str]:
+    """Lines of ComfyUI's start-up log that report our pack failing to import."""
+    failed = ("IMPORT FAILED", "Cannot import")
+    return [line for line in log.splitlines() if PACK_PATH in line and any(mark in line for mark in failed)]
+
+
+def pack_was_loaded(log: str) -> bool:
+    """ComfyUI's import-times table lists the pack as `   0.1 seconds: <base>/custom_nodes/decoupled-ipadapter`."""
+    return any(line.rstrip().endswith(PACK_PATH) and "seconds:" in line for line in log.splitlines())
+
+
+def test_pack_loads_and_every_node_is_documented():
+    with pytest.raises(LeaveTheBlock):
+        with comfy_server() as server:
+            process = server.process
+            log = server.log()
+            assert not pack_log_problems(log), log[-6000:]
+            assert pack_was_loaded(log), log[-6000:]
+            info = object_info(server)
+            missing = [node for node in OUR_NODES if node not in info]
+            assert not missing, f"not listed by /object_info: {missing}\n{log[-6000:]}"
+            for node in OUR_NODES:
+                schema = info[node]
+                assert schema["description"].strip(), node
+                inputs = {**schema["input"].get("required", {}), **schema["input"].get("optional", {})}
+                assert inputs, node
+                for name, spec in inputs.items():
+                    options = spec[1] if len(spec) > 1 else {}
+                    assert options.get("tooltip", "").strip(), f"{node}.{name} has no tooltip"
+                tooltips = schema.get("output_tooltips") or []
+                assert len(tooltips) == len(schema["output"]) > 0, node
+                assert all(tip and tip.strip() for tip in tooltips), f"{node} has an output without a tooltip"
+            raise LeaveTheBlock
+    assert process.poll() is not None, "the server still runs after its block ended with an exception"
+
+
+@pytest.fixture(scope="module")
+def standin_server():
+    with comfy_server(models_dir=standin_models()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def reference_name(standin_server):
+    return upload_image(standin_server, reference_png(), "reference.png")
+
+
+def run_to_png(server, prompt) -> bytes:
+    queued = queue_prompt(server, prompt)
+    assert queued.prompt_id, describe_rejection(queued.error)
+    entry = wait_for_completion(server, queued.prompt_id, timeout=600)
+    assert succeeded(entry), describe_failure(entry) + "\n" + server.log()[-4000:]
+    return fetch_output_image(server, entry)
+
+
+def assert_png(data: bytes, size: int) -> None:
+    assert data.startswith(PNG_SIGNATURE)
+    with Image.open(BytesIO(data)) as image:
+        assert image.format == "PNG"
+        assert image.size == (size, size)
+        image.load()  # decodes every row: a truncated file raises here
+
+
+def test_example_workflow_runs_on_standin_models(standin_server, reference_name):
+    data = run_to_png(standin_server, example_prompt(image=reference_name, size=64, steps=2, seed=1))
+    assert_png(data, 64)
+
+
+def test_missing_adapter_file_gives_a_clear_error_and_the_server_goes_on(standin_server, reference_name):
+    bad = example_prompt(image=reference_name, size=64, steps=2, seed=2)
+    nodes_of_class(bad, "DecoupledIPAdapterLoader")[0]["inputs"]["ipadapter_name"] = MISSING_ADAPTER
+    queued = queue_prompt(standin_server, bad)
+    if queued.prompt_id is None:  # rejected by validation (the file is not among the options)
+        message = describe_rejection(queued.error)
+    else:  # or accepted and failed while running
+        entry = wait_for_completion(standin_server, queued.prompt_id, timeout=600)
+        assert not succeeded(entry)
+        message = describe_failure(entry)
+    assert MISSING_ADAPTER in message and "ipadapter" in message.lower(), message
+
+    data = run_to_png(standin_server, example_prompt(image=reference_name, size=64, steps=2, seed=3))
+    assert_png(data, 64)
