@@ -1,5 +1,6 @@
 """Load IPAdapter: an official checkpoint file from the `ipadapter` model folder."""
 
+import logging
 import os
 from collections import OrderedDict
 
@@ -32,7 +33,9 @@ def load_cached(path: str) -> ManagedAdapter:
     status = os.stat(path)
     key = (os.path.realpath(path), status.st_mtime_ns, status.st_size)
     if key not in _loaded:
-        _loaded[key] = manage(load_adapter(path))
+        adapter = load_adapter(path)
+        logging.info("Decoupled IP-Adapter: %s is %s", adapter.source, adapter.spec.describe())
+        _loaded[key] = manage(adapter)
         while len(_loaded) > CACHE_SIZE:
             _loaded.popitem(last=False)
     _loaded.move_to_end(key)

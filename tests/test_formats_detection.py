@@ -153,6 +153,15 @@ def test_sd15_file_loads_and_is_detected_exactly(files, variant_name, container)
     assert_same_tensors(adapter.model, files.tensors(variant_name))
 
 
+def test_the_load_result_says_what_it_found(files):
+    plus = load_adapter(files.path("ip-adapter-plus_sd15")).spec.describe()
+    assert plus == (
+        "ip-adapter-plus_sd15: SD1.5, resampler projection, 16 tokens, "
+        "needs the ViT-H image encoder (penultimate hidden states)"
+    )
+    assert "ViT-bigG image encoder (image embeds)" in load_adapter(files.path("ip-adapter_sd15_vit-G")).spec.describe()
+
+
 @pytest.mark.parametrize("variant_name", SD15_VARIANTS)
 def test_sd15_projection_matches_diffusers(files, variant_name):
     adapter = load_adapter(files.path(variant_name))
