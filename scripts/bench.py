@@ -137,6 +137,48 @@ def recomputing_keys_values():
         ImagePromptTerm.keys_values = original
 
 
+# SD1.5's cross-attention layers in checkpoint order: (attention width, latent downscale of the block).
+SD15_LAYERS = tuple(zip(
+    (320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 1280),
+    (1, 1, 2, 2, 4, 4, 4, 4, 4, 2, 2, 2, 1, 1, 1, 8),
+))  # fmt: skip
+
+
+def attention_cost(device, dtype, size: int, directory: Path) -> list[dict]:
+    """The image prompt's own cost in one SD1.5 UNet evaluation (cfg batch of 2), summed over the 16 layers: the
+    patched attn2 call minus ComfyUI's plain attention, timed per layer with torch.utils.benchmark (low noise)."""
+    from torch.utils import benchmark
+
+    from decoupled_ipadapter.ipadapter_core.layer_map import CrossAttentionLayer
+    from decoupled_ipadapter.ipadapter_core.patch import ImagePromptTerm, LayerPatch, host_attention
+    from decoupled_ipadapter.ipadapter_core.schedule import SigmaRange
+
+    rows = []
+    for label, variant in (("base", "ip-adapter_sd15"), ("plus", "ip-adapter-plus_sd15"), ("full-face", "ip-adapter-full-face_sd15")):
+        managed = official_adapter(variant, directory)[0]
+        term = ImagePromptTerm(adapter=managed.adapter, weights_patcher=managed.weights_patcher,
+                               embeds=embeds_for(managed.adapter.spec, 1), weight=0.7,
+                               sigmas=SigmaRange(start=1e9, end=0.0, always=True))  # fmt: skip
+        plain_total = patched_total = 0.0
+        for index, (width, downscale) in enumerate(SD15_LAYERS):
+            tokens = (size // 8 // downscale) ** 2
+            q = torch.randn(2, tokens, width, device=device, dtype=dtype)  # [B, Nq, H·D]
+            k = torch.randn(2, 77, width, device=device, dtype=dtype)  # [B, 77, H·D]
+            options = {"n_heads": 8, "attn_precision": None, "cond_or_uncond": [1, 0], "sigmas": torch.ones(2, device=device)}
+            layer = CrossAttentionLayer(number=2 * index + 1, key=("input", 0, 0), hidden_size=width, context_dim=768)
+            patch = LayerPatch(layer=layer, terms=(term,))
+            with torch.no_grad():
+                patch(q, k, k, options)  # K'/V' computed once, as in a sampling run
+                measure = {"plain": lambda: host_attention(q, k, k, options), "patched": lambda: patch(q, k, k, options)}
+                seconds = {name: benchmark.Timer("f()", globals={"f": f}).blocked_autorange(min_run_time=0.3).median
+                           for name, f in measure.items()}  # fmt: skip
+            plain_total += seconds["plain"]
+            patched_total += seconds["patched"]
+        rows.append({"case": label, "tokens": managed.adapter.spec.num_tokens, "latent": f"{size // 8}x{size // 8}",
+                     "plain_attn2_s": plain_total, "image_prompt_s": patched_total - plain_total})  # fmt: skip
+    return rows
+
+
 def step_cases(base: str, device, dtype, size: int, steps: int, repeats: int, directory: Path):
     from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 
@@ -223,28 +265,34 @@ def main():
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=REPO / "bench-results" / "bench.json")
+    parser.add_argument("--parts", default="loading,steps,attention,encode", help="comma-separated subset to run")
     options = parser.parse_args()
     start_host()
     import comfy.model_management
 
     device = comfy.model_management.get_torch_device()
     cuda = device.type == "cuda"
-    results = {"machine": machine(), "steps": [], "loading": [], "encode": None}
+    parts = set(options.parts.split(","))
+    results = {"machine": machine(), "steps": [], "loading": [], "attention": []}
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
-        results["loading"] = loading_times(directory, ["ip-adapter_sd15", "ip-adapter-plus_sdxl_vit-h"])
-        if cuda:
+        if "loading" in parts:
+            results["loading"] = loading_times(directory, ["ip-adapter_sd15", "ip-adapter-plus_sdxl_vit-h"])
+        if "steps" in parts and cuda:
             torch.cuda.reset_peak_memory_stats()
             results["steps"] += step_cases("SD1.5", device, torch.float16, 512, options.steps, options.repeats, directory)
             results["steps"] += step_cases("SDXL", device, torch.float16, 1024, options.steps, options.repeats, directory)
             results["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        else:
+        elif "steps" in parts:
             results["steps"] += step_cases("SD1.5", device, torch.float32, 256, options.steps, options.repeats, directory)
+        if "attention" in parts:
+            results["attention"] = attention_cost(device, torch.float16 if cuda else torch.float32, 512 if cuda else 256, directory)
     results["peak_ram_gib"] = peak_ram_gib()
     # Last: ComfyUI's CLIP vision keeps fp16 weights on a CPU and casts them per layer, which costs far more memory
     # than the sampling above; measured after it so both peaks are reported.
-    results["encode"] = encode_throughput(device)
-    results["peak_ram_with_encode_gib"] = peak_ram_gib()
+    if "encode" in parts:
+        results["encode"] = encode_throughput(device)
+        results["peak_ram_with_encode_gib"] = peak_ram_gib()
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(results, indent=2))
     print(render(results))
@@ -260,13 +308,21 @@ def render(results) -> str:
             f"{row['adapter_s_per_step']:.3f} | {row['overhead']:+.1%} | {row['recomputed_kv_s_per_step']:.3f} | "
             f"{row['recomputed_overhead']:+.1%} |"
         )
+    plain_step = {row["case"].split(" ")[0]: row["plain_s_per_step"] for row in results["steps"] if row["batch"] == 1}
+    lines += ["", "image-prompt cost per UNet evaluation (16 layers, cfg batch 2), timed per layer:", "",
+              "| case | tokens | latent | plain attn2 s | image prompt s | share of a plain step |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in results.get("attention", []):
+        share = f"{row['image_prompt_s'] / plain_step[row['case']]:.2%}" if row["case"] in plain_step else "(steps not run)"
+        lines.append(f"| {row['case']} | {row['tokens']} | {row['latent']} | {row['plain_attn2_s']:.4f} | {row['image_prompt_s']:.4f} | {share} |")
     lines += ["", "| file | MB | warm load s |", "|---|---|---|"]
     lines += [f"| {row['file']} | {row['megabytes']:.0f} | {row['warm_load_s']:.3f} |" for row in results["loading"]]
-    encode = results["encode"]
-    lines += ["", f"encode: {encode['images']} images in {encode['seconds']:.2f} s = {encode['images_per_s']:.1f} images/s ({encode['encoder']})"]
+    encode = results.get("encode")
+    if encode:
+        lines += ["", f"encode: {encode['images']} images in {encode['seconds']:.2f} s = {encode['images_per_s']:.1f} images/s ({encode['encoder']})"]
     lines.append(
-        f"peak RAM: {results['peak_ram_gib']:.2f} GiB loading and sampling, {results['peak_ram_with_encode_gib']:.2f} GiB "
-        "after encoding" + (f"; peak VRAM: {results['peak_vram_gib']:.2f} GiB" if "peak_vram_gib" in results else "")
+        f"peak RAM: {results['peak_ram_gib']:.2f} GiB before encoding"
+        + (f", {results['peak_ram_with_encode_gib']:.2f} GiB after" if encode else "")
+        + (f"; peak VRAM: {results['peak_vram_gib']:.2f} GiB" if "peak_vram_gib" in results else "")
     )
     return "\n".join(lines)
 
