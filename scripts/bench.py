@@ -36,10 +36,9 @@ SDXL_UNET = dict(
 
 def start_host():
     sys.path.insert(0, os.environ["COMFYUI_DIR"])
-    from conftest import REPO as _  # noqa: F401  (registers the pack as `decoupled_ipadapter`)
+    import pack_import  # noqa: F401  (the pack as `decoupled_ipadapter`)
     from comfy.cli_args import args
 
-    torch.set_num_threads(os.cpu_count() or 1)  # conftest (imported for the package) sets 1 for the tiny tests
     args.cpu = not torch.cuda.is_available()
     args.disable_api_nodes = True
     import utils.extra_config  # noqa: F401

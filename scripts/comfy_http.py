@@ -27,6 +27,9 @@ EXAMPLE_WORKFLOW = REPO / "workflows" / "ipadapter_sd15_api.json"
 MODEL_FOLDERS = ("checkpoints", "clip_vision", "ipadapter", "controlnet", "loras", "vae", "embeddings")
 
 
+REJECTED = "ComfyUI rejected the prompt:"  # how a ComfyError from run_prompt begins when /prompt said 400
+
+
 class ComfyError(RuntimeError):
     """Anything that went wrong with the server or a prompt, with a message meant for the user."""
 
@@ -324,7 +327,7 @@ def run_prompt(client: ComfyClient, prompt: dict, *, timeout: float, report=None
     try:
         queued = client.queue_prompt(prompt, client_id=client_id)
         if queued.prompt_id is None:
-            raise ComfyError("ComfyUI rejected the prompt:\n" + describe_rejection(queued.error))
+            raise ComfyError(f"{REJECTED}\n" + describe_rejection(queued.error))
         entry = client.follow(
             connection, queued.prompt_id, timeout=timeout, report=report, titles=lambda node: node_title(prompt, node)
         )

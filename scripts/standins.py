@@ -126,7 +126,7 @@ def _import_comfy(comfyui_dir: Path):
 
 
 def _tiny_models():
-    """tests/tiny_models.py: the random initialisation and the SD1.5 layer widths shared with the tests."""
+    """tests/tiny_models.py (the random initialisation shared with the tests), with tests/ put on sys.path."""
     if str(REPO / "tests") not in sys.path:
         sys.path.append(str(REPO / "tests"))
     import tiny_models
@@ -172,26 +172,12 @@ def _clip_vision():
 
 
 def _ipadapter():
-    """ip-adapter_sd15: a linear projection of the ViT-H image embedding to 4 tokens, K'/V' for 16 layers."""
-    import torch
+    """ip-adapter_sd15: the official keys and shapes (tests/official_shapes.py), random values, fp16."""
+    _tiny_models()  # puts tests/ on sys.path
+    import official_shapes
+    import pack_import  # noqa: F401  (official_shapes builds the tensors with the pack's own modules)
 
-    tiny = _tiny_models()
-    adapter = torch.nn.Module()
-    adapter.image_proj = torch.nn.Module()
-    adapter.image_proj.proj = torch.nn.Linear(1024, 4 * tiny.SD15_TEXT_WIDTH)  # 4 tokens of 768
-    adapter.image_proj.norm = torch.nn.LayerNorm(tiny.SD15_TEXT_WIDTH)
-    adapter.ip_adapter = torch.nn.ModuleDict(
-        {
-            str(2 * index + 1): torch.nn.ModuleDict(
-                {
-                    "to_k_ip": torch.nn.Linear(tiny.SD15_TEXT_WIDTH, hidden, bias=False),
-                    "to_v_ip": torch.nn.Linear(tiny.SD15_TEXT_WIDTH, hidden, bias=False),
-                }
-            )
-            for index, hidden in enumerate(tiny.SD15_HIDDEN_SIZES)
-        }
-    )
-    return _half(_randomised(adapter, seed=5).state_dict())
+    return official_shapes.official_state_dict(official_shapes.VARIANTS["ip-adapter_sd15"])
 
 
 def _controlnet():

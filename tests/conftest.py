@@ -7,29 +7,15 @@ hand, and fail under `make test` (DECOUPLED_IPADAPTER_REQUIRE_HOST=1), so a brok
 """
 
 import asyncio
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
+import pack_import  # noqa: F401  (the pack as `decoupled_ipadapter`; tests/ is on sys.path: rootdir conftest)
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE = "decoupled_ipadapter"
 TESTS = Path(__file__).resolve().parent
-
-
-def _register_pack_as_package() -> None:
-    if PACKAGE in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
-
-
-_register_pack_as_package()
 sys.path.insert(0, str(TESTS))
 # The tiny test models are small: one thread is faster than two on the 2-core CI machine, and shares it fairly
 # with the ComfyUI servers the server tests start.

@@ -1,8 +1,7 @@
 """Real ComfyUI servers for the tests: `comfy_server()` and small helpers over the HTTP API.
 
     with comfy_server(models_dir=standin_models()) as server:
-        queued = queue_prompt(server, example_prompt(image=upload_image(server, reference_png(), "ref.png")))
-        entry = wait_for_completion(server, queued.prompt_id, timeout=600)
+        entry = run_prompt(server, example_prompt(image=upload_image(server, reference_png(), "ref.png")))
         png = fetch_output_image(server, entry)
 
 The server is `main.py --cpu` of the host (COMFYUI_DIR) on a free localhost port, with a temporary base directory
@@ -23,17 +22,11 @@ if str(SCRIPTS) not in sys.path:
 
 import comfy_http  # noqa: E402  (scripts/, shared with the demo)
 import standins  # noqa: E402
-from comfy_http import (  # noqa: E402,F401  (re-exported for the tests)
-    ComfyError,
-    Queued,
-    Server,
-    describe_failure,
-    describe_rejection,
-    nodes_of_class,
-)
+from comfy_http import ComfyError, Server, nodes_of_class  # noqa: E402,F401  (nodes_of_class: re-exported for the tests)
 from demo import reference_picture  # noqa: E402
 
 PACK_LINK = comfy_http.PACK_LINK
+REJECTED = comfy_http.REJECTED
 
 
 @contextlib.contextmanager
@@ -73,18 +66,23 @@ def upload_image(server: Server, data: bytes, name: str) -> str:
     return server.client.upload_image(data, name)
 
 
-def queue_prompt(server: Server, prompt: dict) -> Queued:
-    """POST /prompt: `.prompt_id` when accepted, else `.error`, the 400 body (see describe_rejection)."""
-    return server.client.queue_prompt(prompt)
+def run_prompt(server: Server, prompt: dict, *, timeout: float = 600.0) -> dict:
+    """Queues `prompt` and follows it to the end: its /history entry. A rejected or failed prompt raises ComfyError
+    with ComfyUI's message and the end of the server log."""
+    try:
+        return comfy_http.run_prompt(server.client, prompt, timeout=timeout)
+    except ComfyError as error:
+        raise ComfyError(f"{error}\n--- end of the ComfyUI log ---\n{server.log_tail(4000)}") from error
 
 
-def wait_for_completion(server: Server, prompt_id: str, *, timeout: float = 600.0) -> dict:
-    """The prompt's /history entry once it has finished; ComfyError after `timeout` seconds."""
-    return server.client.wait_for_history(prompt_id, timeout=timeout)
-
-
-def succeeded(entry: dict) -> bool:
-    return entry.get("status", {}).get("status_str") == "success"
+def prompt_error(server: Server, prompt: dict, *, timeout: float = 600.0) -> str:
+    """ComfyUI's message for a prompt that must not succeed: the /prompt rejection (it begins with REJECTED) or
+    the failing node's error from /history."""
+    try:
+        comfy_http.run_prompt(server.client, prompt, timeout=timeout)
+    except ComfyError as error:
+        return str(error)
+    raise AssertionError("the prompt succeeded, but an error was expected")
 
 
 def fetch_output_image(server: Server, entry: dict, index: int = 0) -> bytes:

@@ -11,18 +11,15 @@ from PIL import Image
 from server_harness import (
     PACK_LINK,
     comfy_server,
-    describe_failure,
-    describe_rejection,
     example_prompt,
     fetch_output_image,
     nodes_of_class,
     object_info,
-    queue_prompt,
+    prompt_error,
     reference_png,
+    run_prompt,
     standin_models,
-    succeeded,
     upload_image,
-    wait_for_completion,
 )
 
 pytestmark = pytest.mark.server
@@ -92,11 +89,7 @@ def reference_name(standin_server):
 
 
 def run_to_png(server, prompt) -> bytes:
-    queued = queue_prompt(server, prompt)
-    assert queued.prompt_id, describe_rejection(queued.error)
-    entry = wait_for_completion(server, queued.prompt_id, timeout=600)
-    assert succeeded(entry), describe_failure(entry) + "\n" + server.log()[-4000:]
-    return fetch_output_image(server, entry)
+    return fetch_output_image(server, run_prompt(server, prompt))
 
 
 def assert_png(data: bytes, size: int) -> None:
@@ -115,13 +108,7 @@ def test_example_workflow_runs_on_standin_models(standin_server, reference_name)
 def test_missing_adapter_file_gives_a_clear_error_and_the_server_goes_on(standin_server, reference_name):
     bad = example_prompt(image=reference_name, size=64, steps=2, seed=2)
     nodes_of_class(bad, "DecoupledIPAdapterLoader")[0]["inputs"]["ipadapter_name"] = MISSING_ADAPTER
-    queued = queue_prompt(standin_server, bad)
-    if queued.prompt_id is None:  # rejected by validation (the file is not among the options)
-        message = describe_rejection(queued.error)
-    else:  # or accepted and failed while running
-        entry = wait_for_completion(standin_server, queued.prompt_id, timeout=600)
-        assert not succeeded(entry)
-        message = describe_failure(entry)
+    message = prompt_error(standin_server, bad)  # rejected by validation, or accepted and failed while running
     assert MISSING_ADAPTER in message and "ipadapter" in message.lower(), message
 
     data = run_to_png(standin_server, example_prompt(image=reference_name, size=64, steps=2, seed=3))
