@@ -9,6 +9,7 @@ Training checkpoints name the same parts `image_proj_model.` and `adapter_module
 
 import os
 import pickle
+from dataclasses import dataclass
 
 import safetensors
 import safetensors.torch
@@ -23,26 +24,53 @@ PART_ALIASES = {
     "adapter_modules": "ip_adapter",
 }
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 
 StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WeightsFileKind:
+    """How the errors of one kind of weights file name it and what they tell the user to do."""
+
+    label: str  # "IP-Adapter file"
+    where_to_put: str  # "Put the file in ComfyUI's models/ipadapter folder."
+    what_to_use: str  # which files to use instead of an unknown extension or a code-carrying pickle
+
+
+IPADAPTER_FILE = WeightsFileKind(
+    label="IP-Adapter file",
+    where_to_put="Put the file in ComfyUI's models/ipadapter folder.",
+    what_to_use="Use the official .safetensors version of this adapter.",
+)
 
 
 def read_adapter_file(path: str) -> dict[str, StateDict]:
     """Return `{"image_proj": {...}, "ip_adapter": {...}}` with the file's tensors, unchanged."""
     name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise IPAdapterError(f"IP-Adapter file '{path}' does not exist. Put the file in ComfyUI's models/ipadapter folder.")
-    if os.path.getsize(path) == 0:
-        raise IPAdapterError(f"IP-Adapter file '{name}' is empty (0 bytes): its download did not finish. Download it again.")
-    if path.lower().endswith((".safetensors", ".sft")):
-        flat = _read_safetensors(path, name)
-    elif path.lower().endswith(PICKLE_SUFFIXES):
-        flat = _read_pickle(path, name)
-    else:
+    content = read_weights_file(path, kind=IPADAPTER_FILE)
+    if not isinstance(content, dict):
         raise IPAdapterError(
-            f"IP-Adapter file '{name}' has an unknown extension. Use the official .safetensors or .bin file."
+            f"'{name}' is not an IP-Adapter file: it holds a {type(content).__name__}, not a dict of weights. "
+            "Load an official IP-Adapter checkpoint (for example ip-adapter_sd15.safetensors) here."
         )
-    return split_into_parts(flat, name)
+    return split_into_parts(content, name)
+
+
+def read_weights_file(path: str, *, kind: WeightsFileKind):
+    """The content of a `.safetensors` file (a flat dict of tensors) or of a torch pickle read with weights_only=True
+    (whatever it holds, without running code). Missing, empty, truncated and code-carrying files raise IPAdapterError
+    in `kind`'s words."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise IPAdapterError(f"{kind.label} '{path}' does not exist. {kind.where_to_put}")
+    if os.path.getsize(path) == 0:
+        raise IPAdapterError(f"{kind.label} '{name}' is empty (0 bytes): its download did not finish. Download it again.")
+    if path.lower().endswith(SAFETENSORS_SUFFIXES):
+        return _read_safetensors(path, name, kind)
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        return _read_pickle(path, name, kind)
+    raise IPAdapterError(f"{kind.label} '{name}' has an unknown extension. {kind.what_to_use}")
 
 
 def split_into_parts(tensors: dict, name: str) -> dict[str, StateDict]:
@@ -68,31 +96,25 @@ def split_into_parts(tensors: dict, name: str) -> dict[str, StateDict]:
     return parts
 
 
-def _read_safetensors(path: str, name: str) -> StateDict:
+def _read_safetensors(path: str, name: str, kind: WeightsFileKind) -> StateDict:
     try:
         return safetensors.torch.load_file(path, device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as error:
         raise IPAdapterError(
-            f"IP-Adapter file '{name}' cannot be read as safetensors ({error}). "
+            f"{kind.label} '{name}' cannot be read as safetensors ({error}). "
             "It is probably truncated or damaged: download it again."
         ) from error
 
 
-def _read_pickle(path: str, name: str) -> dict:
+def _read_pickle(path: str, name: str, kind: WeightsFileKind):
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise IPAdapterError(
-            f"IP-Adapter file '{name}' was refused: it is a pickle that carries code, not only weights, and loading "
-            "it could run that code. Use the official .safetensors version of this adapter."
+            f"{kind.label} '{name}' was refused: it is a pickle that carries code, not only weights, and loading "
+            f"it could run that code. {kind.what_to_use}"
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise IPAdapterError(
-            f"IP-Adapter file '{name}' cannot be read ({error}). It is probably truncated or damaged: download it again."
+            f"{kind.label} '{name}' cannot be read ({error}). It is probably truncated or damaged: download it again."
         ) from error
-    if not isinstance(content, dict):
-        raise IPAdapterError(
-            f"'{name}' is not an IP-Adapter file: it holds a {type(content).__name__}, not a dict of weights. "
-            "Load an official IP-Adapter checkpoint (for example ip-adapter_sd15.safetensors) here."
-        )
-    return content

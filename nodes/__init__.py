@@ -3,11 +3,13 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .apply import ApplyIPAdapter
+from .clip_scores import CLIPScores
 from .combine import CombineEmbeds
 from .encode import EncodeImage
 from .loader import LoadIPAdapter, register_model_folder
+from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
 
-NODES = [LoadIPAdapter, EncodeImage, ApplyIPAdapter, CombineEmbeds]
+NODES = [LoadIPAdapter, EncodeImage, ApplyIPAdapter, CombineEmbeds, LoadOpenCLIPVision, LoadOpenCLIPModel, CLIPScores]
 
 
 class DecoupledIPAdapterExtension(ComfyExtension):

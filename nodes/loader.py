@@ -2,21 +2,19 @@
 
 import logging
 import os
-from collections import OrderedDict
 
 import folder_paths
 from comfy_api.latest import io
 
 from ..ipadapter_core.adapter import load_adapter
-from ..ipadapter_core.errors import IPAdapterError
 from ..ipadapter_core.memory import ManagedAdapter, manage
 from .errors import errors_named_for
+from .model_files import LoadedFiles, model_file_path
 from .types import IPAdapterType
 
 FOLDER = "ipadapter"
 EXTENSIONS = {".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"}
-CACHE_SIZE = 4
-_loaded: "OrderedDict[tuple, ManagedAdapter]" = OrderedDict()
+_loaded = LoadedFiles(size=4)
 
 
 def register_model_folder() -> None:
@@ -28,18 +26,10 @@ def register_model_folder() -> None:
     folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
 
 
-def load_cached(path: str) -> ManagedAdapter:
-    """One load per file version: a second Load node (or a re-run) on the same file shares the same weights."""
-    status = os.stat(path)
-    key = (os.path.realpath(path), status.st_mtime_ns, status.st_size)
-    if key not in _loaded:
-        adapter = load_adapter(path)
-        logging.info("Decoupled IP-Adapter: %s is %s", adapter.source, adapter.spec.describe())
-        _loaded[key] = manage(adapter)
-        while len(_loaded) > CACHE_SIZE:
-            _loaded.popitem(last=False)
-    _loaded.move_to_end(key)
-    return _loaded[key]
+def _load_and_manage(path: str) -> ManagedAdapter:
+    adapter = load_adapter(path)
+    logging.info("Decoupled IP-Adapter: %s is %s", adapter.source, adapter.spec.describe())
+    return manage(adapter)
 
 
 class LoadIPAdapter(io.ComfyNode):
@@ -72,11 +62,5 @@ class LoadIPAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, ipadapter_name) -> io.NodeOutput:
         with errors_named_for("Load IPAdapter"):
-            path = folder_paths.get_full_path(FOLDER, ipadapter_name)
-            if path is None:
-                folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
-                raise IPAdapterError(
-                    f"'{ipadapter_name}' is not in the ipadapter model folders ({folders}). "
-                    "Put the file there (or fix the name), then refresh the node list."
-                )
-            return io.NodeOutput(load_cached(path))
+            path = model_file_path(FOLDER, ipadapter_name)
+            return io.NodeOutput(_loaded.get(path, _load_and_manage))

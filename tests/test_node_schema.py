@@ -22,7 +22,11 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "node_schema.json"
 NODE_ID_PREFIX = "DecoupledIPAdapter"
 SOCKET_TYPE_PREFIX = "DECOUPLED_IPADAPTER"
 # (node id, input name) -> the widget setting whose value depends on the machine, and what the golden file says instead
-VOLATILE = {("DecoupledIPAdapterLoader", "ipadapter_name"): ("options", "<the files in the ipadapter model folders>")}
+VOLATILE = {
+    ("DecoupledIPAdapterLoader", "ipadapter_name"): ("options", "<the files in the ipadapter model folders>"),
+    ("DecoupledIPAdapterOpenCLIPVisionLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
+    ("DecoupledIPAdapterOpenCLIPLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
+}
 NOT_PINNED = {"tooltip"}
 
 
@@ -101,7 +105,7 @@ def test_node_ids_and_socket_types_carry_the_pack_prefix(node_classes):
     for node_class in node_classes:
         info = node_class.GET_NODE_INFO_V1()
         assert info["name"].startswith(NODE_ID_PREFIX), info["name"]
-        used = {io_type for _, _, io_type, _ in input_entries(info)} | set(info["output"])
+        used = {io_type for section, _, io_type, _ in input_entries(info) if section != "hidden"} | set(info["output"])
         for io_type in used - comfy_types:
             assert io_type.startswith(SOCKET_TYPE_PREFIX), f"{info['name']}: custom socket type {io_type}"
 
@@ -111,7 +115,9 @@ def test_every_node_input_and_output_is_documented(node_classes):
         info = node_class.GET_NODE_INFO_V1()
         node = info["name"]
         assert isinstance(info["description"], str) and info["description"].strip(), f"{node}: no description"
-        for _, name, _, settings in input_entries(info):
+        for section, name, _, settings in input_entries(info):
+            if section == "hidden":  # ComfyUI's own (prompt, extra_pnginfo of an output node): not shown, no tooltip
+                continue
             assert str(settings.get("tooltip") or "").strip(), f"{node}: input {name} has no tooltip"
         assert len(info["output_tooltips"]) == len(info["output"])
         for name, tooltip in zip(info["output_name"], info["output_tooltips"]):

@@ -49,13 +49,16 @@ def run(node, **inputs):
 
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
-    from decoupled_ipadapter.nodes import apply, combine, encode, loader
+    from decoupled_ipadapter.nodes import apply, clip_scores, combine, encode, loader, openclip_loader
 
     return {
         "load": loader.LoadIPAdapter,
         "encode": encode.EncodeImage,
         "apply": apply.ApplyIPAdapter,
         "combine": combine.CombineEmbeds,
+        "load_openclip_vision": openclip_loader.LoadOpenCLIPVision,
+        "load_openclip": openclip_loader.LoadOpenCLIPModel,
+        "clip_scores": clip_scores.CLIPScores,
     }
 
 

@@ -29,6 +29,9 @@ OUR_NODES = (
     "DecoupledIPAdapterEncode",
     "DecoupledIPAdapterApply",
     "DecoupledIPAdapterCombineEmbeds",
+    "DecoupledIPAdapterOpenCLIPVisionLoader",
+    "DecoupledIPAdapterOpenCLIPLoader",
+    "DecoupledIPAdapterCLIPScores",
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MISSING_ADAPTER = "no-such-adapter_sd15.safetensors"

@@ -1,0 +1,92 @@
+"""Load OpenCLIP Vision / Load OpenCLIP Model: OpenCLIP files from the clip_vision model folder, through open_clip_torch."""
+
+import functools
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..ipadapter_core.openclip_loading import ACTIVATIONS
+from ..ipadapter_core.openclip_model import load_openclip_model, load_openclip_vision
+from .errors import errors_named_for
+from .model_files import LoadedFiles, model_file_path
+
+OpenCLIPType = io.Custom("DECOUPLED_IPADAPTER_OPENCLIP")  # both towers of an OpenCLIP file (OpenCLIPModel)
+FOLDER = "clip_vision"
+_loaded = LoadedFiles(size=2)
+
+ACTIVATION_TOOLTIP = (
+    "The MLP activation, which a weights file does not record. auto: open_clip_config.json beside the file if there "
+    "is one, else QuickGELU for a file or folder named with openai/quickgelu (OpenAI's ViT-L-14), else GELU "
+    "(LAION's ViT-H-14 and ViT-bigG-14)."
+)
+
+
+def _inputs() -> list:
+    return [
+        io.Combo.Input(
+            "clip_name",
+            options=folder_paths.get_filename_list(FOLDER),
+            tooltip="The OpenCLIP file (open_clip_pytorch_model.bin or open_clip_model.safetensors, in a subfolder "
+            "of ComfyUI/models/clip_vision or renamed there).",
+        ),
+        io.Combo.Input("activation", options=list(ACTIVATIONS), default="auto", tooltip=ACTIVATION_TOOLTIP),
+    ]
+
+
+def _load_cached(load, clip_name: str, activation: str):
+    """Each file, activation and kind (image tower alone or both towers) is loaded once."""
+    path = model_file_path(FOLDER, clip_name)
+    return _loaded.get(path, functools.partial(load, activation=activation), variant=(load.__name__, activation))
+
+
+class LoadOpenCLIPVision(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DecoupledIPAdapterOpenCLIPVisionLoader",
+            display_name="Load OpenCLIP Vision",
+            category="decoupled_ipadapter",
+            description=(
+                "Loads the image encoder of a model saved in the OpenCLIP format (ViT-H-14, ViT-bigG-14, ViT-L-14; "
+                "recognised from its tensors) from models/clip_vision, as a CLIP vision model: connect it to "
+                "IPAdapter Encode Image like Load CLIP Vision's output, no conversion needed."
+            ),
+            inputs=_inputs(),
+            outputs=[
+                io.ClipVision.Output(
+                    display_name="clip_vision",
+                    tooltip="The image encoder; same embeds and hidden states as the converted file loaded with Load CLIP Vision.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip_name, activation) -> io.NodeOutput:
+        with errors_named_for("Load OpenCLIP Vision"):
+            return io.NodeOutput(_load_cached(load_openclip_vision, clip_name, activation))
+
+
+class LoadOpenCLIPModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DecoupledIPAdapterOpenCLIPLoader",
+            display_name="Load OpenCLIP Model (scores)",
+            category="decoupled_ipadapter",
+            description=(
+                "Loads both towers of a model saved in the OpenCLIP format from models/clip_vision, for CLIP-I / "
+                "CLIP-T Scores. The paper scored with ViT-L-14; the tokenizer is open_clip's bundled one."
+            ),
+            inputs=_inputs(),
+            outputs=[
+                OpenCLIPType.Output(
+                    display_name="openclip",
+                    tooltip="The image and text towers; connect to CLIP-I / CLIP-T Scores.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip_name, activation) -> io.NodeOutput:
+        with errors_named_for("Load OpenCLIP Model"):
+            return io.NodeOutput(_load_cached(load_openclip_model, clip_name, activation))

@@ -1,0 +1,100 @@
+"""Scores generated images with the IP-Adapter paper's CLIP-I and CLIP-T, and plots them against λ.
+
+    python scripts/clip_scores.py --model MODEL --folder OUT_DIR --references REF_DIR
+    python scripts/clip_scores.py --model MODEL --csv jobs.csv
+
+MODEL is an OpenCLIP file (open_clip_pytorch_model.bin or open_clip_model.safetensors; the paper used ViT-L-14).
+--folder reads the PNGs the batch tool wrote (their `decoupled_ipadapter` text chunk gives the reference file, the
+caption and λ); --csv reads rows of image_prompt, generated, caption, weight. Writes clip_scores.csv (every image and
+its scores) and clip_scores.png (the scores against λ) to --out (default: the folder, or the CSV's folder), and prints
+the mean scores per λ. Runs with the Python of a ComfyUI (COMFYUI_DIR, default: this repo's .host/ComfyUI): the
+images are preprocessed exactly as ComfyUI's CLIP vision does, so the node and this tool give the same numbers.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_comfy(*, gpu: bool) -> None:
+    comfyui_dir = Path(os.environ.get("COMFYUI_DIR") or REPO / ".host" / "ComfyUI")
+    if not (comfyui_dir / "comfy" / "clip_vision.py").is_file():
+        raise SystemExit(f"clip_scores: {comfyui_dir} is not a ComfyUI folder; set COMFYUI_DIR to one")
+    sys.path.insert(0, str(comfyui_dir))
+    sys.path.insert(0, str(REPO / "tests"))
+    import pack_import  # noqa: F401  (the pack as `decoupled_ipadapter`)
+    from comfy.cli_args import args
+
+    args.cpu = not gpu
+    args.disable_api_nodes = True
+    import comfy.model_management  # noqa: F401
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="the OpenCLIP file (.bin or .safetensors)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--folder", type=Path, help="folder of generated PNGs carrying the batch tool's metadata")
+    source.add_argument("--csv", type=Path, help="CSV with columns image_prompt, generated, caption, weight")
+    parser.add_argument("--references", type=Path, help="with --folder: the folder holding the reference images")
+    parser.add_argument("--out", type=Path, help="output folder (default: --folder, or the CSV's folder)")
+    parser.add_argument("--activation", choices=("auto", "gelu", "quick_gelu"), default="auto",
+                        help="the model's MLP activation (auto: open_clip_config.json beside the file, or the name)")
+    parser.add_argument("--gpu", action="store_true", help="run on the GPU (default: CPU)")
+    arguments = parser.parse_args(argv)
+    if arguments.folder is not None and arguments.references is None:
+        parser.error("--folder needs --references (the folder holding the reference images)")
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    start_comfy(gpu=arguments.gpu)
+    from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
+    from decoupled_ipadapter.ipadapter_core.openclip_model import load_openclip_model
+    from decoupled_ipadapter.ipadapter_core.score_jobs import (
+        jobs_from_csv,
+        jobs_from_folder,
+        score_jobs,
+        summary_by_weight,
+        write_scores_csv,
+    )
+    from decoupled_ipadapter.ipadapter_core.score_plot import draw_scores_plot
+
+    try:
+        if arguments.folder is not None:
+            jobs, skipped = jobs_from_folder(arguments.folder, arguments.references)
+            for path in skipped:
+                print(f"skipped {path.name}: no decoupled_ipadapter metadata", file=sys.stderr)
+            out = arguments.out or arguments.folder
+        else:
+            jobs = jobs_from_csv(arguments.csv)
+            out = arguments.out or arguments.csv.parent
+        model = load_openclip_model(str(arguments.model), activation=arguments.activation)
+        print(f"{model.source}: {model.architecture.describe()}", file=sys.stderr)
+        scored = score_jobs(model, jobs, after_job=lambda index: print(f"\rscored {index + 1}/{len(jobs)}", end="", file=sys.stderr))
+        print(file=sys.stderr)
+        out.mkdir(parents=True, exist_ok=True)
+        write_scores_csv(out / "clip_scores.csv", scored)
+        summaries = summary_by_weight(scored)
+        print("weight  images  CLIP-I  CLIP-T")
+        for summary in summaries:
+            clip_t = "-" if summary.clip_t is None else f"{summary.clip_t:.4f}"
+            print(f"{summary.weight:6g}  {summary.count:6d}  {summary.clip_i:.4f}  {clip_t}")
+        print(f"wrote {out / 'clip_scores.csv'}")
+        if summaries:
+            draw_scores_plot(scored, summaries, out / "clip_scores.png")
+            print(f"wrote {out / 'clip_scores.png'}")
+        else:
+            print("no image has a weight (λ): no plot", file=sys.stderr)
+    except IPAdapterError as error:
+        print(f"clip_scores: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

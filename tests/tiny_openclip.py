@@ -1,0 +1,105 @@
+"""Tiny random CLIP models in the OpenCLIP format, and the same weights in the layout ComfyUI's CLIPVisionLoader reads.
+
+`tiny_openclip_state_dict` builds open_clip's own CLIP (open_clip.CLIP, no pretrained tag: nothing is downloaded) from
+a small config and fills it with random values, so the keys and shapes are exactly those of an
+open_clip_pytorch_model.bin. `comfy_layout` maps its image tower with ComfyUI's own converter
+(comfy.clip_vision.convert_to_transformers, what CLIPVisionLoader applies to an OpenCLIP file) and
+`comfy_clip_vision` loads that into a comfy.clip_vision.ClipVisionModel built from the matching config.
+The text tower keeps open_clip's 49408-token vocabulary: the tokenizer is open_clip's bundled one.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+# Vision heads: the pack's loader takes 64-wide heads for a model it does not know (see openclip_loading).
+SMALL = dict(embed_dim=48, vision=dict(layers=3, width=128, patch_size=8, image_size=32, mlp_ratio=2.0))
+# The real ViT-H-14 widths (image embeds 1024, hidden states 1280), everything else tiny: for the Encode node.
+VIT_H_WIDTHS = dict(embed_dim=1024, vision=dict(layers=2, width=1280, patch_size=16, image_size=32, mlp_ratio=0.05))
+TEXT = dict(context_length=16, vocab_size=49408, width=64, heads=1, layers=2)
+
+
+def fill_openclip_random_(model: torch.nn.Module, *, seed: int) -> torch.nn.Module:
+    """Fan-in-scaled matrices, LayerNorm weights near 1, small biases and embeddings: finite, varied activations."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            if name.endswith("logit_scale"):
+                parameter.fill_(math.log(100.0))
+            elif parameter.dim() >= 2 and "embedding" not in name:
+                parameter.copy_(noise / math.sqrt(math.prod(parameter.shape[1:])))
+            elif ("ln_" in name or "norm" in name) and name.endswith("weight"):
+                parameter.copy_(1.0 + 0.1 * noise)
+            else:
+                parameter.copy_(0.1 * noise if "bias" in name else 0.5 * noise)
+    return model
+
+
+def tiny_openclip(config: dict = SMALL, *, seed: int = 0, quick_gelu: bool = False):
+    """open_clip's CLIP module (the oracle) with random weights; head widths 64 as the loader assumes."""
+    import open_clip
+
+    vision = dict(config["vision"], head_width=64)
+    model = open_clip.CLIP(embed_dim=config["embed_dim"], vision_cfg=vision, text_cfg=TEXT, quick_gelu=quick_gelu)
+    return fill_openclip_random_(model.eval(), seed=seed)
+
+
+def tiny_openclip_state_dict(config: dict = SMALL, *, seed: int = 0, text: bool = True, dtype=torch.float32) -> dict:
+    """The flat state dict an OpenCLIP file holds (`visual.*` and, with `text`, the text tower and logit_scale)."""
+    state_dict = tiny_openclip(config, seed=seed).state_dict()
+    return {
+        key: value.to(dtype).contiguous()
+        for key, value in state_dict.items()
+        if text or key.startswith("visual.")
+    }
+
+
+def save_openclip(state_dict: dict, path: Path) -> Path:
+    """Writes the state dict as OpenCLIP does: .safetensors, or a torch pickle (.bin)."""
+    state_dict = {key: value.contiguous() for key, value in state_dict.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state_dict, str(path))
+    else:
+        torch.save(state_dict, path)
+    return path
+
+
+def comfy_layout(state_dict: dict) -> dict:
+    """The image tower in the transformers layout ComfyUI's CLIP vision model reads, by ComfyUI's own converter."""
+    import comfy.clip_vision
+
+    visual = {key: value.clone() for key, value in state_dict.items() if key.startswith("visual.")}
+    return comfy.clip_vision.convert_to_transformers(visual, "visual.")
+
+
+def comfy_clip_vision(state_dict: dict, config: dict, directory: Path):
+    """A comfy.clip_vision.ClipVisionModel (fp32) holding the same image tower."""
+    import comfy.clip_vision
+
+    vision = config["vision"]
+    json_config = {
+        "hidden_act": "gelu",
+        "hidden_size": vision["width"],
+        "image_size": vision["image_size"],
+        "intermediate_size": int(vision["width"] * vision["mlp_ratio"]),
+        "layer_norm_eps": 1e-05,
+        "model_type": "clip_vision_model",
+        "num_attention_heads": vision["width"] // 64,
+        "num_channels": 3,
+        "num_hidden_layers": vision["layers"],
+        "patch_size": vision["patch_size"],
+        "projection_dim": config["embed_dim"],
+    }
+    path = Path(directory) / f"comfy_clip_vision_{vision['width']}.json"
+    path.write_text(json.dumps(json_config))
+    clip_vision = comfy.clip_vision.ClipVisionModel(str(path))
+    clip_vision.model.to(torch.float32)
+    clip_vision.dtype = torch.float32
+    missing, _ = clip_vision.load_sd(comfy_layout(state_dict))
+    assert not missing, f"ComfyUI's CLIP vision model did not get {missing}"
+    return clip_vision
