@@ -1,7 +1,7 @@
 # The two commands of the README. Both build the test host (.host/) on first use.
 .PHONY: demo test bench
 
-# The main job: a headless ComfyUI with the pack runs workflows/ipadapter_sd15_api.json through the HTTP API
+# The main job: a headless ComfyUI with the pack runs workflows/api/01_image_prompt.json through the HTTP API
 # and writes the image under out/.
 demo:
 	bash scripts/demo.sh

@@ -22,7 +22,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_LINK = "decoupled-ipadapter"
-EXAMPLE_WORKFLOW = REPO / "workflows" / "ipadapter_sd15_api.json"
+EXAMPLE_WORKFLOW = REPO / "workflows" / "api" / "01_image_prompt.json"
 # Model folders passed to ComfyUI from a models directory, where present (ComfyUI's layout).
 MODEL_FOLDERS = ("checkpoints", "clip_vision", "ipadapter", "controlnet", "loras", "vae", "embeddings")
 

@@ -1,7 +1,7 @@
 """The demo (`make demo`): the example workflow through a headless ComfyUI's HTTP API, image written to out/.
 
 Starts ComfyUI (`main.py --cpu`; --gpu leaves that out) with this pack on a free localhost port, uploads a
-generated reference picture, queues workflows/ipadapter_sd15_api.json, prints its progress from the websocket,
+generated reference picture, queues workflows/api/01_image_prompt.json, prints its progress from the websocket,
 and saves the result.
 
 Models: the real files named in the workflow (checkpoints/, clip_vision/, ipadapter/) are looked up in

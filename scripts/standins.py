@@ -7,10 +7,12 @@ are noise: they check the pipeline, not the quality.
     python scripts/standins.py [--dir DIR]
 
 DIR defaults to $DECOUPLED_IPADAPTER_STANDINS, else ${XDG_CACHE_HOME:-~/.cache}/decoupled-ipadapter/standins,
-and gets ComfyUI's models layout (checkpoints/, clip_vision/, ipadapter/, controlnet/). Needs the ComfyUI host:
+and gets ComfyUI's models layout (checkpoints/, clip_vision/, ipadapter/, controlnet/). `--groups` picks the files:
+demo (the default: what the demo and the server tests use), workflows (the other SD1.5 files the example workflows
+name), sdxl (a full-size SDXL base checkpoint, written tensor by tensor, and its adapter). Needs the ComfyUI host:
 COMFYUI_DIR names its folder (default: the repo's .host/ComfyUI), and this script must run with the host's Python.
 Every file is written under a temporary name, renamed, and recorded in a stamp file; a second run finds them and
-does nothing. About 4 GB of fp16 files, 40-90 s on two CPU cores.
+does nothing. demo: about 4 GB of fp16 files, 40-90 s on two CPU cores; workflows: 3.2 GB more; sdxl: 7.7 GB more.
 """
 
 import argparse
@@ -35,6 +37,18 @@ IPADAPTER = "ipadapter/ip-adapter_sd15.safetensors"
 CONTROLNET = "controlnet/control_v11p_sd15_canny.safetensors"
 T2I_ADAPTER = "controlnet/t2iadapter_canny_sd15v2.safetensors"
 FILES = (CHECKPOINT, CLIP_VISION, IPADAPTER, CONTROLNET, T2I_ADAPTER)
+# For the example workflows (workflows/): the names the workflows use.
+FINETUNE_CHECKPOINT = "checkpoints/dreamshaper_8.safetensors"  # a second SD1.5 checkpoint (other random values)
+IPADAPTER_PLUS = "ipadapter/ip-adapter-plus_sd15.safetensors"
+CONTROLNET_PTH = "controlnet/control_v11p_sd15_canny.pth"  # lllyasviel/ControlNet-v1-1 ships .pth files
+T2I_ADAPTER_PTH = "controlnet/t2iadapter_canny_sd15v2.pth"  # so does TencentARC/T2I-Adapter
+WORKFLOW_FILES = (FINETUNE_CHECKPOINT, IPADAPTER_PLUS, CONTROLNET_PTH, T2I_ADAPTER_PTH)
+# SDXL at full size (ComfyUI detects SDXL from the real layer sizes only): about 6.9 GB, written tensor by tensor.
+SDXL_CHECKPOINT = "checkpoints/sd_xl_base_1.0.safetensors"
+IPADAPTER_PLUS_SDXL = "ipadapter/ip-adapter-plus_sdxl_vit-h.safetensors"
+SDXL_FILES = (SDXL_CHECKPOINT, IPADAPTER_PLUS_SDXL)
+GROUPS = {"demo": FILES, "workflows": WORKFLOW_FILES, "sdxl": SDXL_FILES}
+ALL_FILES = FILES + WORKFLOW_FILES + SDXL_FILES
 
 # The SD1.5 UNet as ComfyUI detects it in v1-5-pruned-emaonly (comfy/model_detection.py, "SD15").
 SD15_UNET = dict(
@@ -44,6 +58,14 @@ SD15_UNET = dict(
     use_linear_in_transformer=False, context_dim=768, num_heads=8,
     transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
     use_temporal_attention=False, use_temporal_resblock=False,
+)  # fmt: skip
+# The SDXL base UNet as ComfyUI detects it in sd_xl_base_1.0 (comfy/model_detection.py, "SDXL").
+SDXL_UNET = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+    transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4], transformer_depth_middle=10,
+    use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False, use_temporal_resblock=False,
 )  # fmt: skip
 # The SD1.x VAE (comfy/sd.py's default ddconfig).
 SD_VAE = dict(
@@ -84,21 +106,31 @@ def _is_recorded(directory: Path, name: str, files: dict) -> bool:
     return name in files and path.is_file() and path.stat().st_size == files[name]
 
 
-def is_complete(directory: Path) -> bool:
-    """True when every stand-in file is there, recorded in the stamp with its size (cheap: no imports)."""
+def _names(groups) -> tuple[str, ...]:
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown stand-in group(s) {sorted(unknown)}; known: {sorted(GROUPS)}")
+    return tuple(name for group in groups for name in GROUPS[group])
+
+
+def is_complete(directory: Path, groups=("demo",)) -> bool:
+    """True when every stand-in file of `groups` is there, recorded in the stamp with its size (cheap: no imports)."""
     files = _read_stamp(directory)
-    return all(_is_recorded(directory, name, files) for name in FILES)
+    return all(_is_recorded(directory, name, files) for name in _names(groups))
 
 
-def ensure(directory: Path | None = None, *, python: str = sys.executable, comfyui_dir: Path | None = None) -> Path:
-    """The stand-in folder, generated first if incomplete: in a child process (it needs several GB of memory for a
-    while) that prints its progress to this process's output."""
+def ensure(directory: Path | None = None, *, python: str = sys.executable, comfyui_dir: Path | None = None,
+           groups=("demo",)) -> Path:  # fmt: skip
+    """The stand-in folder with the files of `groups` ("demo": the demo's and the server tests'; "workflows": the
+    other SD1.5 files the example workflows name; "sdxl": a full-size SDXL checkpoint and its adapter), generated
+    first if incomplete: in a child process (it needs several GB of memory for a while) that prints its progress
+    to this process's output."""
     directory = Path(directory or default_dir())
-    if not is_complete(directory):
+    if not is_complete(directory, groups):
         environment = dict(os.environ, COMFYUI_DIR=str(comfyui_dir or default_comfyui_dir()))
-        command = [python, str(Path(__file__).resolve()), "--dir", str(directory)]
+        command = [python, str(Path(__file__).resolve()), "--dir", str(directory), "--groups", *groups]
         code = subprocess.run(command, env=environment).returncode
-        if code != 0 or not is_complete(directory):
+        if code != 0 or not is_complete(directory, groups):
             raise RuntimeError(f"generating stand-in models in {directory} failed (exit code {code}; output above)")
     return directory
 
@@ -145,7 +177,7 @@ def _half(state_dict: dict, prefix: str = "") -> dict:
     return {prefix + key: value.detach().to(torch.float16).contiguous() for key, value in state_dict.items()}
 
 
-def _checkpoint():
+def _checkpoint(*, seed: int = 1):
     import comfy.ldm.models.autoencoder
     import comfy.sd1_clip
     import comfy.supported_models
@@ -154,9 +186,9 @@ def _checkpoint():
     model_config = comfy.supported_models.SD15(dict(SD15_UNET))
     model_config.set_inference_dtype(torch.float16, None)
     model = model_config.get_model({}, device=torch.device("cpu"))
-    _randomised(model.diffusion_model, seed=1)
-    text_encoder = _randomised(comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float16), seed=2)
-    vae = _randomised(comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(SD_VAE), embed_dim=4), seed=3)
+    _randomised(model.diffusion_model, seed=seed)
+    text_encoder = _randomised(comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float16), seed=seed + 1)
+    vae = _randomised(comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(SD_VAE), embed_dim=4), seed=seed + 2)
     weights = model.state_dict_for_saving(
         clip_state_dict=_half(text_encoder.state_dict(), "clip_l."), vae_state_dict=_half(vae.state_dict())
     )
@@ -171,13 +203,13 @@ def _clip_vision():
     return _half(_randomised(encoder.model, seed=4).state_dict())
 
 
-def _ipadapter():
-    """ip-adapter_sd15: the official keys and shapes (tests/official_shapes.py), random values, fp16."""
+def _ipadapter(variant: str = "ip-adapter_sd15"):
+    """An official adapter file: its keys and shapes (tests/official_shapes.py), random values, fp16."""
     _tiny_models()  # puts tests/ on sys.path
     import official_shapes
     import pack_import  # noqa: F401  (official_shapes builds the tensors with the pack's own modules)
 
-    return official_shapes.official_state_dict(official_shapes.VARIANTS["ip-adapter_sd15"])
+    return official_shapes.official_state_dict(official_shapes.VARIANTS[variant])
 
 
 def _controlnet():
@@ -199,39 +231,131 @@ def _t2i_adapter():
     return _half(_randomised(adapter, seed=7).state_dict())
 
 
-BUILDERS = {
-    CHECKPOINT: _checkpoint,
-    CLIP_VISION: _clip_vision,
-    IPADAPTER: _ipadapter,
-    CONTROLNET: _controlnet,
-    T2I_ADAPTER: _t2i_adapter,
+def _sdxl_layout() -> dict:
+    """Every tensor of an SDXL base checkpoint as ComfyUI saves one (UNet, both text encoders, VAE), on the meta
+    device: names, shapes and dtypes without memory. Checked with ComfyUI's own detection."""
+    import comfy.ldm.models.autoencoder
+    import comfy.model_detection
+    import comfy.sdxl_clip
+    import comfy.supported_models
+    import torch
+
+    meta = torch.device("meta")
+    model_config = comfy.supported_models.SDXL(dict(SDXL_UNET))
+    model_config.set_inference_dtype(torch.float16, None)
+    model = model_config.get_model({}, device=meta)
+    with meta:
+        text_encoders = comfy.sdxl_clip.SDXLClipModel(device=meta, dtype=torch.float16)
+        vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(SD_VAE), embed_dim=4)
+    layout = model.state_dict_for_saving(clip_state_dict=text_encoders.state_dict(), vae_state_dict=vae.state_dict())
+    detected = comfy.model_detection.model_config_from_unet(layout, "model.diffusion_model.")
+    if type(detected) is not comfy.supported_models.SDXL:
+        raise RuntimeError(f"standins: ComfyUI detects the SDXL stand-in layout as {type(detected).__name__}")
+    return layout
+
+
+def _random_tensor(name: str, shape, *, seed: int):
+    """fill_random_'s rule for one named tensor, seeded by its name: the same values in any order."""
+    import math
+    import zlib
+
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
+    values = torch.randn(shape, generator=generator)
+    if len(shape) >= 2:
+        values /= math.sqrt(math.prod(shape[1:]))
+    elif ("norm" in name or ".ln_" in name) and name.endswith("weight"):
+        values = 1.0 + 0.1 * values
+    else:
+        values *= 0.1
+    return values.to(torch.float16)
+
+
+def _write_streamed_safetensors(layout: dict, path: Path, *, seed: int) -> None:
+    """A .safetensors file of random fp16 tensors written one tensor at a time: the header first (it only needs the
+    shapes), then each tensor's bytes. Peak memory is one tensor, not the file."""
+    import math
+
+    import torch
+
+    names = sorted(layout)
+    header, offset = {"__metadata__": METADATA}, 0
+    for name in names:
+        size = 2 * math.prod(layout[name].shape)  # fp16
+        header[name] = {"dtype": "F16", "shape": list(layout[name].shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as file:
+        file.write(len(encoded).to_bytes(8, "little") + encoded)
+        for name in names:
+            tensor = _random_tensor(name, tuple(layout[name].shape), seed=seed)
+            file.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _write_sdxl_checkpoint(path: Path) -> None:
+    _write_streamed_safetensors(_sdxl_layout(), path, seed=31)
+
+
+def _saved_safetensors(build):
+    def write(path: Path) -> None:
+        import safetensors.torch
+
+        safetensors.torch.save_file(build(), str(path), metadata=METADATA)
+
+    return write
+
+
+def _saved_pth(build):
+    """A torch.save'd state dict, as the official .pth ControlNet and T2I-Adapter files are (ComfyUI reads them
+    with torch.load(weights_only=True))."""
+
+    def write(path: Path) -> None:
+        import torch
+
+        torch.save(build(), str(path))
+
+    return write
+
+
+WRITERS = {
+    CHECKPOINT: _saved_safetensors(_checkpoint),
+    CLIP_VISION: _saved_safetensors(_clip_vision),
+    IPADAPTER: _saved_safetensors(_ipadapter),
+    CONTROLNET: _saved_safetensors(_controlnet),
+    T2I_ADAPTER: _saved_safetensors(_t2i_adapter),
+    FINETUNE_CHECKPOINT: _saved_safetensors(lambda: _checkpoint(seed=41)),
+    IPADAPTER_PLUS: _saved_safetensors(lambda: _ipadapter("ip-adapter-plus_sd15")),
+    CONTROLNET_PTH: _saved_pth(_controlnet),
+    T2I_ADAPTER_PTH: _saved_pth(_t2i_adapter),
+    SDXL_CHECKPOINT: _write_sdxl_checkpoint,
+    IPADAPTER_PLUS_SDXL: _saved_safetensors(lambda: _ipadapter("ip-adapter-plus_sdxl_vit-h")),
 }
 
 
 def _remove_leftovers(directory: Path) -> None:
     """Half-written files of an interrupted run: ours (`*.partial-<pid>`) and safetensors' own (`.tmp*`)."""
-    for folder in {directory} | {directory / Path(name).parent for name in FILES}:
+    for folder in {directory} | {directory / Path(name).parent for name in ALL_FILES}:
         for path in folder.glob("*"):
             if path.is_file() and (".partial-" in path.name or path.name.startswith(".tmp")):
                 path.unlink()
 
 
-def generate(directory: Path, *, comfyui_dir: Path) -> None:
+def generate(directory: Path, *, comfyui_dir: Path, groups=("demo",)) -> None:
     with _locked(directory):
         _remove_leftovers(directory)
-        files = {name: size for name, size in _read_stamp(directory).items() if name in FILES}
-        missing = [name for name in FILES if not _is_recorded(directory, name, files)]
+        files = {name: size for name, size in _read_stamp(directory).items() if name in ALL_FILES}
+        missing = [name for name in _names(groups) if not _is_recorded(directory, name, files)]
         if not missing:
             return
         _import_comfy(comfyui_dir)
-        import safetensors.torch
-
         for name in missing:
             started = time.monotonic()
             target = directory / name
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-            safetensors.torch.save_file(BUILDERS[name](), str(partial), metadata=METADATA)
+            WRITERS[name](partial)
             os.chmod(partial, 0o644)
             os.replace(partial, target)
             files[name] = target.stat().st_size
@@ -242,12 +366,15 @@ def generate(directory: Path, *, comfyui_dir: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=default_dir(), help="where to write them (default: %(default)s)")
+    parser.add_argument("--groups", nargs="+", choices=sorted(GROUPS), default=["demo"],
+                        help="which files: demo (default), workflows (the example workflows' other SD1.5 files), "
+                        "sdxl (a full-size SDXL checkpoint, 6.9 GB, and its adapter)")  # fmt: skip
     options = parser.parse_args(argv)
-    if is_complete(options.dir):
+    if is_complete(options.dir, options.groups):
         print(f"[standins] ready in {options.dir}")
         return 0
-    print(f"[standins] generating random stand-in models in {options.dir} (once; about a minute)", flush=True)
-    generate(options.dir, comfyui_dir=default_comfyui_dir())
+    print(f"[standins] generating random stand-in models in {options.dir} (once; a minute or more)", flush=True)
+    generate(options.dir, comfyui_dir=default_comfyui_dir(), groups=options.groups)
     print(f"[standins] ready in {options.dir}")
     return 0
 

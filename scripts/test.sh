@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
 # The test command (`make test`): builds the test host if needed, then runs every tier of tests.
 set -euo pipefail
+# The workflow tests open ComfyUI's front-end in Debian's chromium (driven by playwright, never its own download).
+if [ ! -x /usr/bin/chromium ]; then
+    echo "[test] installing Debian's chromium for the front-end tests" >&2
+    sudo_if_needed=$([ "$(id -u)" = 0 ] || echo sudo)
+    $sudo_if_needed apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 export DECOUPLED_IPADAPTER_REQUIRE_HOST=1
 exec bash "$(dirname "${BASH_SOURCE[0]}")/with_host.sh" python -m pytest tests -p no:cacheprovider -rs "$@"

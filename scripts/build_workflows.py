@@ -1,0 +1,542 @@
+"""Writes the example workflows, each defined once here, in both of ComfyUI's formats.
+
+    python scripts/build_workflows.py                     # writes workflows/*.json, workflows/api/*.json, the README table
+    python scripts/build_workflows.py --check             # exit code 1 if a committed file differs from what it writes
+    python scripts/build_workflows.py --refresh-node-defs # re-reads the node definitions from a live ComfyUI first
+
+- workflows/NN_name.json: the editor format (what the graph editor saves). ComfyUI lists a pack's `workflows/*.json`
+  in its template menu, so these are the pack's templates. A Markdown note on the canvas names the model files.
+- workflows/api/NN_name.json: the API format (the `prompt` of POST /prompt), the very dict the front-end's
+  graphToPrompt makes from the editor file (tests/test_workflows_browser.py checks that).
+- workflows/README.md: the table of workflows and of the model files each needs, with where to get them.
+
+Widget order, socket types and titles come from scripts/workflow_node_defs.json, a snapshot of the parts of
+/object_info these graphs use (`--refresh-node-defs` rewrites it from a server started on the test host;
+tests/test_workflows.py checks it against the live server). Pure Python otherwise: no ComfyUI import.
+"""
+
+import argparse
+import json
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "workflows"
+API_FOLDER = WORKFLOWS / "api"
+README = WORKFLOWS / "README.md"
+NODE_DEFS = Path(__file__).resolve().with_name("workflow_node_defs.json")
+FRONTEND_ONLY = ("MarkdownNote",)  # virtual nodes of the front-end: never sent to the server
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+EDITOR_VERSION = 0.4
+COLUMN_WIDTH, NODE_WIDTH, NOTE_WIDTH, GAP = 380, 330, 420, 40
+
+
+@dataclass(frozen=True)
+class Model:
+    folder: str  # ComfyUI models sub-folder
+    file: str
+    source: str  # Markdown: where to get it
+
+
+SD15 = Model("checkpoints", "v1-5-pruned-emaonly.safetensors",
+             "[stable-diffusion-v1-5/stable-diffusion-v1-5](https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5) "
+             "(the mirror of runwayml/stable-diffusion-v1-5)")  # fmt: skip
+FINETUNE = Model("checkpoints", "dreamshaper_8.safetensors",
+                 "DreamShaper 8 by Lykon, a community SD1.5 fine-tune ([Civitai](https://civitai.com/models/4384/dreamshaper), "
+                 "[Hugging Face Lykon](https://huggingface.co/Lykon)); any SD1.5 fine-tune works")  # fmt: skip
+SDXL = Model("checkpoints", "sd_xl_base_1.0.safetensors",
+             "[stabilityai/stable-diffusion-xl-base-1.0](https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0)")
+VIT_H = Model("clip_vision", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
+              "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `models/image_encoder/model.safetensors`, renamed")
+IPADAPTER_SD15 = Model("ipadapter", "ip-adapter_sd15.safetensors",
+                       "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `models/`")
+IPADAPTER_PLUS_SD15 = Model("ipadapter", "ip-adapter-plus_sd15.safetensors",
+                            "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `models/`")
+IPADAPTER_PLUS_SDXL = Model("ipadapter", "ip-adapter-plus_sdxl_vit-h.safetensors",
+                            "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `sdxl_models/`")
+CONTROLNET_CANNY = Model("controlnet", "control_v11p_sd15_canny.pth",
+                         "[lllyasviel/ControlNet-v1-1](https://huggingface.co/lllyasviel/ControlNet-v1-1)")
+T2I_CANNY = Model("controlnet", "t2iadapter_canny_sd15v2.pth",
+                  "[TencentARC/T2I-Adapter](https://huggingface.co/TencentARC/T2I-Adapter) `models/`")
+
+REFERENCE = "ipadapter_reference.png"  # the name scripts/demo.py uploads its reference picture under
+SECOND_REFERENCE = "ipadapter_reference_2.png"
+PICTURE_TO_EDIT = "picture_to_edit.png"
+NEGATIVE_TEXT = "monochrome, lowres, bad anatomy, worst quality, low quality"
+QUALITY_TEXT = "best quality, high quality"
+
+
+@dataclass(frozen=True)
+class Output:
+    node: "Node"
+    slot: int
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    column: int
+    title: str
+    values: dict  # widget name -> value
+    links: dict  # socket input name -> Output
+
+    def __getitem__(self, slot: int) -> Output:
+        return Output(self, slot)
+
+
+@dataclass
+class Graph:
+    name: str  # file stem, e.g. "01_image_prompt"
+    title: str
+    summary: str  # one line for the README table
+    models: tuple[Model, ...]
+    images: tuple[str, ...]  # the input pictures LoadImage expects
+    advice: str = ""  # extra Markdown for the note
+    nodes: list[Node] = field(default_factory=list)
+
+    def add(self, node_type: str, column: int, *, title: str | None = None, **inputs) -> Node:
+        values = {name: value for name, value in inputs.items() if not isinstance(value, (Node, Output))}
+        links = {name: value if isinstance(value, Output) else value[0] for name, value in inputs.items()
+                 if isinstance(value, (Node, Output))}  # fmt: skip
+        node = Node(len(self.nodes) + 1, node_type, column, title or "", values, links)
+        self.nodes.append(node)
+        return node
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The graphs. Columns: 0 loaders and inputs, 1 image prompt, 2 text and latent, 3 sampling, 4 output.
+
+
+def _sd15_base(graph: Graph, checkpoint: Model = SD15, *, ipadapter: Model = IPADAPTER_SD15, image=REFERENCE):
+    """Checkpoint, image encoder, reference image, adapter, encode: the start every SD1.5 graph shares."""
+    ckpt = graph.add("CheckpointLoaderSimple", 0, ckpt_name=checkpoint.file)
+    vision = graph.add("CLIPVisionLoader", 0, title="Load CLIP Vision (ViT-H)", clip_name=VIT_H.file)
+    adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=ipadapter.file)
+    reference = graph.add("LoadImage", 0, title="Reference Image", image=image)
+    embeds = graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=reference)
+    return ckpt, adapter, reference, embeds
+
+
+def _prompts(graph: Graph, ckpt: Node, positive: str, negative: str = NEGATIVE_TEXT):
+    pos = graph.add("CLIPTextEncode", 2, title="Positive Prompt", text=positive, clip=ckpt[1])
+    neg = graph.add("CLIPTextEncode", 2, title="Negative Prompt", text=negative, clip=ckpt[1])
+    return pos, neg
+
+
+def _sample_and_save(graph: Graph, model, positive, negative, latent, vae, *, prefix: str, seed=42, steps=30,
+                     cfg=7.5, sampler="ddim", scheduler="normal", denoise=1.0, column=3, title=None):  # fmt: skip
+    sampler_node = graph.add(
+        "KSampler", column, title=title, model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler,
+        scheduler=scheduler, positive=positive, negative=negative, latent_image=latent, denoise=denoise,
+    )  # fmt: skip
+    decoded = graph.add("VAEDecode", column + 1, samples=sampler_node, vae=vae)
+    graph.add("SaveImage", column + 1, images=decoded, filename_prefix=prefix)
+
+
+def _text_to_image(graph: Graph, ckpt, model, *, positive=QUALITY_TEXT, size=512, prefix, **sampling):
+    pos, neg = _prompts(graph, ckpt, positive)
+    latent = graph.add("EmptyLatentImage", 2, width=size, height=size, batch_size=1)
+    _sample_and_save(graph, model, pos, neg, latent, ckpt[2], prefix=prefix, **sampling)
+
+
+def _apply(graph: Graph, ckpt, adapter, embeds, *, weight, column=2, title=None) -> Node:
+    return graph.add("DecoupledIPAdapterApply", column, title=title, model=ckpt[0], ipadapter=adapter, embeds=embeds,
+                     weight=weight, start_at=0.0, end_at=1.0)  # fmt: skip
+
+
+def image_prompt_only() -> Graph:
+    graph = Graph("01_image_prompt", "Image prompt only",
+                  "a variation of the reference picture; the text prompt only asks for quality",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE,),
+                  "λ (`weight`) 0.7 here; 1.0 follows the reference more closely.")  # fmt: skip
+    ckpt, adapter, _, embeds = _sd15_base(graph)
+    _text_to_image(graph, ckpt, _apply(graph, ckpt, adapter, embeds, weight=0.7), prefix="ipadapter_image_prompt")
+    return graph
+
+
+def image_and_text_prompt() -> Graph:
+    graph = Graph("02_image_and_text_prompt", "Image + text prompt",
+                  "the reference's look, the text's content: λ 0.5 balances the two",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE,),
+                  "Lower λ (`weight`) to let the text lead, raise it to let the picture lead.")  # fmt: skip
+    ckpt, adapter, _, embeds = _sd15_base(graph)
+    model = _apply(graph, ckpt, adapter, embeds, weight=0.5)
+    _text_to_image(graph, ckpt, model, positive="a cat sitting on a wooden table, best quality, high quality",
+                   prefix="ipadapter_image_and_text")  # fmt: skip
+    return graph
+
+
+def lambda_comparison() -> Graph:
+    weights = (0.0, 0.5, 1.0)
+    graph = Graph("03_lambda_comparison", "λ comparison",
+                  "one seed, λ = 0, 0.5 and 1.0 side by side (λ = 0 is the plain model)",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE,),
+                  "Three Apply nodes on the same model and embeds; each sampler has the same seed, so only λ differs.")  # fmt: skip
+    ckpt, adapter, _, embeds = _sd15_base(graph)
+    pos, neg = _prompts(graph, ckpt, "a house by a lake, best quality, high quality")
+    latent = graph.add("EmptyLatentImage", 2, width=512, height=512, batch_size=1)
+    for index, weight in enumerate(weights):
+        model = _apply(graph, ckpt, adapter, embeds, weight=weight, column=1, title=f"Apply IPAdapter (λ = {weight})")
+        _sample_and_save(graph, model, pos, neg, latent, ckpt[2], prefix=f"ipadapter_lambda_{weight}",
+                         column=3 + 2 * index, title=f"KSampler (λ = {weight})")  # fmt: skip
+    return graph
+
+
+def _with_control(graph: Graph, control_model: Model, *, strength: float, prefix: str) -> Graph:
+    ckpt, adapter, reference, embeds = _sd15_base(graph)
+    model = _apply(graph, ckpt, adapter, embeds, weight=0.6)
+    pos, neg = _prompts(graph, ckpt, QUALITY_TEXT)
+    control = graph.add("ControlNetLoader", 0, control_net_name=control_model.file)
+    edges = graph.add("Canny", 1, title="Canny edges", image=reference, low_threshold=0.4, high_threshold=0.8)
+    applied = graph.add("ControlNetApplyAdvanced", 2, positive=pos, negative=neg, control_net=control, image=edges,
+                        strength=strength, start_percent=0.0, end_percent=1.0)  # fmt: skip
+    latent = graph.add("EmptyLatentImage", 2, width=512, height=512, batch_size=1)
+    _sample_and_save(graph, model, applied[0], applied[1], latent, ckpt[2], prefix=prefix)
+    return graph
+
+
+def with_controlnet() -> Graph:
+    graph = Graph("04_controlnet_canny", "With a ControlNet (canny)",
+                  "the reference's edges hold the layout (ControlNet), its look comes through the image prompt",
+                  (SD15, VIT_H, IPADAPTER_SD15, CONTROLNET_CANNY), (REFERENCE,),
+                  "The ControlNet acts on the conditioning, the image prompt on the model: they combine freely. "
+                  "The edges are taken from the reference here; load another picture into Canny for another layout.")  # fmt: skip
+    return _with_control(graph, CONTROLNET_CANNY, strength=0.8, prefix="ipadapter_controlnet")
+
+
+def with_t2i_adapter() -> Graph:
+    graph = Graph("05_t2i_adapter_canny", "With a T2I-Adapter (canny)",
+                  "as the ControlNet one, with the lighter T2I-Adapter (loaded by Load ControlNet Model)",
+                  (SD15, VIT_H, IPADAPTER_SD15, T2I_CANNY), (REFERENCE,),
+                  "ComfyUI loads T2I-Adapter files with **Load ControlNet Model** and applies them with Apply ControlNet.")  # fmt: skip
+    return _with_control(graph, T2I_CANNY, strength=1.0, prefix="ipadapter_t2i_adapter")
+
+
+def image_to_image() -> Graph:
+    graph = Graph("06_image_to_image", "Image-to-image",
+                  "a picture redrawn (denoise 0.6) with the reference as image prompt",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE, PICTURE_TO_EDIT),
+                  "`denoise` 0.6 keeps the picture's layout; higher values change more.")  # fmt: skip
+    ckpt, adapter, _, embeds = _sd15_base(graph)
+    model = _apply(graph, ckpt, adapter, embeds, weight=0.6)
+    pos, neg = _prompts(graph, ckpt, QUALITY_TEXT)
+    picture = graph.add("LoadImage", 0, title="Picture to redraw", image=PICTURE_TO_EDIT)
+    scaled = graph.add("ImageScale", 1, image=picture, upscale_method="lanczos", width=512, height=512, crop="center")
+    latent = graph.add("VAEEncode", 2, pixels=scaled, vae=ckpt[2])
+    _sample_and_save(graph, model, pos, neg, latent, ckpt[2], prefix="ipadapter_img2img", denoise=0.6)
+    return graph
+
+
+def inpainting() -> Graph:
+    graph = Graph("07_inpainting", "Inpainting",
+                  "repaints the masked part of a picture after the reference (SetLatentNoiseMask)",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE, PICTURE_TO_EDIT),
+                  "Paint the mask on **Picture to edit** (right click, *Open in MaskEditor*); its MASK output "
+                  "(the transparent pixels) marks what is repainted.\n\n"
+                  "**Set Latent Noise Mask**, not *VAE Encode (for Inpainting)*: this graph uses the ordinary SD1.5 "
+                  "checkpoint, and Set Latent Noise Mask lets it start from the picture's own latent and redraw only "
+                  "the masked part, at any denoise. VAE Encode (for Inpainting) blanks the masked pixels to grey and "
+                  "needs denoise 1.0, which suits dedicated inpainting checkpoints (sd-v1-5-inpainting) best.")  # fmt: skip
+    ckpt, adapter, _, embeds = _sd15_base(graph)
+    model = _apply(graph, ckpt, adapter, embeds, weight=0.8)
+    pos, neg = _prompts(graph, ckpt, QUALITY_TEXT)
+    picture = graph.add("LoadImage", 0, title="Picture to edit", image=PICTURE_TO_EDIT)
+    encoded = graph.add("VAEEncode", 1, pixels=picture[0], vae=ckpt[2])
+    masked = graph.add("SetLatentNoiseMask", 2, samples=encoded, mask=picture[1])
+    _sample_and_save(graph, model, pos, neg, masked, ckpt[2], prefix="ipadapter_inpaint", denoise=0.9)
+    return graph
+
+
+def sdxl_vit_h() -> Graph:
+    graph = Graph("08_sdxl_vit_h", "SDXL with a ViT-H adapter",
+                  "SDXL base 1.0 at 1024×1024 with ip-adapter-plus_sdxl_vit-h (the ViT-H encoder, not bigG)",
+                  (SDXL, VIT_H, IPADAPTER_PLUS_SDXL), (REFERENCE,),
+                  "The `_vit-h` SDXL adapters read the same ViT-H encoder as the SD1.5 ones; plain `ip-adapter_sdxl` "
+                  "needs ViT-bigG instead.")  # fmt: skip
+    ckpt, adapter, _, embeds = _sd15_base(graph, SDXL, ipadapter=IPADAPTER_PLUS_SDXL)
+    model = _apply(graph, ckpt, adapter, embeds, weight=0.6)
+    _text_to_image(graph, ckpt, model, size=1024, prefix="ipadapter_sdxl", cfg=6.0, sampler="dpmpp_2m",
+                   scheduler="karras")  # fmt: skip
+    return graph
+
+
+def two_references() -> Graph:
+    graph = Graph("09_two_references", "Two reference images combined",
+                  "two pictures averaged into one image prompt (Combine Embeds) with ip-adapter-plus_sd15",
+                  (SD15, VIT_H, IPADAPTER_PLUS_SD15), (REFERENCE, SECOND_REFERENCE),
+                  "`average` blends the two; `concat` keeps both sets of tokens side by side (one softmax over them).")  # fmt: skip
+    ckpt, adapter, _, embeds = _sd15_base(graph, ipadapter=IPADAPTER_PLUS_SD15)
+    vision = graph.nodes[1]
+    second = graph.add("LoadImage", 0, title="Second Reference Image", image=SECOND_REFERENCE)
+    second_embeds = graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=second)
+    combined = graph.add("DecoupledIPAdapterCombineEmbeds", 1, embeds_1=embeds, embeds_2=second_embeds, method="average")
+    _text_to_image(graph, ckpt, _apply(graph, ckpt, adapter, combined, weight=0.7), prefix="ipadapter_two_references")
+    return graph
+
+
+def fine_tuned_checkpoint() -> Graph:
+    graph = Graph("10_fine_tuned_checkpoint", "Same adapter, a fine-tuned SD1.5 checkpoint",
+                  "ip-adapter_sd15 on DreamShaper 8: adapters trained on SD1.5 work on its fine-tunes",
+                  (FINETUNE, VIT_H, IPADAPTER_SD15), (REFERENCE,),
+                  "Swap in any SD1.5 fine-tune in Load Checkpoint; the adapter file stays the same.")  # fmt: skip
+    ckpt, adapter, _, embeds = _sd15_base(graph, FINETUNE)
+    model = _apply(graph, ckpt, adapter, embeds, weight=0.7)
+    _text_to_image(graph, ckpt, model, positive="a portrait, best quality, high quality", prefix="ipadapter_finetune",
+                   cfg=7.0, sampler="dpmpp_2m", scheduler="karras", steps=25)  # fmt: skip
+    return graph
+
+
+GRAPHS = (image_prompt_only, image_and_text_prompt, lambda_comparison, with_controlnet, with_t2i_adapter,
+          image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The two formats.
+
+
+def load_node_defs(path: Path = NODE_DEFS) -> dict:
+    return json.loads(path.read_text())
+
+
+def node_def_subset(object_info: dict, node_types) -> dict:
+    """What the writers need of /object_info for `node_types`: title, inputs in order (socket or widget, the
+    extra widget values the front-end keeps), outputs."""
+    subset = {}
+    for node_type in sorted(node_types):
+        if node_type not in object_info:
+            raise KeyError(f"/object_info has no node {node_type!r}: is the pack (or ComfyUI's node) loaded?")
+        info = object_info[node_type]
+        inputs = []
+        for group in ("required", "optional"):
+            for name in info.get("input_order", {}).get(group, []):
+                kind, options = (info["input"][group][name] + [{}])[:2]
+                widget = isinstance(kind, list) or (kind in WIDGET_TYPES and not options.get("forceInput"))
+                inputs.append({
+                    "name": name, "type": "COMBO" if isinstance(kind, list) else kind, "widget": widget,
+                    "optional": group == "optional",
+                    "extra_widgets": ["control_after_generate"] * bool(options.get("control_after_generate"))
+                    + ["upload"] * bool(options.get("image_upload")),
+                })  # fmt: skip
+        outputs = [{"name": name, "type": kind} for name, kind in zip(info["output_name"], info["output"])]
+        subset[node_type] = {"title": info.get("display_name") or node_type, "inputs": inputs, "outputs": outputs}
+    return subset
+
+
+# The values the front-end stores for the extra widgets (a fixed seed keeps the saved prompt reproducible).
+EXTRA_WIDGET_VALUES = {"control_after_generate": "fixed", "upload": "image"}
+
+
+def _title(node: Node, defs: dict) -> str:
+    return node.title or defs[node.type]["title"]
+
+
+def _check_inputs(graph: Graph, node: Node, definition: dict) -> None:
+    known = {spec["name"] for spec in definition["inputs"]}
+    unknown = (set(node.values) | set(node.links)) - known
+    if unknown:
+        raise ValueError(f"{graph.name}: node {node.id} ({node.type}) has no input(s) {sorted(unknown)}")
+    for spec in definition["inputs"]:
+        given = node.links if not spec["widget"] else node.values
+        if not spec["optional"] and spec["name"] not in given:
+            raise ValueError(f"{graph.name}: node {node.id} ({node.type}) needs its input {spec['name']!r}")
+
+
+def api_format(graph: Graph, defs: dict) -> dict:
+    prompt = {}
+    for node in graph.nodes:
+        definition = defs[node.type]
+        _check_inputs(graph, node, definition)
+        inputs = {}
+        for spec in definition["inputs"]:
+            name = spec["name"]
+            if name in node.values:
+                inputs[name] = node.values[name]
+            elif name in node.links:
+                inputs[name] = [str(node.links[name].node.id), node.links[name].slot]
+        prompt[str(node.id)] = {"inputs": inputs, "class_type": node.type, "_meta": {"title": _title(node, defs)}}
+    return prompt
+
+
+def _execution_order(graph: Graph) -> dict[int, int]:
+    """Node id -> position in a topological order (the editor's `order`), notes first."""
+    done: dict[int, int] = {}
+
+    def visit(node: Node) -> None:
+        if node.id not in done:
+            for source in node.links.values():
+                visit(source.node)
+            done[node.id] = len(done)
+
+    for node in graph.nodes:
+        visit(node)
+    return done
+
+
+def _note_text(graph: Graph) -> str:
+    lines = [f"## {graph.title}", "", graph.summary[0].upper() + graph.summary[1:] + ".", "", "**Model files**", ""]
+    lines += [f"- `models/{model.folder}/{model.file}` from {model.source}" for model in graph.models]
+    lines += ["", "**Input pictures** (put them in ComfyUI's `input/` folder or pick your own): "
+              + ", ".join(f"`{name}`" for name in graph.images)]  # fmt: skip
+    if graph.advice:
+        lines += ["", graph.advice]
+    return "\n".join(lines)
+
+
+def _node_height(inputs: int, outputs: int, widgets: int) -> int:
+    return 30 + 22 * max(inputs, outputs) + 26 * widgets
+
+
+def editor_format(graph: Graph, defs: dict) -> dict:
+    """The editor's saved JSON (LiteGraph serialisation, version 0.4), laid out in columns, with a note first."""
+    order = _execution_order(graph)
+    consumers: dict[tuple[int, int], list[int]] = {}
+    links, nodes = [], []
+    column_heights: dict[int, int] = {}
+    link_rows = []
+    for node in graph.nodes:
+        socket_specs = [spec for spec in defs[node.type]["inputs"] if not spec["widget"]]
+        for slot, spec in enumerate(socket_specs):
+            if spec["name"] in node.links:
+                source = node.links[spec["name"]]
+                link_id = len(link_rows) + 1
+                kind = defs[source.node.type]["outputs"][source.slot]["type"]
+                link_rows.append([link_id, source.node.id, source.slot, node.id, slot, kind])
+                consumers.setdefault((source.node.id, source.slot), []).append(link_id)
+    links = link_rows
+    note_id = len(graph.nodes) + 1
+    note_height = 320
+    nodes.append({
+        "id": note_id, "type": "MarkdownNote", "pos": [40, 40], "size": [NOTE_WIDTH, note_height], "flags": {},
+        "order": 0, "mode": 0, "inputs": [], "outputs": [], "title": "Model files", "properties": {},
+        "widgets_values": [_note_text(graph)], "color": "#432", "bgcolor": "#653",
+    })  # fmt: skip
+    column_heights[0] = 40 + note_height + GAP
+    for node in graph.nodes:
+        definition = defs[node.type]
+        socket_specs = [spec for spec in definition["inputs"] if not spec["widget"]]
+        widget_values = []
+        for spec in definition["inputs"]:
+            if spec["widget"]:
+                widget_values.append(node.values[spec["name"]])
+                widget_values += [EXTRA_WIDGET_VALUES[extra] for extra in spec["extra_widgets"]]
+        inputs = [{
+            "name": spec["name"], "type": spec["type"],
+            "link": next((row[0] for row in link_rows if row[3] == node.id and row[4] == slot), None),
+        } for slot, spec in enumerate(socket_specs)]  # fmt: skip
+        outputs = [{
+            "name": spec["name"], "type": spec["type"], "links": consumers.get((node.id, slot), []),
+        } for slot, spec in enumerate(definition["outputs"])]  # fmt: skip
+        height = _node_height(len(inputs), len(outputs), len(widget_values))
+        if node.type == "LoadImage":
+            height += 280  # the picture preview
+        elif node.type == "CLIPTextEncode":
+            height += 60  # a multi-line text box
+        y = column_heights.get(node.column, 40)
+        column_heights[node.column] = y + height + GAP
+        nodes.append({
+            "id": node.id, "type": node.type, "pos": [40 + node.column * COLUMN_WIDTH + (NOTE_WIDTH - NODE_WIDTH) * (node.column > 0), y],
+            "size": [NODE_WIDTH, height], "flags": {}, "order": order[node.id] + 1, "mode": 0,
+            "inputs": inputs, "outputs": outputs, "title": _title(node, defs),
+            "properties": {"Node name for S&R": node.type}, "widgets_values": widget_values,
+        })  # fmt: skip
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"decoupled-ipadapter/workflows/{graph.name}")),
+        "revision": 0, "last_node_id": note_id, "last_link_id": len(links), "nodes": nodes, "links": links,
+        "groups": [], "config": {}, "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}}, "version": EDITOR_VERSION,
+    }  # fmt: skip
+
+
+def readme(graphs: list[Graph]) -> str:
+    lines = [
+        "# Example workflows",
+        "",
+        "Written by `scripts/build_workflows.py` (edit the graphs there, then run it; a test checks these files are",
+        "what it writes). `NN_name.json` here is the editor format: ComfyUI lists the files in its template menu",
+        "(Workflow → Browse Templates, under this pack), or drag one onto the canvas. `api/NN_name.json` is the same",
+        "graph in the API format, for `POST /prompt` (`make demo` runs `api/01_image_prompt.json`).",
+        "A note on each canvas lists the model files; the input pictures are the names below (use your own).",
+        "",
+        "| workflow | what it shows | model files | input pictures |",
+        "|---|---|---|---|",
+    ]
+    for graph in graphs:
+        models = "<br>".join(f"`{model.folder}/{model.file}`" for model in graph.models)
+        pictures = ", ".join(f"`{name}`" for name in graph.images)
+        lines.append(f"| `{graph.name}` ({graph.title}) | {graph.summary} | {models} | {pictures} |")
+    lines += ["", "## Where to get the model files", "", "| file | folder | source |", "|---|---|---|"]
+    seen = []
+    for model in (model for graph in graphs for model in graph.models):
+        if model not in seen:
+            seen.append(model)
+            lines.append(f"| `{model.file}` | `models/{model.folder}/` | {model.source} |")
+    return "\n".join(lines) + "\n"
+
+
+def _dumps(data) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def rendered_files(defs: dict | None = None) -> dict[Path, str]:
+    """Every file the generator writes, path -> text."""
+    defs = defs or load_node_defs()
+    graphs = [build() for build in GRAPHS]
+    files = {}
+    for graph in graphs:
+        files[WORKFLOWS / f"{graph.name}.json"] = _dumps(editor_format(graph, defs))
+        files[API_FOLDER / f"{graph.name}.json"] = _dumps(api_format(graph, defs))
+    files[README] = readme(graphs)
+    return files
+
+
+def used_node_types() -> set[str]:
+    return {node.type for build in GRAPHS for node in build().nodes}
+
+
+def stale_files(files: dict[Path, str]) -> list[str]:
+    """Paths that differ from what the generator writes, and generated-looking files it no longer writes."""
+    stale = [str(path.relative_to(REPO)) for path, text in files.items()
+             if not path.is_file() or path.read_text() != text]  # fmt: skip
+    present = set(WORKFLOWS.glob("*.json")) | set(API_FOLDER.glob("*.json"))
+    stale += [str(path.relative_to(REPO)) + " (not generated)" for path in sorted(present - set(files))]
+    return stale
+
+
+def refresh_node_defs() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import comfy_http
+
+    with comfy_http.running_server() as server:
+        object_info = server.client.object_info()
+    NODE_DEFS.write_text(_dumps(node_def_subset(object_info, used_node_types() - set(FRONTEND_ONLY))))
+    print(f"[workflows] wrote {NODE_DEFS.relative_to(REPO)}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit code 1 when a file differs")
+    parser.add_argument("--refresh-node-defs", action="store_true",
+                        help=f"re-read {NODE_DEFS.name} from a ComfyUI started on the test host (COMFYUI_DIR)")  # fmt: skip
+    options = parser.parse_args(argv)
+    if options.refresh_node_defs:
+        refresh_node_defs()
+    files = rendered_files()
+    if options.check:
+        stale = stale_files(files)
+        for path in stale:
+            print(f"[workflows] out of date: {path}")
+        if stale:
+            print("[workflows] run: python scripts/build_workflows.py")
+        return 1 if stale else 0
+    API_FOLDER.mkdir(parents=True, exist_ok=True)
+    for path, text in files.items():
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+            print(f"[workflows] wrote {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

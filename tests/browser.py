@@ -1,0 +1,107 @@
+"""Headless Chromium on the real ComfyUI front-end, for the workflow tests.
+
+Debian's /usr/bin/chromium driven by the Python `playwright` package (its own browser download is never used:
+scripts/test.sh installs Debian's chromium). Each session gets a fresh profile folder.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import requests
+
+CHROMIUM = Path(os.environ.get("DECOUPLED_IPADAPTER_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+# Front-end settings for a test run: no first-run template dialog.
+SETTINGS = {"Comfy.TutorialCompleted": True}
+VIEWPORT = {"width": 1800, "height": 1100}
+
+
+def require_chromium() -> Path:
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (scripts/test.sh does it)")
+    return CHROMIUM
+
+
+@contextlib.contextmanager
+def playwright_driver():
+    """The playwright driver for a test module (one per process at a time: its sync API cannot nest)."""
+    from playwright.sync_api import sync_playwright
+
+    require_chromium()
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@contextlib.contextmanager
+def frontend_page(playwright, url: str, *, timeout_ms: float = 90_000):
+    """A page with ComfyUI's front-end loaded from `url` (the graph canvas ready), in a fresh browser profile;
+    `page.console` collects the browser's console lines and uncaught page errors."""
+    requests.post(f"{url}/settings", json=SETTINGS, timeout=30).raise_for_status()
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=str(require_chromium()), headless=True, args=CHROMIUM_ARGS, viewport=VIEWPORT,
+        )  # fmt: skip
+        try:
+            page = context.new_page()
+            page.set_default_timeout(timeout_ms)
+            page.console = []
+            page.on("console", lambda message: page.console.append(f"{message.type}: {message.text}"))
+            page.on("pageerror", lambda error: page.console.append(f"pageerror: {error}"))
+            page.goto(url)
+            page.wait_for_function("window.app && window.app.graph && window.app.canvas && window.LiteGraph")
+            yield page
+        finally:
+            context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+LOAD_AND_INSPECT = """async ([workflow, name]) => {
+    window.app.graph.clear();
+    await window.app.loadGraphData(workflow, true, true, name);
+    await new Promise(resolve => setTimeout(resolve, 500));
+    const graph = window.app.graph;
+    const unregistered = graph.nodes.filter(node => !window.LiteGraph.registered_node_types[node.type])
+        .map(node => `${node.id} ${node.type}`);
+    const withErrors = graph.nodes.filter(node => node.has_errors).map(node => `${node.id} ${node.type}`);
+    const prompt = await window.app.graphToPrompt();
+    const saved = graph.serialize();
+    const visible = selector => [...document.querySelectorAll(selector)]
+        .filter(element => element.offsetParent !== null).map(element => element.innerText.trim());
+    return {
+        unregistered, withErrors, output: prompt.output, links: saved.links,
+        widgets: Object.fromEntries(saved.nodes.map(node => [node.id, node.widgets_values])),
+        dialogs: visible('.p-dialog'), toasts: visible('.p-toast-message'),
+    };
+}"""
+
+SHRINK = """([sizeInputs, size, steps, seedOffset]) => {
+    for (const node of window.app.graph.nodes) {
+        for (const widget of node.widgets || []) {
+            if ((sizeInputs[node.type] || []).includes(widget.name)) widget.value = size;
+            if (node.type === 'KSampler' && widget.name === 'steps') widget.value = steps;
+            if (node.type === 'KSampler' && widget.name === 'seed') widget.value += seedOffset;
+        }
+    }
+    window.app.graph.setDirtyCanvas(true, true);
+}"""
+
+QUEUE = "async () => { await window.app.queuePrompt(0, 1); }"
+
+FIT_VIEW = """() => {
+    const nodes = window.app.graph.nodes, canvas = window.app.canvas, pad = 40;
+    const left = Math.min(...nodes.map(node => node.pos[0])) - pad;
+    const top = Math.min(...nodes.map(node => node.pos[1])) - 2 * pad;
+    const right = Math.max(...nodes.map(node => node.pos[0] + node.size[0])) + pad;
+    const bottom = Math.max(...nodes.map(node => node.pos[1] + node.size[1])) + pad;
+    const scale = Math.min(canvas.canvas.width / (right - left), canvas.canvas.height / (bottom - top), 1);
+    canvas.ds.scale = scale;
+    canvas.ds.offset = [-left + 60 / scale, -top + 60 / scale];
+    canvas.setDirty(true, true);
+}"""

@@ -1,0 +1,120 @@
+"""The example workflows (workflows/): generated, not drifted, listed as templates, valid, and they run.
+
+- The committed files are exactly what scripts/build_workflows.py writes, and its node-definition snapshot still
+  matches the live /object_info (so widget order and socket types cannot drift from ComfyUI's).
+- /api/workflow_templates lists the pack with every editor-format workflow, and the files are served.
+- Every API-format workflow validates against /object_info (classes, inputs, link types, value ranges, combo
+  lists: the model file names must be the stand-ins' official names) and runs to the end on a real server with
+  the stand-ins at 64x64 and 2 steps (the SDXL one: tests/test_workflows_sdxl.py).
+"""
+
+import io
+import json
+
+import pytest
+from PIL import Image
+from server_harness import PACK_LINK, comfy_server, object_info, run_prompt, upload_image
+from workflow_checks import (
+    SD15_WORKFLOWS,
+    SMALL_SIZE,
+    WORKFLOW_NAMES,
+    api_workflow,
+    build_workflows,
+    input_pictures,
+    shrunk,
+    validation_errors,
+)
+
+import standins
+
+
+def test_committed_workflows_are_what_the_generator_writes():
+    stale = build_workflows.stale_files(build_workflows.rendered_files())
+    assert not stale, f"run `python scripts/build_workflows.py`; out of date: {stale}"
+
+
+def test_every_workflow_exists_in_both_formats_with_the_same_nodes():
+    for name in WORKFLOW_NAMES:
+        editor = json.loads((build_workflows.WORKFLOWS / f"{name}.json").read_text())
+        server_nodes = {str(node["id"]): node["type"] for node in editor["nodes"] if node["type"] != "MarkdownNote"}
+        assert server_nodes == {key: node["class_type"] for key, node in api_workflow(name).items()}, name
+        notes = [node for node in editor["nodes"] if node["type"] == "MarkdownNote"]
+        assert len(notes) == 1 and "models/checkpoints/" in notes[0]["widgets_values"][0], name
+
+
+def test_a_broken_prompt_is_caught_by_the_validator():
+    """The validator can fail: each kind of fault is reported."""
+    info = {
+        "A": {"input": {"required": {"n": ["INT", {"min": 1, "max": 4}], "c": [["x", "y"]]}}, "output": ["IMAGE"]},
+        "B": {"input": {"required": {"image": ["MODEL"], "m": ["COMBO", {"options": ["p"]}]}}, "output": []},
+    }
+    prompt = {
+        "1": {"class_type": "A", "inputs": {"n": 9, "c": "z"}},
+        "2": {"class_type": "B", "inputs": {"image": ["1", 0], "m": "q"}},
+        "3": {"class_type": "Nope", "inputs": {}},
+        "4": {"class_type": "B", "inputs": {"image": ["7", 0], "extra": 1}},
+    }
+    errors = "\n".join(validation_errors(prompt, info))
+    for fragment in ("outside [1, 4]", "'z' is not one of", "wants MODEL, gets IMAGE", "'q' is not one of",
+                     "no such node type", "missing node 7", "no input named 'extra'", "input 'm' is missing"):  # fmt: skip
+        assert fragment in errors, (fragment, errors)
+
+
+def _host():
+    from conftest import require_host
+
+    return require_host()
+
+
+@pytest.fixture(scope="module")
+def models():
+    return standins.ensure(comfyui_dir=_host(), groups=("demo", "workflows"))
+
+
+def upload_pictures(server) -> None:
+    for name, data in input_pictures().items():
+        assert upload_image(server, data, name) == name
+
+
+@pytest.fixture(scope="module")
+def sd15_server(models):
+    with comfy_server(models_dir=models) as server:
+        upload_pictures(server)
+        yield server
+
+
+@pytest.mark.server
+def test_node_definition_snapshot_matches_the_live_server(sd15_server):
+    live = build_workflows.node_def_subset(object_info(sd15_server), build_workflows.used_node_types())
+    assert live == build_workflows.load_node_defs(), "run `python scripts/build_workflows.py --refresh-node-defs`"
+
+
+@pytest.mark.server
+def test_the_pack_templates_are_listed_and_served(sd15_server):
+    import requests
+
+    listed = requests.get(f"{sd15_server.url}/api/workflow_templates", timeout=30).json()
+    assert sorted(listed.get(PACK_LINK, [])) == sorted(WORKFLOW_NAMES), listed
+    for name in WORKFLOW_NAMES:
+        served = requests.get(f"{sd15_server.url}/api/workflow_templates/{PACK_LINK}/{name}.json", timeout=30)
+        assert served.status_code == 200, name
+        assert served.json() == json.loads((build_workflows.WORKFLOWS / f"{name}.json").read_text())
+
+
+def validate_and_run(server, name: str) -> None:
+    prompt = shrunk(api_workflow(name))
+    errors = validation_errors(prompt, object_info(server))
+    assert not errors, f"{name}:\n" + "\n".join(errors)
+    entry = run_prompt(server, prompt)
+    saved = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
+    images = {node_id: entry["outputs"].get(node_id, {}).get("images", []) for node_id in saved}
+    assert saved and all(len(found) == 1 for found in images.values()), f"{name}: {images}"
+    for found in images.values():
+        picture = Image.open(io.BytesIO(server.client.fetch(found[0])))
+        assert picture.size == (SMALL_SIZE, SMALL_SIZE), (name, picture.size)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", SD15_WORKFLOWS)
+def test_api_workflow_validates_and_runs(sd15_server, name):
+    validate_and_run(sd15_server, name)

@@ -1,0 +1,130 @@
+"""The editor-format workflows in the real ComfyUI front-end (comfyui_frontend_package of the host), in headless
+Chromium.
+
+Each template is fetched the way the template menu fetches it (/api/workflow_templates/<pack>/<name>.json),
+loaded with app.loadGraphData (the front-end's schema validation on), and must show: every node type registered,
+no node with errors, no dialog (the missing-nodes one) and no toast (validation alerts), no console error from the
+page's own code. The prompt the front-end makes from it (app.graphToPrompt) must equal the committed API-format
+file, and the links and widget values it would save must equal the file's. Then the graph is shrunk in the page
+(64x64, 2 steps), queued from the front-end (app.queuePrompt) and must finish on the stand-ins without error. A
+screenshot of each lands in tests-output/screenshots/<name>.png. A broken workflow shows that these checks fail.
+The SDXL workflow gets the same checks in tests/test_workflows_sdxl.py (a server of its own).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+from browser import FIT_VIEW, LOAD_AND_INSPECT, QUEUE, SETTINGS, SHRINK, frontend_page, playwright_driver
+from server_harness import PACK_LINK, comfy_server
+from workflow_checks import (
+    SD15_WORKFLOWS,
+    SIZE_INPUTS,
+    SMALL_SIZE,
+    SMALL_STEPS,
+    api_workflow,
+    editor_workflow,
+    input_pictures,
+)
+
+import standins
+
+pytestmark = pytest.mark.server
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "tests-output" / "screenshots"
+# Console lines that come from the page being offline (no internet) or from files not there, not from a workflow.
+OFFLINE_NOISE = ("Failed to load resource", "Content Security Policy", "api.comfy.org")
+SETTINGS.update({"Comfy.Validation.Workflows": True, "Comfy.Workflow.ShowMissingNodesWarning": True})
+
+
+def _host():
+    from conftest import require_host
+
+    return require_host()
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with playwright_driver() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def page_on_server(playwright):
+    models = standins.ensure(comfyui_dir=_host(), groups=("demo", "workflows"))
+    with comfy_server(models_dir=models) as server:
+        for name, data in input_pictures().items():
+            server.client.upload_image(data, name)
+        with frontend_page(playwright, server.url) as page:
+            yield server, page
+
+
+def _page_errors(page, since: int) -> list[str]:
+    return [line for line in page.console[since:]
+            if line.startswith(("error", "pageerror")) and not any(noise in line for noise in OFFLINE_NOISE)]  # fmt: skip
+
+
+def _load(server, page, name: str, workflow: dict | None = None) -> dict:
+    if workflow is None:
+        response = requests.get(f"{server.url}/api/workflow_templates/{PACK_LINK}/{name}.json", timeout=30)
+        response.raise_for_status()
+        workflow = response.json()
+    return page.evaluate(LOAD_AND_INSPECT, [workflow, f"{name}.json"])
+
+
+def _history_ids(server) -> set[str]:
+    return set(requests.get(f"{server.url}/history", timeout=30).json())
+
+
+def _queue_from_the_frontend(server, page, name: str, *, timeout: float = 600.0) -> dict:
+    page.evaluate(SHRINK, [{kind: list(names) for kind, names in SIZE_INPUTS.items()}, SMALL_SIZE, SMALL_STEPS, 1])
+    before = _history_ids(server)
+    with page.expect_response(lambda response: response.url.endswith("/api/prompt")) as answer:
+        page.evaluate(QUEUE)
+    body = answer.value.json()
+    assert answer.value.status == 200, f"{name}: the front-end's prompt was rejected: {json.dumps(body)[:3000]}"
+    prompt_id = body["prompt_id"]
+    assert prompt_id not in before
+    entry = server.client.wait_for_history(prompt_id, timeout=timeout)
+    assert entry["status"]["status_str"] == "success", f"{name}: {entry['status']}\n{server.log_tail(3000)}"
+    return entry
+
+
+def check_in_the_editor(server, page, name: str) -> None:
+    since = len(page.console)
+    seen = _load(server, page, name)
+    assert seen["unregistered"] == [], f"{name}: node types the front-end does not know: {seen['unregistered']}"
+    assert seen["withErrors"] == [] and seen["dialogs"] == [] and seen["toasts"] == [], (name, seen)
+    assert seen["output"] == api_workflow(name), f"{name}: graphToPrompt differs from workflows/api/{name}.json"
+    editor = editor_workflow(name)
+    assert seen["links"] == editor["links"], f"{name}: the editor would save other links"
+    assert seen["widgets"] == {str(node["id"]): node["widgets_values"] for node in editor["nodes"]}, name
+    entry = _queue_from_the_frontend(server, page, name)
+    saved = {key for key, node in api_workflow(name).items() if node["class_type"] == "SaveImage"}
+    assert saved <= set(entry["outputs"]), f"{name}: outputs {sorted(entry['outputs'])}, expected {sorted(saved)}"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate(FIT_VIEW)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    assert _page_errors(page, since) == [], f"{name}: the page logged errors: {_page_errors(page, since)}"
+
+
+@pytest.mark.parametrize("name", SD15_WORKFLOWS)
+def test_workflow_opens_in_the_editor_matches_its_api_file_and_runs(page_on_server, name):
+    check_in_the_editor(*page_on_server, name)
+
+
+def test_a_broken_workflow_is_caught(page_on_server):
+    """The checks can fail: an unknown node type and a schema-invalid workflow are both reported."""
+    server, page = page_on_server
+    broken = editor_workflow(SD15_WORKFLOWS[0])
+    broken["nodes"][1]["type"] = "NoSuchNodeType"
+    seen = _load(server, page, "broken", broken)
+    assert "NoSuchNodeType" in " ".join(seen["unregistered"]) and seen["dialogs"], seen
+    page.keyboard.press("Escape")
+    page.wait_for_function("![...document.querySelectorAll('.p-dialog')].some(dialog => dialog.offsetParent)")
+    invalid = editor_workflow(SD15_WORKFLOWS[0])
+    invalid["nodes"][1]["pos"] = "not a position"
+    seen = _load(server, page, "invalid", invalid)
+    assert any("valid" in toast.lower() for toast in seen["toasts"]), seen  # the front-end's schema alert

@@ -1,0 +1,130 @@
+"""What the workflow tests share: the generated workflows, their input pictures, a validator of API-format prompts
+against /object_info, and the small-size settings the stand-ins run at.
+
+The workflows themselves come from scripts/build_workflows.py (the one definition of every graph).
+"""
+
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy
+from PIL import Image
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.append(str(SCRIPTS))
+
+import build_workflows  # noqa: E402  (scripts/)
+
+SDXL_WORKFLOW = "08_sdxl_vit_h"
+WORKFLOW_NAMES = tuple(build().name for build in build_workflows.GRAPHS)
+SD15_WORKFLOWS = tuple(name for name in WORKFLOW_NAMES if name != SDXL_WORKFLOW)
+SMALL_SIZE, SMALL_STEPS = 64, 2
+SIZE_INPUTS = {"EmptyLatentImage": ("width", "height"), "ImageScale": ("width", "height")}
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def editor_workflow(name: str) -> dict:
+    return json.loads((build_workflows.WORKFLOWS / f"{name}.json").read_text())
+
+
+def api_workflow(name: str) -> dict:
+    return json.loads((build_workflows.API_FOLDER / f"{name}.json").read_text())
+
+
+def input_pictures() -> dict[str, bytes]:
+    """A PNG for every picture name the workflows load (64x64; the picture to edit has a transparent square: the
+    inpainting mask)."""
+    pictures = {}
+    for index, name in enumerate(sorted({image for build in build_workflows.GRAPHS for image in build().images})):
+        grid = numpy.indices((SMALL_SIZE, SMALL_SIZE)).sum(axis=0)
+        rgba = numpy.zeros((SMALL_SIZE, SMALL_SIZE, 4), dtype=numpy.uint8)
+        rgba[..., 0] = (grid * (3 + index)) % 256
+        rgba[..., 1] = (grid * 7 + 40 * index) % 256
+        rgba[..., 2] = 255 - (grid * 2) % 256
+        rgba[..., 3] = 255
+        if name == build_workflows.PICTURE_TO_EDIT:
+            rgba[16:48, 16:48, 3] = 0  # LoadImage's MASK is 1 - alpha: this square gets repainted
+        buffer = io.BytesIO()
+        Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+        pictures[name] = buffer.getvalue()
+    return pictures
+
+
+def shrunk(prompt: dict, *, size: int = SMALL_SIZE, steps: int = SMALL_STEPS) -> dict:
+    """The API prompt at a small picture size and few steps (what random stand-ins on a CPU can run quickly)."""
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        for name in SIZE_INPUTS.get(node["class_type"], ()):
+            node["inputs"][name] = size
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = steps
+    return prompt
+
+
+def _combo_options(spec) -> list | None:
+    kind, options = (list(spec) + [{}])[:2]
+    if isinstance(kind, list):
+        return kind
+    if kind == "COMBO":
+        return options.get("options", [])
+    return None
+
+
+def _check_widget(where: str, name: str, value, spec) -> list[str]:
+    kind, options = (list(spec) + [{}])[:2]
+    choices = _combo_options(spec)
+    if choices is not None:
+        return [] if value in choices else [f"{where}: {name}={value!r} is not one of {choices[:12]}"]
+    if kind == "INT" and not (isinstance(value, int) and not isinstance(value, bool)):
+        return [f"{where}: {name}={value!r} is not an integer"]
+    if kind == "FLOAT" and not (isinstance(value, (int, float)) and math.isfinite(value)):
+        return [f"{where}: {name}={value!r} is not a number"]
+    if kind in ("INT", "FLOAT"):
+        low, high = options.get("min", -math.inf), options.get("max", math.inf)
+        return [] if low <= value <= high else [f"{where}: {name}={value} is outside [{low}, {high}]"]
+    if kind == "STRING" and not isinstance(value, str):
+        return [f"{where}: {name}={value!r} is not a string"]
+    if kind == "BOOLEAN" and not isinstance(value, bool):
+        return [f"{where}: {name}={value!r} is not a boolean"]
+    return []
+
+
+def validation_errors(prompt: dict, object_info: dict) -> list[str]:
+    """Every problem of an API-format prompt against /object_info: unknown classes, missing or unknown inputs,
+    links to missing nodes or outputs or of the wrong type, widget values of the wrong type, out of range or not in
+    the combo list (ComfyUI 0.3.75 does not check V3 combo values itself)."""
+    errors = []
+    for node_id, node in prompt.items():
+        info = object_info.get(node["class_type"])
+        where = f"node {node_id} ({node['class_type']})"
+        if info is None:
+            errors.append(f"{where}: no such node type on the server")
+            continue
+        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        errors += [f"{where}: input {name!r} is missing" for name in info["input"].get("required", {})
+                   if name not in node["inputs"]]  # fmt: skip
+        for name, value in node["inputs"].items():
+            if name not in specs:
+                errors.append(f"{where}: no input named {name!r}")
+                continue
+            kind = specs[name][0]
+            is_widget = isinstance(kind, list) or kind in WIDGET_TYPES
+            if isinstance(value, list) and not is_widget:
+                source = prompt.get(str(value[0]))
+                if source is None:
+                    errors.append(f"{where}: {name} links to missing node {value[0]}")
+                    continue
+                outputs = object_info.get(source["class_type"], {}).get("output", [])
+                if not (isinstance(value[1], int) and 0 <= value[1] < len(outputs)):
+                    errors.append(f"{where}: {name} links to output {value[1]} of {source['class_type']}")
+                elif outputs[value[1]] != kind and "*" not in (kind, outputs[value[1]]):
+                    errors.append(f"{where}: {name} wants {kind}, gets {outputs[value[1]]}")
+            elif is_widget:
+                errors += _check_widget(where, name, value, specs[name])
+            else:
+                errors.append(f"{where}: socket input {name} holds a value, not a link: {value!r}")
+    return errors
