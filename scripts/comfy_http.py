@@ -98,53 +98,87 @@ def _stop(process: subprocess.Popen, *, grace: float = 15.0) -> None:
             process.wait(timeout=grace)
 
 
-@contextlib.contextmanager
-def running_server(
-    *,
-    comfyui_dir: Path | None = None,
-    python: str = sys.executable,
-    models_dir: Path | None = None,
-    extra_custom_nodes=(),
-    startup_timeout: float = 180.0,
-    cpu: bool = True,
-):
-    """Yields a started `Server`; `extra_custom_nodes` are further pack folders (test-only nodes) to link in."""
-    comfyui_dir = Path(comfyui_dir or default_comfyui_dir())
-    if not (comfyui_dir / "main.py").is_file():
-        raise ComfyError(f"{comfyui_dir} is not a ComfyUI folder (no main.py); set COMFYUI_DIR")
-    base = Path(tempfile.mkdtemp(prefix="comfyui-base-"))
-    try:
-        custom_nodes = base / "custom_nodes"
+class ServerProcess:
+    """`main.py` of a ComfyUI tree on a free localhost port with its own temporary base directory (input, output,
+    user, custom_nodes with this pack linked in, plus any `extra_custom_nodes` pack folders). `start()` can be called
+    again after `kill()`: the same URL and base directory, as a server that crashed and was restarted (its queue
+    and /history are lost, its output folder is kept). `threads` sets OMP_NUM_THREADS: servers sharing a small
+    machine are faster with one thread each than oversubscribed."""
+
+    def __init__(self, *, comfyui_dir: Path, python: str, models_dir: Path | None, startup_timeout: float,
+                 extra_custom_nodes=(), cpu: bool = True, threads: int | None = None):  # fmt: skip
+        if not (comfyui_dir / "main.py").is_file():
+            raise ComfyError(f"{comfyui_dir} is not a ComfyUI folder (no main.py); set COMFYUI_DIR")
+        self.comfyui_dir = comfyui_dir
+        self.startup_timeout = startup_timeout
+        self.base = Path(tempfile.mkdtemp(prefix="comfyui-base-"))
+        custom_nodes = self.base / "custom_nodes"
         custom_nodes.mkdir()
         (custom_nodes / PACK_LINK).symlink_to(REPO, target_is_directory=True)
         for pack in extra_custom_nodes:
             pack = Path(pack).resolve()
             (custom_nodes / pack.name).symlink_to(pack, target_is_directory=True)
-        port = free_port()
-        command = [
-            python, str(comfyui_dir / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
-            "--base-directory", str(base), "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.base / "comfyui.log"
+        self.command = [
+            python, str(comfyui_dir / "main.py"), "--listen", "127.0.0.1", "--port", str(self.port),
+            "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
             *(["--cpu"] if cpu else []),
         ]  # fmt: skip
         if models_dir is not None:
-            config = base / "extra_model_paths.yaml"
+            config = self.base / "extra_model_paths.yaml"
             _write_model_paths(Path(models_dir), config)
-            command += ["--extra-model-paths-config", str(config)]
-        log_path = base / "comfyui.log"
-        with open(log_path, "wb") as log:
+            self.command += ["--extra-model-paths-config", str(config)]
+        self.env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        self.server: Server | None = None
+
+    def start(self) -> Server:
+        with open(self.log_path, "ab") as log:
             # Its own session: a Ctrl-C reaches this process, which then stops the server in order.
             process = subprocess.Popen(
-                command, cwd=comfyui_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                self.command, cwd=self.comfyui_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, env=self.env,
             )  # fmt: skip
-        server = Server(url=f"http://127.0.0.1:{port}", process=process, base=base, log_path=log_path)
-        try:
-            _wait_until_ready(server, timeout=startup_timeout)
-            yield server
-        finally:
-            _stop(process)
+        self.server = Server(url=self.url, process=process, base=self.base, log_path=self.log_path)
+        _wait_until_ready(self.server, timeout=self.startup_timeout)
+        return self.server
+
+    def kill(self) -> None:
+        """Stops the server at once (SIGKILL), as a crash would."""
+        if self.server is not None and self.server.process.poll() is None:
+            self.server.process.kill()
+            self.server.process.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.server is not None:
+            _stop(self.server.process)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server_process(*, comfyui_dir: Path | None = None, python: str = sys.executable, models_dir: Path | None = None,
+                   startup_timeout: float = 180.0, extra_custom_nodes=(), cpu: bool = True,
+                   threads: int | None = None):  # fmt: skip
+    """Yields a started `ServerProcess`; stopped by its PID and its base directory removed when the block ends."""
+    process = ServerProcess(
+        comfyui_dir=Path(comfyui_dir or default_comfyui_dir()), python=python, models_dir=models_dir,
+        startup_timeout=startup_timeout, extra_custom_nodes=extra_custom_nodes, cpu=cpu, threads=threads,
+    )  # fmt: skip
+    try:
+        process.start()
+        yield process
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        process.close()
+
+
+@contextlib.contextmanager
+def running_server(*, comfyui_dir: Path | None = None, python: str = sys.executable, models_dir: Path | None = None,
+                   extra_custom_nodes=(), startup_timeout: float = 180.0, cpu: bool = True):  # fmt: skip
+    """Yields a started `Server`; `extra_custom_nodes` are further pack folders (test-only nodes) to link in."""
+    with server_process(comfyui_dir=comfyui_dir, python=python, models_dir=models_dir,
+                        extra_custom_nodes=extra_custom_nodes, startup_timeout=startup_timeout, cpu=cpu) as process:  # fmt: skip
+        yield process.server
 
 
 def load_workflow(path: Path = EXAMPLE_WORKFLOW) -> dict:
@@ -235,8 +269,11 @@ class ComfyClient:
         stored = response.json()
         return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
 
-    def queue_prompt(self, prompt: dict, *, client_id: str | None = None) -> Queued:
+    def queue_prompt(self, prompt: dict, *, client_id: str | None = None, prompt_id: str | None = None) -> Queued:
+        """POST /prompt; with `prompt_id` the prompt gets that id (ComfyUI keeps it), so a caller who lost the
+        answer can still look it up in /queue and /history."""
         payload = {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex}
+        payload.update({"prompt_id": prompt_id} if prompt_id else {})
         response = requests.post(f"{self.url}/prompt", json=payload, timeout=self.timeout)
         if response.status_code == 200:
             return Queued(prompt_id=response.json()["prompt_id"])
@@ -246,11 +283,33 @@ class ComfyClient:
             body = {"error": {"message": response.text[:2000]}}
         return Queued(prompt_id=None, error=body)
 
+    def queued_prompt_ids(self) -> tuple[set, set]:
+        """The ids of the prompts running and of those waiting in the server's queue (GET /queue)."""
+        queue = self._get("/queue").json()
+        return {item[1] for item in queue.get("queue_running", [])}, {item[1] for item in queue.get("queue_pending", [])}
+
+    def delete_from_queue(self, prompt_ids) -> None:
+        """Takes waiting prompts off the queue (POST /queue delete); a prompt already running is not touched."""
+        response = requests.post(f"{self.url}/queue", json={"delete": list(prompt_ids)}, timeout=self.timeout)
+        if response.status_code != 200:
+            raise ComfyError(f"POST /queue answered {response.status_code}: {response.text[:2000]}")
+
+    def output_file_if_present(self, filename: str, *, subfolder: str = "") -> bytes | None:
+        """An output file's bytes (GET /view, type output), or None when the server has no such file. The output
+        folder outlives a restart of the server, /history does not."""
+        params = {"filename": filename, "subfolder": subfolder, "type": "output"}
+        response = requests.get(f"{self.url}/view", params=params, timeout=self.timeout)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise ComfyError(f"GET /view answered {response.status_code}: {response.text[:2000]}")
+        return response.content
+
     def history(self, prompt_id: str) -> dict | None:
         """The prompt's /history entry once it has finished (successfully or not), else None."""
         return self._get(f"/history/{prompt_id}").json().get(prompt_id)
 
-    def _history_if_answered(self, prompt_id: str) -> dict | None:
+    def history_if_answered(self, prompt_id: str) -> dict | None:
         """A quick look at /history; None also when a busy server does not answer within a few seconds."""
         try:
             response = requests.get(f"{self.url}/history/{prompt_id}", timeout=5)
@@ -282,7 +341,7 @@ class ComfyClient:
             try:
                 message = websocket.recv()
             except WebSocketTimeoutException:
-                entry = self._history_if_answered(prompt_id)  # a missed end message must not hang us
+                entry = self.history_if_answered(prompt_id)  # a missed end message must not hang us
                 if entry is not None:
                     return entry
                 continue
@@ -336,3 +395,4 @@ def run_prompt(client: ComfyClient, prompt: dict, *, timeout: float, report=None
     if entry.get("status", {}).get("status_str") != "success":
         raise ComfyError("the prompt failed: " + describe_failure(entry))
     return entry
+

@@ -53,7 +53,7 @@ def reference_png() -> bytes:
 
 
 def example_prompt(*, image: str, size: int = 64, steps: int = 2, seed: int = 0) -> dict:
-    """workflows/ipadapter_sd15_api.json with the uploaded reference, a small picture and few steps."""
+    """workflows/api/01_image_prompt.json with the uploaded reference, a small picture and few steps."""
     return comfy_http.configure(comfy_http.load_workflow(), image=image, size=size, steps=steps, seed=seed)
 
 
@@ -90,3 +90,15 @@ def fetch_output_image(server: Server, entry: dict, index: int = 0) -> bytes:
     if len(images) <= index:
         raise ComfyError(f"the prompt has {len(images)} output images: {entry.get('outputs')}")
     return server.client.fetch(images[index])
+
+
+@contextlib.contextmanager
+def restartable_comfy_server(*, models_dir: Path | None = None, startup_timeout: float = 240.0,
+                             threads: int | None = None):  # fmt: skip
+    """A started server that `.kill()` stops at once and `.start()` starts again on the same URL and base
+    directory (`.url`, `.base`, `.server` for the current process); `threads`: OMP_NUM_THREADS for it."""
+    with comfy_http.server_process(
+        comfyui_dir=require_host(), python=sys.executable, models_dir=models_dir, startup_timeout=startup_timeout,
+        threads=threads,
+    ) as restartable:
+        yield restartable
