@@ -255,21 +255,14 @@ def _sdxl_layout() -> dict:
 
 
 def _random_tensor(name: str, shape, *, seed: int):
-    """fill_random_'s rule for one named tensor, seeded by its name: the same values in any order."""
-    import math
+    """fill_random_'s rule (tests/tiny_models.py) for one named tensor, seeded by its name: the same values in any
+    order."""
     import zlib
 
     import torch
 
     generator = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
-    values = torch.randn(shape, generator=generator)
-    if len(shape) >= 2:
-        values /= math.sqrt(math.prod(shape[1:]))
-    elif ("norm" in name or ".ln_" in name) and name.endswith("weight"):
-        values = 1.0 + 0.1 * values
-    else:
-        values *= 0.1
-    return values.to(torch.float16)
+    return _tiny_models().random_parameter(name, shape, generator=generator).to(torch.float16)
 
 
 def _write_streamed_safetensors(layout: dict, path: Path, *, seed: int) -> None:

@@ -48,18 +48,23 @@ SD15_HIDDEN_SIZES = (320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 640, 640,
 SDXL_HIDDEN_SIZES = (640,) * 4 + (1280,) * 20 + (1280,) * 30 + (640,) * 6 + (1280,) * 10
 
 
+def random_parameter(name: str, shape, *, generator: torch.Generator) -> torch.Tensor:
+    """One random tensor for the parameter `name`: fan-in-scaled normal matrices, norm weights near 1 (LayerNorm,
+    GroupNorm, and OpenCLIP-named `.ln_` layers), small vectors: finite activations through random nets."""
+    values = torch.randn(shape, generator=generator)
+    if len(shape) >= 2:
+        return values / math.sqrt(math.prod(shape[1:]))
+    if ("norm" in name or ".ln_" in name) and name.endswith("weight"):
+        return 1.0 + 0.1 * values
+    return 0.1 * values
+
+
 def fill_random_(module: torch.nn.Module, *, seed: int) -> torch.nn.Module:
-    """Fan-in-scaled normal weights, unit norm weights, small biases: finite activations through random nets."""
+    """Every parameter of `module` by `random_parameter`, from one generator seeded with `seed`."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in module.named_parameters():
-            if parameter.dim() >= 2:
-                fan_in = math.prod(parameter.shape[1:])
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
-            elif "norm" in name and name.endswith("weight"):
-                parameter.copy_(1.0 + 0.1 * torch.randn(parameter.shape, generator=generator))
-            else:
-                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+            parameter.copy_(random_parameter(name, parameter.shape, generator=generator))
     return module
 
 
