@@ -1,5 +1,5 @@
 """The pure part of the batch queue (scripts/batch_queue.py): jobs, their ids, the CSV, the workflow edits, the
-journal and the PNG chunk. No network here.
+journal and the PNG chunk. No network here (comfy_http only for its workflow edits).
 
 A job is one reference image, one text prompt, one λ and one seed. Its id is a digest of those (the image by
 name and content) and of the workflow's file name, so the same job gets the same id in every run: that is how a
@@ -15,6 +15,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+import comfy_http
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CSV_COLUMNS = ("image", "prompt", "weight")  # required; "seed" is optional
@@ -233,13 +235,8 @@ def job_prompt(workflow: dict, targets: Targets, job: Job, *, image_name: str, p
         prompt[node_id]["inputs"]["weight"] = float(job.weight)
     for node_id in targets.ksampler:
         prompt[node_id]["inputs"]["seed"] = int(job.seed)
-        if steps is not None:
-            prompt[node_id]["inputs"]["steps"] = int(steps)
-    if size is not None:
-        for node_id in _nodes_of(prompt, "EmptyLatentImage"):
-            prompt[node_id]["inputs"].update(width=int(size), height=int(size))
     prompt[targets.save_image]["inputs"]["filename_prefix"] = prefix
-    return prompt
+    return comfy_http.configure(prompt, size=size, steps=steps)
 
 
 # --- the journal -----------------------------------------------------------------------------------------------
