@@ -43,9 +43,10 @@ def comfy_server(*, models_dir: Path | None = None, extra_custom_nodes=(), start
         yield server
 
 
-def standin_models() -> Path:
-    """The stand-in models folder (scripts/standins.py; generated on first use, about a minute, then cached)."""
-    return standins.ensure(comfyui_dir=require_host())
+def standin_models(groups=("demo",)) -> Path:
+    """The stand-in models folder with the files of `groups` (scripts/standins.py: "demo", "workflows", "sdxl";
+    generated on first use, a minute or more, then cached)."""
+    return standins.ensure(comfyui_dir=require_host(), groups=groups)
 
 
 def reference_png() -> bytes:

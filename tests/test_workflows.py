@@ -9,23 +9,21 @@
 """
 
 import io
-import json
 
 import pytest
 from PIL import Image
-from server_harness import PACK_LINK, comfy_server, object_info, run_prompt, upload_image
+from server_harness import PACK_LINK, comfy_server, object_info, run_prompt, standin_models, upload_image
 from workflow_checks import (
     SD15_WORKFLOWS,
     SMALL_SIZE,
     WORKFLOW_NAMES,
     api_workflow,
     build_workflows,
+    editor_workflow,
     input_pictures,
     shrunk,
     validation_errors,
 )
-
-import standins
 
 
 def test_committed_workflows_are_what_the_generator_writes():
@@ -35,7 +33,7 @@ def test_committed_workflows_are_what_the_generator_writes():
 
 def test_every_workflow_exists_in_both_formats_with_the_same_nodes():
     for name in WORKFLOW_NAMES:
-        editor = json.loads((build_workflows.WORKFLOWS / f"{name}.json").read_text())
+        editor = editor_workflow(name)
         server_nodes = {str(node["id"]): node["type"] for node in editor["nodes"] if node["type"] != "MarkdownNote"}
         assert server_nodes == {key: node["class_type"] for key, node in api_workflow(name).items()}, name
         notes = [node for node in editor["nodes"] if node["type"] == "MarkdownNote"]
@@ -60,15 +58,9 @@ def test_a_broken_prompt_is_caught_by_the_validator():
         assert fragment in errors, (fragment, errors)
 
 
-def _host():
-    from conftest import require_host
-
-    return require_host()
-
-
 @pytest.fixture(scope="module")
 def models():
-    return standins.ensure(comfyui_dir=_host(), groups=("demo", "workflows"))
+    return standin_models(groups=("demo", "workflows"))
 
 
 def upload_pictures(server) -> None:
@@ -98,7 +90,7 @@ def test_the_pack_templates_are_listed_and_served(sd15_server):
     for name in WORKFLOW_NAMES:
         served = requests.get(f"{sd15_server.url}/api/workflow_templates/{PACK_LINK}/{name}.json", timeout=30)
         assert served.status_code == 200, name
-        assert served.json() == json.loads((build_workflows.WORKFLOWS / f"{name}.json").read_text())
+        assert served.json() == editor_workflow(name)
 
 
 def validate_and_run(server, name: str) -> None:

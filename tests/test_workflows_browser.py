@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 from browser import FIT_VIEW, LOAD_AND_INSPECT, QUEUE, SETTINGS, SHRINK, frontend_page, playwright_driver
-from server_harness import PACK_LINK, comfy_server
+from server_harness import PACK_LINK, comfy_server, standin_models
 from workflow_checks import (
     SD15_WORKFLOWS,
     SIZE_INPUTS,
@@ -28,7 +28,6 @@ from workflow_checks import (
     input_pictures,
 )
 
-import standins
 
 pytestmark = pytest.mark.server
 
@@ -36,12 +35,6 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "tests-output" / "screenshot
 # Console lines that come from the page being offline (no internet) or from files not there, not from a workflow.
 OFFLINE_NOISE = ("Failed to load resource", "Content Security Policy", "api.comfy.org")
 SETTINGS.update({"Comfy.Validation.Workflows": True, "Comfy.Workflow.ShowMissingNodesWarning": True})
-
-
-def _host():
-    from conftest import require_host
-
-    return require_host()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +45,7 @@ def playwright():
 
 @pytest.fixture(scope="module")
 def page_on_server(playwright):
-    models = standins.ensure(comfyui_dir=_host(), groups=("demo", "workflows"))
+    models = standin_models(groups=("demo", "workflows"))
     with comfy_server(models_dir=models) as server:
         for name, data in input_pictures().items():
             server.client.upload_image(data, name)

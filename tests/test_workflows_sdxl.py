@@ -9,20 +9,17 @@ editor file opens in the front-end, its graphToPrompt equals the API file, and i
 
 import pytest
 from browser import frontend_page, playwright_driver
-from server_harness import comfy_server
+from server_harness import comfy_server, standin_models
 from test_workflows import upload_pictures, validate_and_run
 from test_workflows_browser import check_in_the_editor
 from workflow_checks import SDXL_WORKFLOW
 
-import standins
 
 pytestmark = pytest.mark.server
 
 
 def test_sdxl_workflow_runs_through_the_api_and_the_editor():
-    from conftest import require_host
-
-    models = standins.ensure(comfyui_dir=require_host(), groups=("demo", "sdxl"))
+    models = standin_models(groups=("demo", "sdxl"))
     with comfy_server(models_dir=models) as server:
         upload_pictures(server)
         validate_and_run(server, SDXL_WORKFLOW)
