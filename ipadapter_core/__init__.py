@@ -1,4 +1,7 @@
-"""The IP-Adapter core: checkpoint formats, detection, layer map, attention math, embeds, the ComfyUI patch.
+"""The IP-Adapter itself: checkpoint formats and detection, the attention math, embeds and their combination,
+encoding reference images, schedules, and one subpackage per patch mechanism (`unet/`: attn2 replace patches).
 
-Only `patch.py` (at call time) and `memory.py` import ComfyUI; everything else is plain torch.
+ComfyUI is imported only at call time, in `memory.py` (the adapter weights' ModelPatcher), `encoding.py` (the
+unconditional pass of plus / full-face adapters) and `unet/patch.py` (ComfyUI's optimized attention); the rest is
+plain torch.
 """

@@ -8,8 +8,7 @@ import torch
 from ..models.adapter import IPAdapterModel
 from ..models.image_projection import LinearProjection, MLPProjection, Resampler
 from .detection import RESAMPLER_DIM_HEAD, AdapterSpec, detect_spec
-from .errors import IPAdapterError
-from .formats import read_adapter_file
+from .formats import assign_weights, read_adapter_file
 
 RESAMPLER_FF_MULT = 4
 
@@ -38,13 +37,12 @@ def build_adapter_model(spec: AdapterSpec, parts: dict[str, dict[str, torch.Tens
             hidden_sizes=dict(zip(spec.layer_numbers, spec.hidden_sizes)),
         )
     flat = {f"{part}.{key}": tensor for part, tensors in parts.items() for key, tensor in tensors.items()}
-    try:
-        model.load_state_dict(flat, strict=True, assign=True)
-    except RuntimeError as error:
-        raise IPAdapterError(
-            f"'{name}' looks like {spec.variant} but its weights do not fit that layout ({error}). "
-            "The file may be damaged or an unofficial variant; download the official file again."
-        ) from error
+    assign_weights(
+        model,
+        flat,
+        mismatch=f"'{name}' looks like {spec.variant} but its weights do not fit that layout",
+        fix="The file may be damaged or an unofficial variant; download the official file again.",
+    )
     return model.eval().requires_grad_(False)
 
 

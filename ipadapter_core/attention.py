@@ -19,7 +19,8 @@ def rows_for_batch(by_kind: torch.Tensor, cond_or_uncond: Sequence[int], rows: i
     """Give every batch row the conditional or unconditional image tokens of its chunk.
 
     `by_kind` is `[2, T, W]` (index 0 = conditional, 1 = unconditional); the batch is `len(cond_or_uncond)` equal
-    chunks in that order. Returns `[rows, T, W]`, built from views, with no index tensor and no device sync.
+    chunks in that order. Returns `[rows, T, W]`: each chunk an expanded view, concatenated into one tensor, with no
+    index tensor and no device sync.
     """
     chunk = rows // len(cond_or_uncond)
     return torch.cat([by_kind[kind].expand(chunk, -1, -1) for kind in cond_or_uncond])  # [rows, T, W]

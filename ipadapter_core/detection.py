@@ -15,6 +15,7 @@ from .errors import IPAdapterError
 
 BASE_OF_CROSS_ATTENTION_DIM = {768: "SD1.5", 2048: "SDXL"}
 LAYER_COUNT_OF_BASE = {"SD1.5": 16, "SDXL": 70}
+BASE_OF_LAYER_COUNT = {count: base for base, count in LAYER_COUNT_OF_BASE.items()}
 IMAGE_EMBEDS = "image_embeds"
 PENULTIMATE = "penultimate_hidden_states"
 VIT_H = "ViT-H"

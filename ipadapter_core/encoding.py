@@ -41,10 +41,11 @@ def encode_images(
     images: torch.Tensor,
     *,
     clip_output: str,
-    after_batch: Callable[[int], None],
+    after_batch: Callable[[int], None] = lambda count: None,
     batch_size: int = ENCODE_BATCH_SIZE,
 ) -> torch.Tensor:
-    """CLIP output of an IMAGE batch `[B, H, W, 3]`, encoded `batch_size` images at a time -> `[B, E]` or `[B, S, E]`."""
+    """CLIP output of an IMAGE batch `[B, H, W, C]`, encoded `batch_size` images at a time -> `[B, E]` or `[B, S, E]`;
+    `after_batch(count)` is called after each batch (progress, interrupts)."""
     if images.dim() != 4 or images.shape[0] == 0:
         raise IPAdapterError(f"Expected an IMAGE batch [B, H, W, C] with at least one image, got shape {list(images.shape)}.")
     encoded = []

@@ -73,6 +73,19 @@ def read_weights_file(path: str, *, kind: WeightsFileKind):
     raise IPAdapterError(f"{kind.label} '{name}' has an unknown extension. {kind.what_to_use}")
 
 
+def assign_weights(module: torch.nn.Module, weights: StateDict, *, mismatch: str, fix: str) -> None:
+    """Give a module built on the meta device a file's tensors as they are (`assign=True`: no copy, nothing randomly
+    initialised). A tensor the module does not expect, one it lacks, or a parameter left on the meta device raises
+    IPAdapterError: `mismatch` says what does not fit, `fix` what the user can do."""
+    try:
+        module.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as error:
+        raise IPAdapterError(f"{mismatch} ({error}). {fix}") from error
+    on_meta = [key for key, value in module.state_dict(keep_vars=True).items() if value.is_meta]
+    if on_meta:
+        raise IPAdapterError(f"{mismatch}: {on_meta[:3]} got no weights. {fix}")
+
+
 def split_into_parts(tensors: dict, name: str) -> dict[str, StateDict]:
     """Nest a flat (or already nested) state dict by its first key part, resolving the training-time aliases."""
     parts: dict[str, StateDict] = {"image_proj": {}, "ip_adapter": {}}

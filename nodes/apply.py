@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..ipadapter_core.apply import apply_image_prompt
+from ..ipadapter_core.unet.apply import apply_image_prompt
 from .errors import errors_named_for
 from .types import EmbedsType, IPAdapterType
 

@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io, ui
 
-from ..ipadapter_core.clip_scores import Scores, score_images
+from ..scoring.clip_scores import Scores, score_images
 from .errors import errors_named_for
 from .openclip_loader import OpenCLIPType
 

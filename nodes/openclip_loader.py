@@ -5,8 +5,8 @@ import functools
 import folder_paths
 from comfy_api.latest import io
 
-from ..ipadapter_core.openclip_loading import ACTIVATIONS
-from ..ipadapter_core.openclip_model import load_openclip_model, load_openclip_vision
+from ..openclip.loading import ACTIVATIONS
+from ..openclip.model import load_openclip_model, load_openclip_vision
 from .errors import errors_named_for
 from .model_files import LoadedFiles, model_file_path
 

@@ -20,18 +20,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "devkit"))
 
-from standins import SD15_UNET  # noqa: E402  (scripts/, beside this file)
-
-SDXL_UNET = dict(
-    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
-    transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4], transformer_depth_middle=10,
-    use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
-    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
-    use_temporal_attention=False, use_temporal_resblock=False,
-)  # fmt: skip
+import repo_paths  # noqa: E402,F401  (devkit/ and tools/ on sys.path)
+from model_configs import SD15_UNET, SDXL_UNET  # noqa: E402
 
 
 def start_host():
@@ -121,7 +113,7 @@ def side_by_side(variants, *, repeats: int, **run) -> dict[str, float]:
 @contextlib.contextmanager
 def recomputing_keys_values():
     """K'/V' recomputed on every layer call: what the once-per-run cache saves."""
-    from decoupled_ipadapter.ipadapter_core.patch import ImagePromptTerm
+    from decoupled_ipadapter.ipadapter_core.unet.patch import ImagePromptTerm
 
     original = ImagePromptTerm.keys_values
 
@@ -148,8 +140,8 @@ def attention_cost(device, dtype, size: int, directory: Path) -> list[dict]:
     patched attn2 call minus ComfyUI's plain attention, timed per layer with torch.utils.benchmark (low noise)."""
     from torch.utils import benchmark
 
-    from decoupled_ipadapter.ipadapter_core.layer_map import CrossAttentionLayer
-    from decoupled_ipadapter.ipadapter_core.patch import ImagePromptTerm, LayerPatch, host_attention
+    from decoupled_ipadapter.ipadapter_core.unet.layer_map import CrossAttentionLayer
+    from decoupled_ipadapter.ipadapter_core.unet.patch import ImagePromptTerm, LayerPatch, host_attention
     from decoupled_ipadapter.ipadapter_core.schedule import SigmaRange
 
     rows = []
@@ -179,7 +171,7 @@ def attention_cost(device, dtype, size: int, directory: Path) -> list[dict]:
 
 
 def step_cases(base: str, device, dtype, size: int, steps: int, repeats: int, directory: Path):
-    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
+    from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
 
     model = unet(base, device, dtype)
     suffix = "sd15" if base == "SD1.5" else "sdxl_vit-h"

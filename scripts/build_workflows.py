@@ -505,10 +505,11 @@ def stale_files(files: dict[Path, str]) -> list[str]:
 
 
 def refresh_node_defs() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import comfy_http
+    sys.path.insert(0, str(REPO / "devkit"))
+    import repo_paths  # noqa: F401  (devkit/ and tools/ on sys.path)
+    import server_process
 
-    with comfy_http.running_server() as server:
+    with server_process.running_server() as server:
         object_info = server.client.object_info()
     NODE_DEFS.write_text(_dumps(node_def_subset(object_info, used_node_types() - set(FRONTEND_ONLY))))
     print(f"[workflows] wrote {NODE_DEFS.relative_to(REPO)}")

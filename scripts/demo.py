@@ -6,7 +6,7 @@ and saves the result.
 
 Models: the real files named in the workflow (checkpoints/, clip_vision/, ipadapter/) are looked up in
 $DECOUPLED_IPADAPTER_MODELS (default: .host/models), then in the ComfyUI folder's own models/. Without them the
-demo uses random stand-ins with the same layout (scripts/standins.py, generated once into ~/.cache) at 64x64 and
+demo uses random stand-ins with the same layout (devkit/standins.py, generated once into ~/.cache) at 64x64 and
 a few steps: the picture then only shows that the pipeline runs, not what IP-Adapter does.
 """
 
@@ -17,10 +17,15 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-import comfy_http
-import standins
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "devkit"))
+
+import repo_paths  # noqa: E402,F401  (devkit/ and tools/ on sys.path)
+import comfy_client  # noqa: E402
+import server_process  # noqa: E402
+import standins  # noqa: E402
+from pictures import reference_picture  # noqa: E402
 
 REFERENCE_NAME = "ipadapter_reference.png"
 OUTPUT_NAME = "decoupled_ipadapter_demo.png"
@@ -38,32 +43,12 @@ def say(line: str) -> None:
     print(f"[demo] {line}", flush=True)
 
 
-def reference_picture(size: int = 512) -> bytes:
-    """A synthetic RGB reference: a diagonal colour gradient with a few solid shapes, as PNG bytes."""
-    image = Image.new("RGB", (size, size))
-    pixels = image.load()
-    for y in range(size):
-        for x in range(size):
-            pixels[x, y] = (255 * x // size, 255 * y // size, 255 - 255 * (x + y) // (2 * size))
-    draw = ImageDraw.Draw(image)
-
-    def box(*fractions):
-        return [size * fraction for fraction in fractions]
-
-    draw.ellipse(box(0.15, 0.15, 0.55, 0.55), fill=(250, 220, 40), outline=(20, 20, 20), width=4)
-    draw.rectangle(box(0.55, 0.5, 0.9, 0.85), fill=(30, 90, 200), outline=(255, 255, 255), width=4)
-    draw.polygon(box(0.1, 0.9, 0.3, 0.6, 0.5, 0.9), fill=(200, 40, 60))
-    buffer = BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def required_files(prompt: dict) -> list[str]:
     """The model files the workflow names, as paths relative to a models folder."""
     return [
         f"{folder}/{node['inputs'][name]}"
         for class_type, name, folder in MODEL_INPUTS
-        for node in comfy_http.nodes_of_class(prompt, class_type)
+        for node in comfy_client.nodes_of_class(prompt, class_type)
     ]
 
 
@@ -86,7 +71,7 @@ def choose_models(prompt: dict, options, comfyui_dir: Path) -> Path:
     say("NOTE: these are RANDOM WEIGHTS. The picture is a pipeline check: every node runs through ComfyUI's HTTP API,")
     say("      but it is not an IP-Adapter result. To finish in seconds on a CPU: "
         f"{STANDIN_SIZE}x{STANDIN_SIZE} pixels, {STANDIN_STEPS} steps instead of the workflow's settings.")  # fmt: skip
-    comfy_http.configure(prompt, size=STANDIN_SIZE, steps=STANDIN_STEPS)
+    comfy_client.configure(prompt, size=STANDIN_SIZE, steps=STANDIN_STEPS)
     return folder
 
 
@@ -94,10 +79,10 @@ def generate(prompt: dict, options, comfyui_dir: Path, models: Path, reference: 
     """Runs the prompt on a fresh server and returns the PNG bytes of its first output image."""
     started = time.monotonic()
     say(f"starting ComfyUI from {comfyui_dir} ({'GPU' if options.gpu else 'CPU'})")
-    with comfy_http.running_server(comfyui_dir=comfyui_dir, models_dir=models, cpu=not options.gpu) as server:
+    with server_process.running_server(comfyui_dir=comfyui_dir, models_dir=models, cpu=not options.gpu) as server:
         say(f"ComfyUI answers on {server.url} after {time.monotonic() - started:.1f} s (pid {server.process.pid})")
         client = server.client
-        comfy_http.configure(prompt, image=client.upload_image(reference, REFERENCE_NAME))
+        comfy_client.configure(prompt, image=client.upload_image(reference, REFERENCE_NAME))
         say(f"uploaded the reference image; queueing {options.workflow}")
         started = time.monotonic()
 
@@ -105,20 +90,20 @@ def generate(prompt: dict, options, comfyui_dir: Path, models: Path, reference: 
             say(f"{time.monotonic() - started:6.1f} s  {line}")
 
         try:
-            entry = comfy_http.run_prompt(client, prompt, timeout=options.timeout, report=report)
+            entry = comfy_client.run_prompt(client, prompt, timeout=options.timeout, report=report)
             images = client.output_images(entry)
             if not images:
-                raise comfy_http.ComfyError("the prompt succeeded but produced no image")
+                raise comfy_client.ComfyError("the prompt succeeded but produced no image")
             data = client.fetch(images[0])
-        except comfy_http.ComfyError as error:
-            raise comfy_http.ComfyError(f"{error}\n--- end of the ComfyUI log ---\n{server.log_tail(4000)}") from error
+        except comfy_client.ComfyError as error:
+            raise comfy_client.ComfyError(f"{error}\n--- end of the ComfyUI log ---\n{server.log_tail(4000)}") from error
         say(f"finished in {time.monotonic() - started:.1f} s; stopping ComfyUI")
     return data
 
 
 def run(options) -> Path:
-    prompt = comfy_http.load_workflow(options.workflow)
-    comfyui_dir = comfy_http.default_comfyui_dir()
+    prompt = comfy_client.load_workflow(options.workflow)
+    comfyui_dir = server_process.default_comfyui_dir()
     models = choose_models(prompt, options, comfyui_dir)
     options.out.mkdir(parents=True, exist_ok=True)
     reference = reference_picture()
@@ -138,19 +123,19 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--models",
         type=Path,
-        default=Path(os.environ.get("DECOUPLED_IPADAPTER_MODELS") or comfy_http.REPO / ".host" / "models"),
+        default=Path(os.environ.get("DECOUPLED_IPADAPTER_MODELS") or server_process.REPO / ".host" / "models"),
         help="folder with your real models, ComfyUI layout (default: $DECOUPLED_IPADAPTER_MODELS or .host/models)",
     )
     parser.add_argument("--standins", type=Path, default=standins.default_dir(), help="stand-in folder")
-    parser.add_argument("--workflow", type=Path, default=comfy_http.EXAMPLE_WORKFLOW, help="API-format workflow")
-    parser.add_argument("--out", type=Path, default=comfy_http.REPO / "out", help="where the image goes")
+    parser.add_argument("--workflow", type=Path, default=comfy_client.EXAMPLE_WORKFLOW, help="API-format workflow")
+    parser.add_argument("--out", type=Path, default=server_process.REPO / "out", help="where the image goes")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the prompt may take (%(default)s)")
     parser.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: --cpu)")
     options = parser.parse_args(argv)
     options.workflow = options.workflow.resolve()
     try:
         run(options)
-    except comfy_http.ComfyError as error:
+    except comfy_client.ComfyError as error:
         print(f"[demo] FAILED: {error}", file=sys.stderr, flush=True)
         return 1
     except Exception as error:  # noqa: BLE001  (any other failure: one clear line, no traceback)

@@ -2,7 +2,7 @@
 
 import torch
 
-from decoupled_ipadapter.ipadapter_core.patch import host_attention
+from decoupled_ipadapter.ipadapter_core.unet.patch import host_attention
 
 LATENT_SIZE = 8
 TEXT_TOKENS = 77

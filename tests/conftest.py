@@ -11,12 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-import pack_import  # noqa: F401  (the pack as `decoupled_ipadapter`; tests/ is on sys.path: rootdir conftest)
 import pytest
 import torch
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS.parent / "devkit"))
+
+import repo_paths  # noqa: E402,F401  (devkit/ and tools/ on sys.path: official shapes, tiny models, stand-ins, client)
+import pack_import  # noqa: E402,F401  (the pack as `decoupled_ipadapter`)
 # The tiny test models are small: one thread is faster than two on the 2-core CI machine, and shares it fairly
 # with the ComfyUI servers the server tests start.
 torch.set_num_threads(1)

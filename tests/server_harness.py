@@ -6,34 +6,31 @@
 
 The server is `main.py --cpu` of the host (COMFYUI_DIR) on a free localhost port, with a temporary base directory
 whose custom_nodes/ holds a link to this pack (plus any `extra_custom_nodes` folders), run by this interpreter.
-It is stopped by its PID when the block ends, also on failure. The code is scripts/comfy_http.py, shared with
-`make demo`.
+It is stopped by its PID when the block ends, also on failure. The code is devkit/server_process.py and
+tools/comfy_client.py, shared with `make demo`.
 """
 
 import contextlib
 import sys
 from pathlib import Path
 
+import comfy_client
+import server_process
+import standins
+from comfy_client import ComfyError, nodes_of_class  # noqa: F401  (re-exported for the tests)
 from conftest import require_host
+from pictures import reference_picture
+from server_process import Server  # noqa: F401  (re-exported for the tests)
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.append(str(SCRIPTS))
-
-import comfy_http  # noqa: E402  (scripts/, shared with the demo)
-import standins  # noqa: E402
-from comfy_http import ComfyError, Server, nodes_of_class  # noqa: E402,F401  (nodes_of_class: re-exported for the tests)
-from demo import reference_picture  # noqa: E402
-
-PACK_LINK = comfy_http.PACK_LINK
-REJECTED = comfy_http.REJECTED
+PACK_LINK = server_process.PACK_LINK
+REJECTED = comfy_client.REJECTED
 
 
 @contextlib.contextmanager
 def comfy_server(*, models_dir: Path | None = None, extra_custom_nodes=(), startup_timeout: float = 240.0):
     """A started ComfyUI `Server` (`.url`, `.process`, `.log()`, `.client`) with the pack, for one `with` block."""
     comfyui_dir = require_host()
-    with comfy_http.running_server(
+    with server_process.running_server(
         comfyui_dir=comfyui_dir,
         python=sys.executable,
         models_dir=models_dir,
@@ -44,7 +41,7 @@ def comfy_server(*, models_dir: Path | None = None, extra_custom_nodes=(), start
 
 
 def standin_models(groups=("demo",)) -> Path:
-    """The stand-in models folder with the files of `groups` (scripts/standins.py: "demo", "workflows", "sdxl";
+    """The stand-in models folder with the files of `groups` (devkit/standins.py: "demo", "workflows", "sdxl";
     generated on first use, a minute or more, then cached)."""
     return standins.ensure(comfyui_dir=require_host(), groups=groups)
 
@@ -55,7 +52,7 @@ def reference_png() -> bytes:
 
 def example_prompt(*, image: str, size: int = 64, steps: int = 2, seed: int = 0) -> dict:
     """workflows/api/01_image_prompt.json with the uploaded reference, a small picture and few steps."""
-    return comfy_http.configure(comfy_http.load_workflow(), image=image, size=size, steps=steps, seed=seed)
+    return comfy_client.configure(comfy_client.load_workflow(), image=image, size=size, steps=steps, seed=seed)
 
 
 def object_info(server: Server, node_class: str | None = None) -> dict:
@@ -71,7 +68,7 @@ def run_prompt(server: Server, prompt: dict, *, timeout: float = 600.0) -> dict:
     """Queues `prompt` and follows it to the end: its /history entry. A rejected or failed prompt raises ComfyError
     with ComfyUI's message and the end of the server log."""
     try:
-        return comfy_http.run_prompt(server.client, prompt, timeout=timeout)
+        return comfy_client.run_prompt(server.client, prompt, timeout=timeout)
     except ComfyError as error:
         raise ComfyError(f"{error}\n--- end of the ComfyUI log ---\n{server.log_tail(4000)}") from error
 
@@ -80,7 +77,7 @@ def prompt_error(server: Server, prompt: dict, *, timeout: float = 600.0) -> str
     """ComfyUI's message for a prompt that must not succeed: the /prompt rejection (it begins with REJECTED) or
     the failing node's error from /history."""
     try:
-        comfy_http.run_prompt(server.client, prompt, timeout=timeout)
+        comfy_client.run_prompt(server.client, prompt, timeout=timeout)
     except ComfyError as error:
         return str(error)
     raise AssertionError("the prompt succeeded, but an error was expected")
@@ -98,7 +95,7 @@ def restartable_comfy_server(*, models_dir: Path | None = None, startup_timeout:
                              threads: int | None = None):  # fmt: skip
     """A started server that `.kill()` stops at once and `.start()` starts again on the same URL and base
     directory (`.url`, `.base`, `.server` for the current process); `threads`: OMP_NUM_THREADS for it."""
-    with comfy_http.server_process(
+    with server_process.server_process(
         comfyui_dir=require_host(), python=sys.executable, models_dir=models_dir, startup_timeout=startup_timeout,
         threads=threads,
     ) as restartable:

@@ -1,4 +1,4 @@
-"""The batch queue (scripts/batch_queue.py, scripts/batch_jobs.py): pure parts, then the CLI as a user runs it
+"""The batch queue (tools/batch_queue.py, tools/batch_jobs.py): pure parts, then the CLI as a user runs it
 against two real ComfyUI servers on the SD1.5 stand-ins at 64x64 and 1 step.
 
 Exactly-once is checked where it happens: every run of a job's SaveImage leaves a file named by the job's prefix in
@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from server_harness import SCRIPTS, reference_png, restartable_comfy_server, standin_models
+from server_harness import reference_png, restartable_comfy_server, standin_models
 
 import batch_jobs
-import comfy_http
+import comfy_client
+import server_process
 from batch_jobs import BatchError, Job
 
-CLI = SCRIPTS / "batch_queue.py"
+CLI = Path(__file__).resolve().parents[1] / "tools" / "batch_queue.py"
 PROMPTS = ["a red fox", "a lighthouse", "a bowl of fruit", "a city at night", "an old map"]
 WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0]
 REFERENCE_SIZE = 64
@@ -39,7 +40,7 @@ def write_reference(path: Path, *, flip: bool = False) -> Path:
 
 
 def example_workflow() -> dict:
-    return json.loads(comfy_http.EXAMPLE_WORKFLOW.read_text())
+    return json.loads(comfy_client.EXAMPLE_WORKFLOW.read_text())
 
 
 def test_jobs_expand_grouped_by_image_then_prompt(tmp_path):
@@ -129,14 +130,14 @@ def test_job_prompt_sets_reference_text_weight_seed_and_prefix():
     targets = batch_jobs.find_targets(workflow, name="example")
     job = Job(Path("ref.png"), "a lighthouse", 0.25, 123)
     prompt = batch_jobs.job_prompt(workflow, targets, job, image_name="up.png", prefix="dipa_x", size=64, steps=1)
-    (sampler,) = comfy_http.nodes_of_class(prompt, "KSampler")
+    (sampler,) = comfy_client.nodes_of_class(prompt, "KSampler")
     positive = prompt[sampler["inputs"]["positive"][0]]["inputs"]["text"]
     negative = prompt[sampler["inputs"]["negative"][0]]["inputs"]["text"]
     assert positive == "a lighthouse" and negative != "a lighthouse"
     assert (sampler["inputs"]["seed"], sampler["inputs"]["steps"]) == (123, 1)
-    assert [node["inputs"]["weight"] for node in comfy_http.nodes_of_class(prompt, "DecoupledIPAdapterApply")] == [0.25]
-    assert [node["inputs"]["image"] for node in comfy_http.nodes_of_class(prompt, "LoadImage")] == ["up.png"]
-    assert comfy_http.nodes_of_class(prompt, "SaveImage")[0]["inputs"]["filename_prefix"] == "dipa_x"
+    assert [node["inputs"]["weight"] for node in comfy_client.nodes_of_class(prompt, "DecoupledIPAdapterApply")] == [0.25]
+    assert [node["inputs"]["image"] for node in comfy_client.nodes_of_class(prompt, "LoadImage")] == ["up.png"]
+    assert comfy_client.nodes_of_class(prompt, "SaveImage")[0]["inputs"]["filename_prefix"] == "dipa_x"
     assert workflow == example_workflow()  # the loaded workflow is not changed
 
 
@@ -200,11 +201,11 @@ def test_servers_keep_to_their_reference():
 
 
 def cli(*args, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(CLI), *map(str, args)], cwd=SCRIPTS.parent, text=True, **popen)
+    return subprocess.Popen([sys.executable, str(CLI), *map(str, args)], cwd=CLI.parents[1], text=True, **popen)
 
 
 def run_cli(*args, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(CLI), *map(str, args)], cwd=SCRIPTS.parent, text=True,
+    return subprocess.run([sys.executable, str(CLI), *map(str, args)], cwd=CLI.parents[1], text=True,
                           capture_output=True, timeout=timeout)  # fmt: skip
 
 
@@ -212,7 +213,7 @@ def test_cli_explains_bad_inputs(tmp_path):
     images = tmp_path / "refs"
     images.mkdir()
     write_reference(images / "a.png")
-    unreachable = f"http://127.0.0.1:{comfy_http.free_port()}"
+    unreachable = f"http://127.0.0.1:{server_process.free_port()}"
     common = ["--out", tmp_path / "out", "--server", unreachable]
     cases = [
         (["--images", images, "--workflow", tmp_path / "missing.json"], "missing.json does not exist"),
@@ -243,7 +244,7 @@ def two_servers():
 def fast_workflow(tmp_path_factory) -> Path:
     """The example workflow with cfg 1 (ComfyUI then skips the unconditional pass): 1.5 s a job instead of 3.4."""
     workflow = example_workflow()
-    for node in comfy_http.nodes_of_class(workflow, "KSampler"):
+    for node in comfy_client.nodes_of_class(workflow, "KSampler"):
         node["inputs"]["cfg"] = 1.0
     path = tmp_path_factory.mktemp("workflow") / "example_cfg1.json"
     path.write_text(json.dumps(workflow))
@@ -386,7 +387,7 @@ def test_stopped_run_resumes_without_redoing_jobs(two_servers, fast_workflow, tm
 def test_rejected_prompt_fails_the_job_not_the_run(two_servers, tmp_path):
     first, _ = two_servers
     workflow = example_workflow()
-    for node in comfy_http.nodes_of_class(workflow, "CheckpointLoaderSimple"):
+    for node in comfy_client.nodes_of_class(workflow, "CheckpointLoaderSimple"):
         node["inputs"]["ckpt_name"] = "no-such-checkpoint.safetensors"
     (tmp_path / "broken.json").write_text(json.dumps(workflow))
     images = references(tmp_path / "refs", 1)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, PngImagePlugin
 from tiny_openclip import SMALL, save_openclip, tiny_openclip, tiny_openclip_state_dict
 
-from decoupled_ipadapter.ipadapter_core.clip_scores import CLIPSCORE_WEIGHT, clip_i, clip_score, scores_of_embeddings
+from decoupled_ipadapter.scoring.clip_scores import CLIPSCORE_WEIGHT, clip_i, clip_score, scores_of_embeddings
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def model_files(comfy_host, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(model_files):
-    from decoupled_ipadapter.ipadapter_core.openclip_model import load_openclip_model
+    from decoupled_ipadapter.openclip.model import load_openclip_model
 
     return load_openclip_model(str(model_files["full"]))
 
@@ -80,7 +80,7 @@ def pictures(count: int, *, seed: int) -> torch.Tensor:
 
 @pytest.mark.host
 def test_known_answers_self_symmetry_and_batches(model):
-    from decoupled_ipadapter.ipadapter_core.clip_scores import score_images
+    from decoupled_ipadapter.scoring.clip_scores import score_images
 
     generated, prompt = pictures(3, seed=1), pictures(1, seed=2)
     assert torch.allclose(score_images(model, prompt, prompt, "", where="t").clip_i, torch.ones(1), atol=1e-6)
@@ -101,7 +101,7 @@ def test_scores_match_open_clip_itself(model):
     import comfy.clip_vision
     import open_clip
 
-    from decoupled_ipadapter.ipadapter_core.clip_scores import score_images
+    from decoupled_ipadapter.scoring.clip_scores import score_images
 
     oracle = tiny_openclip(SMALL, seed=7)
     generated, prompt, caption = pictures(2, seed=3), pictures(1, seed=4), "two dogs on a beach"
@@ -118,8 +118,8 @@ def test_scores_match_open_clip_itself(model):
 
 @pytest.mark.host
 def test_a_model_without_text_tower_gives_clip_i_and_refuses_clip_t(model_files):
-    from decoupled_ipadapter.ipadapter_core.clip_scores import score_images
-    from decoupled_ipadapter.ipadapter_core.openclip_model import load_openclip_model
+    from decoupled_ipadapter.scoring.clip_scores import score_images
+    from decoupled_ipadapter.openclip.model import load_openclip_model
 
     vision_only = load_openclip_model(str(model_files["vision_only"]))
     assert vision_only.text is None
@@ -133,7 +133,7 @@ def test_a_model_without_text_tower_gives_clip_i_and_refuses_clip_t(model_files)
 
 @pytest.mark.host
 def test_scores_node_shows_the_scores_and_outputs_their_means(comfy_host, model_files, model):
-    from decoupled_ipadapter.ipadapter_core.clip_scores import score_images
+    from decoupled_ipadapter.scoring.clip_scores import score_images
     from decoupled_ipadapter.nodes.clip_scores import CLIPScores
     from decoupled_ipadapter.nodes.openclip_loader import LoadOpenCLIPModel
 
@@ -158,7 +158,7 @@ def test_scores_node_shows_the_scores_and_outputs_their_means(comfy_host, model_
 
 @pytest.fixture(scope="module")
 def cli(comfy_host):
-    spec = importlib.util.spec_from_file_location("clip_scores_cli", REPO / "scripts" / "clip_scores.py")
+    spec = importlib.util.spec_from_file_location("clip_scores_cli", REPO / "tools" / "clip_scores.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -185,8 +185,8 @@ def check_plot(path: Path) -> None:
 
 @pytest.mark.host
 def test_cli_scores_a_folder_of_batch_tool_pngs(cli, model, model_files, tmp_path, capsys):
-    from decoupled_ipadapter.ipadapter_core.clip_scores import score_images
-    from decoupled_ipadapter.ipadapter_core.score_jobs import load_image
+    from decoupled_ipadapter.scoring.clip_scores import score_images
+    from decoupled_ipadapter.scoring.jobs import load_image
 
     references, out = tmp_path / "references", tmp_path / "out"
     references.mkdir(), out.mkdir()

@@ -69,7 +69,7 @@ def run(node, **inputs):
 def test_known_models_are_recognised_and_rebuilt_with_their_own_config(comfy_host, name):
     import open_clip
 
-    from decoupled_ipadapter.ipadapter_core.openclip_loading import architecture_of
+    from decoupled_ipadapter.openclip.loading import architecture_of
 
     config = open_clip.get_model_config(name)  # open_clip's bundled JSON, no download
     with torch.device("meta"):
@@ -92,7 +92,7 @@ def test_known_models_are_recognised_and_rebuilt_with_their_own_config(comfy_hos
 
 
 def test_activation_auto_reads_open_clip_config_json_then_the_name(tmp_path):
-    from decoupled_ipadapter.ipadapter_core.openclip_loading import quick_gelu_of
+    from decoupled_ipadapter.openclip.loading import quick_gelu_of
 
     (tmp_path / "laion").mkdir()
     (tmp_path / "openai-vit-l").mkdir()
@@ -145,7 +145,7 @@ def test_loader_caches_per_file_and_activation(small_files, loader_nodes):
 @pytest.fixture(scope="module")
 def vit_h_encoders(comfy_host, tmp_path_factory):
     """A ViT-H-wide tiny model (fp16 file, as released) through our loader and through ComfyUI's layout."""
-    from decoupled_ipadapter.ipadapter_core.openclip_model import load_openclip_vision
+    from decoupled_ipadapter.openclip.model import load_openclip_vision
 
     directory = tmp_path_factory.mktemp("vit_h_widths")
     state_dict = tiny_openclip_state_dict(VIT_H_WIDTHS, seed=3, text=False, dtype=torch.float16)
@@ -209,7 +209,7 @@ def test_loader_names_a_missing_file(small_files, loader_nodes):
 def test_files_that_are_not_a_supported_openclip_model_are_refused(comfy_host, small_files, tmp_path, content, message):
     from tiny_openclip import comfy_layout
 
-    from decoupled_ipadapter.ipadapter_core.openclip_model import load_openclip_model
+    from decoupled_ipadapter.openclip.model import load_openclip_model
 
     state_dict = dict(small_files["state_dict"])
     if content == "comfy":
@@ -229,7 +229,7 @@ def test_files_that_are_not_a_supported_openclip_model_are_refused(comfy_host, s
 
 
 def test_damaged_and_unsafe_files_are_refused(comfy_host, small_files, tmp_path):
-    from decoupled_ipadapter.ipadapter_core.openclip_model import load_openclip_vision
+    from decoupled_ipadapter.openclip.model import load_openclip_vision
 
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(small_files["safetensors"].read_bytes()[:1000])

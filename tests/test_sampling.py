@@ -10,7 +10,7 @@ import torch
 from tiny_models import SD15_TEXT_WIDTH, adapter_state_dict, layer_hidden_sizes, nested, tiny_comfy_model
 
 from decoupled_ipadapter.ipadapter_core.adapter import LoadedAdapter, build_adapter_model
-from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
+from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
 from decoupled_ipadapter.ipadapter_core.detection import detect_spec
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.memory import manage

@@ -1,6 +1,6 @@
 """Real ComfyUI servers (`main.py --cpu`) with the pack: the node listing, the example workflow, a bad prompt.
 
-The workflow runs on random stand-in models (scripts/standins.py; generated once, about a minute, then cached)
+The workflow runs on random stand-in models (devkit/standins.py; generated once, about a minute, then cached)
 at 64x64 pixels and 2 steps.
 """
 

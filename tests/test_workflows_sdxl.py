@@ -1,7 +1,7 @@
 """The SDXL example workflow (workflows/08_sdxl_vit_h.json) on a full-size SDXL stand-in, in a server of its own.
 
 ComfyUI recognises SDXL only from the real layer sizes, so the stand-in is a full sd_xl_base_1.0-shaped checkpoint
-(3.47 B parameters, 6.6 GB fp16, random values; scripts/standins.py writes it tensor by tensor). On a CPU ComfyUI
+(3.47 B parameters, 6.6 GB fp16, random values; devkit/standins.py writes it tensor by tensor). On a CPU ComfyUI
 holds its UNet in fp32: this server alone needs about 13 GB of RAM, so it runs by itself, after the SD1.5 ones.
 Checks: the API file validates against /object_info and runs (ComfyUI builds model_base.SDXL from the file); the
 editor file opens in the front-end, its graphToPrompt equals the API file, and it runs when queued from there.

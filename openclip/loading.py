@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import IPAdapterError
-from .formats import StateDict, WeightsFileKind, read_weights_file
+from ..ipadapter_core.errors import IPAdapterError
+from ..ipadapter_core.formats import StateDict, WeightsFileKind, assign_weights, read_weights_file
 
 VISION_PREFIX = "visual."
 TEXT_HEAD_WIDTH = 64
@@ -257,13 +257,9 @@ def import_open_clip(submodule: str):
 
 
 def _load_into(module: torch.nn.Module, weights: StateDict, name: str, tower: str) -> None:
-    try:
-        module.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as error:
-        raise IPAdapterError(
-            f"'{name}': its {tower} does not fit the OpenCLIP architecture read from its tensors ({error}). "
-            "This OpenCLIP variant is not supported; use ViT-H-14, ViT-bigG-14 or ViT-L-14."
-        ) from error
-    on_meta = [key for key, value in module.state_dict(keep_vars=True).items() if value.is_meta]
-    if on_meta:
-        raise IPAdapterError(f"'{name}': its {tower} left {on_meta[:3]} without weights; this variant is not supported.")
+    assign_weights(
+        module,
+        weights,
+        mismatch=f"'{name}': its {tower} does not fit the OpenCLIP architecture read from its tensors",
+        fix="This OpenCLIP variant is not supported; use ViT-H-14, ViT-bigG-14 or ViT-L-14.",
+    )

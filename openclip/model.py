@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.openclip_vision import OpenCLIPVisionModel
-from .errors import IPAdapterError
-from .openclip_loading import (
+from ..ipadapter_core.errors import IPAdapterError
+from .loading import (
     OpenCLIPArchitecture,
     architecture_of,
     build_towers,
@@ -24,6 +23,7 @@ from .openclip_loading import (
     quick_gelu_of,
     read_openclip_file,
 )
+from .vision_tower import OpenCLIPVisionModel
 
 # OpenAI CLIP's pixel statistics (open_clip.constants.OPENAI_DATASET_MEAN/STD): what OpenCLIP's ViT-H-14,
 # ViT-bigG-14 and ViT-L-14 were trained with, and ComfyUI's CLIP vision default.

@@ -1,7 +1,7 @@
 """Makes this pack importable as the package `decoupled_ipadapter`, as ComfyUI imports it under its folder's path.
 
-Imported by the tests' conftest, the benchmark and the stand-in generator; it changes nothing else (no pytest, no
-ComfyUI, no torch settings).
+Imported by tools/clip_scores.py, the tests' conftest, the benchmark and the stand-in generator; it changes nothing
+else (no pytest, no ComfyUI, no torch settings).
 """
 
 import importlib.util

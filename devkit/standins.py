@@ -4,7 +4,7 @@ They let the example workflow run through ComfyUI's stock loaders (CheckpointLoa
 ControlNetLoader) and the pack's Load IPAdapter on a machine without the real downloads. Pictures made with them
 are noise: they check the pipeline, not the quality.
 
-    python scripts/standins.py [--dir DIR]
+    python devkit/standins.py [--dir DIR]
 
 DIR defaults to $DECOUPLED_IPADAPTER_STANDINS, else ${XDG_CACHE_HOME:-~/.cache}/decoupled-ipadapter/standins,
 and gets ComfyUI's models layout (checkpoints/, clip_vision/, ipadapter/, controlnet/). `--groups` picks the files:
@@ -25,11 +25,14 @@ import sys
 import time
 from pathlib import Path
 
+import repo_paths  # noqa: F401  (devkit/ and tools/ on sys.path)
+from model_configs import SD15_UNET, SD_VAE, SDXL_UNET
+
 REPO = Path(__file__).resolve().parents[1]
 # Raise when what the files hold changes: files recorded under another version are made again.
 FORMAT_VERSION = 1
 STAMP = "standins.json"
-METADATA = {"decoupled_ipadapter": "stand-in with random weights (scripts/standins.py); not a trained model"}
+METADATA = {"decoupled_ipadapter": "stand-in with random weights (devkit/standins.py); not a trained model"}
 
 CHECKPOINT = "checkpoints/v1-5-pruned-emaonly.safetensors"
 CLIP_VISION = "clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
@@ -49,30 +52,6 @@ IPADAPTER_PLUS_SDXL = "ipadapter/ip-adapter-plus_sdxl_vit-h.safetensors"
 SDXL_FILES = (SDXL_CHECKPOINT, IPADAPTER_PLUS_SDXL)
 GROUPS = {"demo": FILES, "workflows": WORKFLOW_FILES, "sdxl": SDXL_FILES}
 ALL_FILES = FILES + WORKFLOW_FILES + SDXL_FILES
-
-# The SD1.5 UNet as ComfyUI detects it in v1-5-pruned-emaonly (comfy/model_detection.py, "SD15").
-SD15_UNET = dict(
-    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-    adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
-    use_linear_in_transformer=False, context_dim=768, num_heads=8,
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    use_temporal_attention=False, use_temporal_resblock=False,
-)  # fmt: skip
-# The SDXL base UNet as ComfyUI detects it in sd_xl_base_1.0 (comfy/model_detection.py, "SDXL").
-SDXL_UNET = dict(
-    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
-    transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4], transformer_depth_middle=10,
-    use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
-    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False, use_temporal_resblock=False,
-)  # fmt: skip
-# The SD1.x VAE (comfy/sd.py's default ddconfig).
-SD_VAE = dict(
-    double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
-    num_res_blocks=2, attn_resolutions=[], dropout=0.0,
-)  # fmt: skip
-
 
 def default_dir() -> Path:
     if os.environ.get("DECOUPLED_IPADAPTER_STANDINS"):
@@ -157,18 +136,11 @@ def _import_comfy(comfyui_dir: Path):
     args.cpu = True  # before comfy.model_management is imported, or it looks for CUDA
 
 
-def _tiny_models():
-    """tests/tiny_models.py (the random initialisation shared with the tests), with tests/ put on sys.path."""
-    if str(REPO / "tests") not in sys.path:
-        sys.path.append(str(REPO / "tests"))
-    import tiny_models
-
-    return tiny_models
-
-
 def _randomised(module, *, seed: int):
     """Fan-in-scaled weights keep activations finite through the random nets (ComfyUI's classes skip init)."""
-    return _tiny_models().fill_random_(module, seed=seed)
+    import tiny_models
+
+    return tiny_models.fill_random_(module, seed=seed)
 
 
 def _half(state_dict: dict, prefix: str = "") -> dict:
@@ -204,8 +176,7 @@ def _clip_vision():
 
 
 def _ipadapter(variant: str = "ip-adapter_sd15"):
-    """An official adapter file: its keys and shapes (tests/official_shapes.py), random values, fp16."""
-    _tiny_models()  # puts tests/ on sys.path
+    """An official adapter file: its keys and shapes (devkit/official_shapes.py), random values, fp16."""
     import official_shapes
     import pack_import  # noqa: F401  (official_shapes builds the tensors with the pack's own modules)
 
@@ -255,14 +226,15 @@ def _sdxl_layout() -> dict:
 
 
 def _random_tensor(name: str, shape, *, seed: int):
-    """fill_random_'s rule (tests/tiny_models.py) for one named tensor, seeded by its name: the same values in any
+    """fill_random_'s rule (devkit/tiny_models.py) for one named tensor, seeded by its name: the same values in any
     order."""
     import zlib
 
+    import tiny_models
     import torch
 
     generator = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
-    return _tiny_models().random_parameter(name, shape, generator=generator).to(torch.float16)
+    return tiny_models.random_parameter(name, shape, generator=generator).to(torch.float16)
 
 
 def _write_streamed_safetensors(layout: dict, path: Path, *, seed: int) -> None:

@@ -153,6 +153,6 @@ def nested(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def layer_hidden_sizes(comfy_patcher) -> tuple[int, ...]:
-    from decoupled_ipadapter.ipadapter_core.layer_map import cross_attention_layers
+    from decoupled_ipadapter.ipadapter_core.unet.layer_map import cross_attention_layers
 
     return tuple(layer.hidden_size for layer in cross_attention_layers(comfy_patcher.model.diffusion_model))

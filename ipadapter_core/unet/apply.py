@@ -1,13 +1,13 @@
 """Putting an image prompt on a ComfyUI model: check that adapter, model and embeds fit, then patch a clone."""
 
-from .adapter import LoadedAdapter
-from .embeds import ImagePromptEmbeds, check_embeds_fit
-from .errors import IPAdapterError
+from ..adapter import LoadedAdapter
+from ..detection import BASE_OF_LAYER_COUNT
+from ..embeds import ImagePromptEmbeds, check_embeds_fit
+from ..errors import IPAdapterError
+from ..schedule import sigma_range
 from .layer_map import CrossAttentionLayer, cross_attention_layers
 from .patch import ImagePromptTerm, LayerPatch
-from .schedule import sigma_range
 
-BASE_OF_LAYER_COUNT = {16: "SD1.5", 70: "SDXL"}
 EXAMPLE_FILE = {"SD1.5": "ip-adapter_sd15.safetensors", "SDXL": "ip-adapter_sdxl_vit-h.safetensors"}
 
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .encoding import ENCODE_BATCH_SIZE
-from .errors import IPAdapterError
+from ..ipadapter_core.detection import IMAGE_EMBEDS
+from ..ipadapter_core.encoding import ENCODE_BATCH_SIZE, encode_images
+from ..ipadapter_core.errors import IPAdapterError
 
 CLIPSCORE_WEIGHT = 2.5
 
@@ -77,8 +78,8 @@ def scores_of_embeddings(
 
 def score_images(model, generated: torch.Tensor, image_prompt: torch.Tensor, caption: str, *, where: str) -> Scores:
     """Scores of an IMAGE batch `[N, H, W, C]` against an image prompt `[1 or N, H, W, C]` and one caption (empty:
-    CLIP-I only) with an `OpenCLIPModel` (ipadapter_core/openclip_model.py)."""
-    from .openclip_model import require_text_tower
+    CLIP-I only) with an `OpenCLIPModel` (openclip/model.py)."""
+    from ..openclip.model import require_text_tower
 
     generated_embeds = embed_images(model.vision, generated)
     prompt_embeds = embed_images(model.vision, image_prompt)
@@ -90,11 +91,4 @@ def score_images(model, generated: torch.Tensor, image_prompt: torch.Tensor, cap
 
 def embed_images(vision, images: torch.Tensor, *, batch_size: int = ENCODE_BATCH_SIZE) -> torch.Tensor:
     """CLIP image embeddings of an IMAGE batch `[N, H, W, C]` -> `[N, E]` (fp32), `batch_size` images per call."""
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise IPAdapterError(f"Expected an IMAGE batch [B, H, W, C] with at least one image, got shape {list(images.shape)}.")
-    return torch.cat(
-        [
-            vision.encode_image(images[start : start + batch_size, :, :, :3], crop=True)["image_embeds"].float()
-            for start in range(0, images.shape[0], batch_size)
-        ]
-    )
+    return encode_images(vision, images, clip_output=IMAGE_EMBEDS, batch_size=batch_size).float()

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..ipadapter_core.errors import IPAdapterError
 from .clip_scores import embed_images, scores_of_embeddings
-from .errors import IPAdapterError
 
 PNG_METADATA_KEY = "decoupled_ipadapter"
 INPUT_COLUMNS = ("image_prompt", "generated", "caption", "weight")
@@ -152,7 +152,7 @@ def load_image(path: Path) -> torch.Tensor:
 
 def score_jobs(model, jobs: list[ScoreJob], *, after_job: Callable[[int], None] = lambda index: None) -> list[ScoredJob]:
     """Scores every job with an `OpenCLIPModel`; each reference image and caption is encoded once."""
-    from .openclip_model import require_text_tower
+    from ..openclip.model import require_text_tower
 
     reference_embeds: dict[Path, torch.Tensor] = {}
     caption_embeds: dict[str, torch.Tensor] = {}

@@ -1,14 +1,15 @@
 """Scores generated images with the IP-Adapter paper's CLIP-I and CLIP-T, and plots them against λ.
 
-    python scripts/clip_scores.py --model MODEL --folder OUT_DIR --references REF_DIR
-    python scripts/clip_scores.py --model MODEL --csv jobs.csv
+    python tools/clip_scores.py --model MODEL --folder OUT_DIR --references REF_DIR
+    python tools/clip_scores.py --model MODEL --csv jobs.csv
 
 MODEL is an OpenCLIP file (open_clip_pytorch_model.bin or open_clip_model.safetensors; the paper used ViT-L-14).
 --folder reads the PNGs the batch tool wrote (their `decoupled_ipadapter` text chunk gives the reference file, the
 caption and λ); --csv reads rows of image_prompt, generated, caption, weight. Writes clip_scores.csv (every image and
 its scores) and clip_scores.png (the scores against λ) to --out (default: the folder, or the CSV's folder), and prints
-the mean scores per λ. Runs with the Python of a ComfyUI (COMFYUI_DIR, default: this repo's .host/ComfyUI): the
-images are preprocessed exactly as ComfyUI's CLIP vision does, so the node and this tool give the same numbers.
+the mean scores per λ. Runs with the Python of a ComfyUI: the one named by COMFYUI_DIR, else the ComfyUI whose
+custom_nodes folder holds this pack, else this repository's test host (.host/ComfyUI). The images are preprocessed
+exactly as ComfyUI's CLIP vision does, so the node and this tool give the same numbers.
 """
 
 import argparse
@@ -19,13 +20,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def comfyui_dir() -> Path:
+    """COMFYUI_DIR, else the ComfyUI this pack is installed in (custom_nodes/<pack>), else the test host."""
+    if os.environ.get("COMFYUI_DIR"):
+        return Path(os.environ["COMFYUI_DIR"])
+    if REPO.parent.name == "custom_nodes" and (REPO.parent.parent / "main.py").is_file():
+        return REPO.parent.parent
+    return REPO / ".host" / "ComfyUI"
+
+
 def start_comfy(*, gpu: bool) -> None:
-    comfyui_dir = Path(os.environ.get("COMFYUI_DIR") or REPO / ".host" / "ComfyUI")
-    if not (comfyui_dir / "comfy" / "clip_vision.py").is_file():
-        raise SystemExit(f"clip_scores: {comfyui_dir} is not a ComfyUI folder; set COMFYUI_DIR to one")
-    sys.path.insert(0, str(comfyui_dir))
-    sys.path.insert(0, str(REPO / "tests"))
-    import pack_import  # noqa: F401  (the pack as `decoupled_ipadapter`)
+    directory = comfyui_dir()
+    if not (directory / "comfy" / "model_management.py").is_file():
+        raise SystemExit(f"clip_scores: {directory} is not a ComfyUI folder; set COMFYUI_DIR to the ComfyUI folder")
+    sys.path.insert(0, str(directory))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit(f"clip_scores: torch is missing in {sys.executable}; run this tool with ComfyUI's Python") from None
+    import pack_import  # noqa: F401  (the pack as `decoupled_ipadapter`, beside this file)
     from comfy.cli_args import args
 
     args.cpu = not gpu
@@ -54,15 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     start_comfy(gpu=arguments.gpu)
     from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
-    from decoupled_ipadapter.ipadapter_core.openclip_model import load_openclip_model
-    from decoupled_ipadapter.ipadapter_core.score_jobs import (
+    from decoupled_ipadapter.openclip.model import load_openclip_model
+    from decoupled_ipadapter.scoring.jobs import (
         jobs_from_csv,
         jobs_from_folder,
         score_jobs,
         summary_by_weight,
         write_scores_csv,
     )
-    from decoupled_ipadapter.ipadapter_core.score_plot import draw_scores_plot
+    from decoupled_ipadapter.scoring.plot import draw_scores_plot
 
     try:
         if arguments.folder is not None:

@@ -1,8 +1,8 @@
 """Queue many image-prompt jobs to one or more ComfyUI servers, follow them, and save each result.
 
-    python scripts/batch_queue.py --server http://127.0.0.1:8188 --images refs/ \\
+    python tools/batch_queue.py --server http://127.0.0.1:8188 --images refs/ \\
         --prompts "a cat" "a lighthouse" --weights 0 0.5 1 --seeds 1 2 --out results/
-    python scripts/batch_queue.py --server URL1 --server URL2 --csv jobs.csv --out results/
+    python tools/batch_queue.py --server URL1 --server URL2 --csv jobs.csv --out results/
 
 A job is a reference image × a text prompt × λ × a seed. Each job runs an API-format workflow (default: the
 example workflow) with the reference on its LoadImage, the prompt on the CLIPTextEncode wired to KSampler's
@@ -27,13 +27,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
-from tqdm import tqdm
+try:
+    import requests
+    import websocket  # noqa: F401  (websocket-client: each server's progress)
+    from tqdm import tqdm
+except ImportError as missing:
+    sys.exit(
+        f"batch_queue: the Python package '{missing.name}' is missing. Install the tools' requirements: "
+        f"{sys.executable} -m pip install -r {Path(__file__).resolve().parent / 'requirements.txt'}"
+    )
 
 import batch_jobs
-import comfy_http
+import comfy_client
 from batch_jobs import BatchError, Job
-from comfy_http import ComfyClient, ComfyError
+from comfy_client import ComfyClient, ComfyError
 
 JOURNAL = "journal.jsonl"
 CONNECTION_ERRORS = (requests.ConnectionError, requests.Timeout, ConnectionError, OSError)
@@ -330,7 +337,7 @@ class ServerWorker(threading.Thread):
                             client_id=self.client_id)  # fmt: skip
         if queued.prompt_id is None:
             del self.inflight[prompt_id]
-            error = "ComfyUI rejected the prompt: " + comfy_http.describe_rejection(queued.error)
+            error = "ComfyUI rejected the prompt: " + comfy_client.describe_rejection(queued.error)
             batch.journal({"event": "failed", "job_id": entry.id, "error": error})
             batch.settle(entry, error=error)
 
@@ -378,7 +385,7 @@ class ServerWorker(threading.Thread):
             if kind == "progress":
                 self.batch.show(self.url, f"job {entry.id[:6]} step {data.get('value')}/{data.get('max')}")
             elif kind == "executing" and data.get("node") is not None:
-                title = comfy_http.node_title(self.batch.workflow, data["node"])
+                title = comfy_client.node_title(self.batch.workflow, data["node"])
                 self.batch.show(self.url, f"job {entry.id[:6]} {title}")
             elif kind in ("execution_success", "execution_error", "execution_interrupted"):
                 try:
@@ -399,7 +406,7 @@ class ServerWorker(threading.Thread):
     def _collect(self, entry: Entry, prompt_id: str, history: dict, *, after_drop: bool) -> None:
         status = history.get("status", {}).get("status_str")
         if status != "success":
-            error = f"the prompt failed on {self.url}: " + comfy_http.describe_failure(history)
+            error = f"the prompt failed on {self.url}: " + comfy_client.describe_failure(history)
             self.batch.journal({"event": "failed", "job_id": entry.id, "error": error})
             self.batch.settle(entry, error=error)
             return
@@ -455,7 +462,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompts", nargs="+", metavar="TEXT", help="text prompts (default: the workflow's)")
     parser.add_argument("--weights", nargs="+", type=float, metavar="λ", help="λ values (default: the workflow's)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help="seeds (default: the workflow's)")
-    parser.add_argument("--workflow", type=Path, default=comfy_http.EXAMPLE_WORKFLOW,
+    parser.add_argument("--workflow", type=Path, default=comfy_client.EXAMPLE_WORKFLOW,
                         help="an API-format workflow (default: %(default)s)")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="where results and the journal go; the same folder resumes a run")  # fmt: skip

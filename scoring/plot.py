@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import IPAdapterError
-from .score_jobs import ScoredJob, WeightSummary
+from ..ipadapter_core.errors import IPAdapterError
+from .jobs import ScoredJob, WeightSummary
 
 PANEL_SIZE = (520, 380)
 MARGIN = dict(left=70, right=20, top=40, bottom=50)

@@ -1,5 +1,5 @@
-"""The pure part of the batch queue (scripts/batch_queue.py): jobs, their ids, the CSV, the workflow edits, the
-journal and the PNG chunk. No network here (comfy_http only for its workflow edits).
+"""The pure part of the batch queue (tools/batch_queue.py): jobs, their ids, the CSV, the workflow edits, the
+journal and the PNG chunk. No network here (comfy_client only for its workflow edits).
 
 A job is one reference image, one text prompt, one λ and one seed. Its id is a digest of those (the image by
 name and content) and of the workflow's file name, so the same job gets the same id in every run: that is how a
@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import comfy_http
+import comfy_client
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CSV_COLUMNS = ("image", "prompt", "weight")  # required; "seed" is optional
@@ -236,7 +236,7 @@ def job_prompt(workflow: dict, targets: Targets, job: Job, *, image_name: str, p
     for node_id in targets.ksampler:
         prompt[node_id]["inputs"]["seed"] = int(job.seed)
     prompt[targets.save_image]["inputs"]["filename_prefix"] = prefix
-    return comfy_http.configure(prompt, size=size, steps=steps)
+    return comfy_client.configure(prompt, size=size, steps=steps)
 
 
 # --- the journal -----------------------------------------------------------------------------------------------

@@ -6,19 +6,21 @@ which then computes the text attention instead of ComfyUI's optimized_attention.
 
 Patch objects follow ComfyUI's protocol: `__call__(q, k, v, extra_options)` returns the attention output before
 `to_out`; `to(device)` is called when the model is loaded or offloaded; `models()` hands the adapter weights'
-ModelPatcher to ComfyUI's memory management. They are immutable once set, and `__deepcopy__` returns them
-unchanged, so `ModelPatcher.clone()` (which deep-copies model_options in 0.3.75) copies no weights.
+ModelPatcher to ComfyUI's memory management. Stacking builds a new `LayerPatch` (`stacked_with`) and leaves the
+one set on the model as it was; `to(device)` drops the cached K'/V' and moves a wrapped patch in place, and
+`__deepcopy__` returns the patch itself, so `ModelPatcher.clone()` (which deep-copies model_options in 0.3.75)
+copies no weights.
 """
 
 import functools
 
 import torch
 
-from .adapter import LoadedAdapter
-from .attention import add_scaled, image_prompt_attention
-from .embeds import ImagePromptEmbeds
+from ..adapter import LoadedAdapter
+from ..attention import add_scaled, image_prompt_attention
+from ..embeds import ImagePromptEmbeds
+from ..schedule import SigmaRange
 from .layer_map import CrossAttentionLayer
-from .schedule import SigmaRange
 
 
 class ImagePromptTerm:

@@ -1,0 +1,1 @@
+"""The IP-Adapter paper's CLIP-I and CLIP-T scores: the formulas, scoring a folder or CSV of jobs, and the plot."""
