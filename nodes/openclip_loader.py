@@ -1,11 +1,13 @@
 """Load OpenCLIP Vision / Load OpenCLIP Model: OpenCLIP files from the clip_vision model folder, through open_clip_torch."""
 
 import functools
+import os
 
 import folder_paths
 from comfy_api.latest import io
 
-from ..openclip.loading import ACTIVATIONS
+from ..openclip.config import config_path_of
+from ..openclip.loading import ACCEPTED_MODELS, ACTIVATIONS
 from ..openclip.model import load_openclip_model, load_openclip_vision
 from .errors import errors_named_for
 from .model_files import LoadedFiles, model_file_path
@@ -15,9 +17,9 @@ FOLDER = "clip_vision"
 _loaded = LoadedFiles(size=2)
 
 ACTIVATION_TOOLTIP = (
-    "The MLP activation, which a weights file does not record. auto: open_clip_config.json beside the file if there "
-    "is one, else QuickGELU for a file or folder named with openai/quickgelu (OpenAI's ViT-L-14), else GELU "
-    "(LAION's ViT-H-14 and ViT-bigG-14)."
+    "The MLP activation, which a weights file does not record. auto: the quick_gelu of the open_clip_config.json "
+    "beside the file if there is one, else QuickGELU for a file or folder named with openai/quickgelu (OpenAI's "
+    "ViT-L-14), else GELU (LAION's ViT-H-14 and ViT-bigG-14)."
 )
 
 
@@ -27,16 +29,28 @@ def _inputs() -> list:
             "clip_name",
             options=folder_paths.get_filename_list(FOLDER),
             tooltip="The OpenCLIP file (open_clip_pytorch_model.bin or open_clip_model.safetensors, in a subfolder "
-            "of ComfyUI/models/clip_vision or renamed there).",
+            "of ComfyUI/models/clip_vision or renamed there), with the model's open_clip_config.json in the same "
+            "folder if it has one.",
         ),
         io.Combo.Input("activation", options=list(ACTIVATIONS), default="auto", tooltip=ACTIVATION_TOOLTIP),
     ]
 
 
+def _config_stamp(path: str) -> tuple[int, int] | None:
+    """(modification time, size) of the open_clip_config.json beside a file, None without one: a config added or
+    edited since is read again."""
+    try:
+        status = os.stat(config_path_of(path))
+    except FileNotFoundError:
+        return None
+    return status.st_mtime_ns, status.st_size
+
+
 def _load_cached(load, clip_name: str, activation: str):
-    """Each file, activation and kind (image tower alone or both towers) is loaded once."""
+    """Each file, config, activation and kind (image tower alone or both towers) is loaded once."""
     path = model_file_path(FOLDER, clip_name)
-    return _loaded.get(path, functools.partial(load, activation=activation), variant=(load.__name__, activation))
+    variant = (load.__name__, activation, _config_stamp(path))
+    return _loaded.get(path, functools.partial(load, activation=activation), variant=variant)
 
 
 class LoadOpenCLIPVision(io.ComfyNode):
@@ -47,9 +61,9 @@ class LoadOpenCLIPVision(io.ComfyNode):
             display_name="Load OpenCLIP Vision",
             category="decoupled_ipadapter",
             description=(
-                "Loads the image encoder of a model saved in the OpenCLIP format (ViT-H-14, ViT-bigG-14, ViT-L-14; "
-                "recognised from its tensors) from models/clip_vision, as a CLIP vision model: connect it to "
-                "IPAdapter Encode Image like Load CLIP Vision's output, no conversion needed."
+                "Loads the image encoder of a model saved in the OpenCLIP format from models/clip_vision, as a CLIP "
+                "vision model: connect it to IPAdapter Encode Image like Load CLIP Vision's output, no conversion "
+                f"needed. Reads {ACCEPTED_MODELS}; the config's preprocessing is applied."
             ),
             inputs=_inputs(),
             outputs=[
@@ -75,7 +89,8 @@ class LoadOpenCLIPModel(io.ComfyNode):
             category="decoupled_ipadapter",
             description=(
                 "Loads both towers of a model saved in the OpenCLIP format from models/clip_vision, for CLIP-I / "
-                "CLIP-T Scores. The paper scored with ViT-L-14; the tokenizer is open_clip's bundled one."
+                f"CLIP-T Scores: {ACCEPTED_MODELS}. The paper scored with ViT-L-14; the tokenizer is open_clip's "
+                "bundled one."
             ),
             inputs=_inputs(),
             outputs=[

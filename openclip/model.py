@@ -2,10 +2,11 @@
 
 `OpenCLIPVision` offers what ComfyUI's `comfy.clip_vision.ClipVisionModel` offers its users (the Encode node,
 ipadapter_core/encoding.py, ComfyUI's own CLIP vision nodes): `encode_image(image, crop=True)` with ComfyUI's
-preprocessing (`comfy.clip_vision.clip_preprocess`, OpenAI's mean and std, which OpenCLIP's ViT-H/bigG/L use too),
-returning `image_embeds`, `penultimate_hidden_states` and `last_hidden_state`; `model` (called with
-`pixel_values=`, `intermediate_output=`; `model.visual_projection.weight`), `patcher`, `load_device`, `image_size`.
-Both towers are under ComfyUI's memory management (a ModelPatcher each), as ComfyUI's own encoders are.
+preprocessing and the model's own mean, std and resize mode (preprocessing.py; OpenAI's without a config, which
+OpenCLIP's ViT-H/bigG/L use), returning `image_embeds`, `penultimate_hidden_states` and `last_hidden_state`; `model`
+(called with `pixel_values=`, `intermediate_output=`; `model.visual_projection.weight`), `patcher`, `load_device`,
+`image_size`, `image_mean`, `image_std`. Both towers are under ComfyUI's memory management (a ModelPatcher each), as
+ComfyUI's own encoders are.
 """
 
 import logging
@@ -15,20 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from ..ipadapter_core.errors import IPAdapterError
-from .loading import (
-    OpenCLIPArchitecture,
-    architecture_of,
-    build_towers,
-    import_open_clip,
-    quick_gelu_of,
-    read_openclip_file,
-)
+from .config import read_openclip_config
+from .library import import_open_clip
+from .loading import OpenCLIPArchitecture, architecture_of, build_towers, quick_gelu_of, read_openclip_file
+from .preprocessing import preprocess
+from .tensors import ACCEPTED_FILES
 from .vision_tower import OpenCLIPVisionModel
-
-# OpenAI CLIP's pixel statistics (open_clip.constants.OPENAI_DATASET_MEAN/STD): what OpenCLIP's ViT-H-14,
-# ViT-bigG-14 and ViT-L-14 were trained with, and ComfyUI's CLIP vision default.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -59,8 +52,9 @@ class OpenCLIPVision:
         self.architecture = architecture
         self.source = source
         self.image_size = architecture.image_size
-        self.image_mean = list(OPENAI_MEAN)
-        self.image_std = list(OPENAI_STD)
+        self.preprocessing = architecture.preprocessing
+        self.image_mean = list(self.preprocessing.mean)
+        self.image_std = list(self.preprocessing.std)
         self.load_device = load_device
         self.dtype = model.visual_projection.weight.dtype
         self.patcher = _patcher(model, load_device)
@@ -70,13 +64,14 @@ class OpenCLIPVision:
 
     def encode_image(self, image: torch.Tensor, crop: bool = True):
         """IMAGE `[B, H, W, C]` -> ComfyUI's CLIP vision output: `image_embeds` [B, E], `penultimate_hidden_states`
-        and `last_hidden_state` [B, T, W], in fp32 on ComfyUI's intermediate device."""
+        and `last_hidden_state` [B, T, W], in fp32 on ComfyUI's intermediate device. `crop=True` resizes as the model
+        was trained (a centre crop, or a squash for a model whose config says `squash`); `crop=False` squashes."""
         import comfy.clip_vision
         import comfy.model_management
 
         comfy.model_management.load_model_gpu(self.patcher)
-        pixel_values = comfy.clip_vision.clip_preprocess(
-            image.to(self.load_device), size=self.image_size, mean=self.image_mean, std=self.image_std, crop=crop
+        pixel_values = preprocess(
+            image.to(self.load_device), self.preprocessing, size=self.image_size, crop=crop
         ).float()  # [B, 3, S, S]
         with torch.no_grad():
             last, penultimate, image_embeds, _ = self.model(pixel_values=pixel_values, intermediate_output=-2)
@@ -119,11 +114,19 @@ class OpenCLIPModel:
     source: str
 
 
-def _read(path: str, activation: str) -> tuple[dict, OpenCLIPArchitecture, str]:
+def _read(path: str, activation: str, *, with_text: bool) -> tuple[dict, OpenCLIPArchitecture, str]:
     source = os.path.basename(path)
     state_dict = read_openclip_file(path)
-    architecture = architecture_of(state_dict, source, quick_gelu=quick_gelu_of(path, activation))
+    config = read_openclip_config(path)
+    quick_gelu = quick_gelu_of(path, activation, config)
+    architecture = architecture_of(state_dict, source, quick_gelu=quick_gelu, config=config, with_text=with_text)
     return state_dict, architecture, source
+
+
+def _log(source: str, architecture: OpenCLIPArchitecture) -> None:
+    """The architecture and the preprocessing, in one line; a warning where ComfyUI cannot resize as the model asks."""
+    level = logging.INFO if architecture.preprocessing.exact else logging.WARNING
+    logging.log(level, "Decoupled IP-Adapter: %s is %s", source, architecture.describe())
 
 
 def _device_and_dtype() -> tuple[torch.device, torch.dtype]:
@@ -135,19 +138,19 @@ def _device_and_dtype() -> tuple[torch.device, torch.dtype]:
 
 def load_openclip_vision(path: str, *, activation: str = "auto") -> OpenCLIPVision:
     """The image tower of an OpenCLIP file, as a CLIP_VISION; the text tower, if any, is not built."""
-    state_dict, architecture, source = _read(path, activation)
+    state_dict, architecture, source = _read(path, activation, with_text=False)
     device, dtype = _device_and_dtype()
     visual, _ = build_towers(architecture, state_dict, source, with_text=False, dtype=dtype)
-    logging.info("Decoupled IP-Adapter: %s is %s", source, architecture.describe())
+    _log(source, architecture)
     return OpenCLIPVision(OpenCLIPVisionModel(visual), architecture, source, device)
 
 
 def load_openclip_model(path: str, *, activation: str = "auto") -> OpenCLIPModel:
     """Both towers of an OpenCLIP file (the text tower is None for a file that holds the image tower alone)."""
-    state_dict, architecture, source = _read(path, activation)
+    state_dict, architecture, source = _read(path, activation, with_text=True)
     device, dtype = _device_and_dtype()
     visual, text = build_towers(architecture, state_dict, source, with_text=True, dtype=dtype)
-    logging.info("Decoupled IP-Adapter: %s is %s", source, architecture.describe())
+    _log(source, architecture)
     return OpenCLIPModel(
         vision=OpenCLIPVision(OpenCLIPVisionModel(visual), architecture, source, device),
         text=None if text is None else OpenCLIPText(text, source, device),
@@ -160,7 +163,7 @@ def require_text_tower(model: OpenCLIPModel, where: str) -> OpenCLIPText:
     if model.text is None:
         raise IPAdapterError(
             f"{where}: '{model.source}' holds an image tower only, and CLIP-T needs the text tower too. Load the full "
-            "OpenCLIP model (open_clip_pytorch_model.bin or open_clip_model.safetensors from the model's repository), "
+            f"OpenCLIP model ({ACCEPTED_FILES} from the model's repository), "
             "or leave the caption empty to compute CLIP-I alone."
         )
     return model.text

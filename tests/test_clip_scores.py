@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image, PngImagePlugin
-from tiny_openclip import SMALL, save_openclip, tiny_openclip, tiny_openclip_state_dict
+from tiny_openclip import SMALL, openclip_config, save_openclip, tiny_openclip, tiny_openclip_state_dict
 
 from decoupled_ipadapter.scoring.clip_scores import CLIPSCORE_WEIGHT, clip_i, clip_score, scores_of_embeddings
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
@@ -52,12 +52,15 @@ def test_one_prompt_is_broadcast_and_a_count_mismatch_is_refused():
 
 @pytest.fixture(scope="module")
 def model_files(comfy_host, tmp_path_factory):
-    """The SMALL model with and without its text tower, in a folder registered as a clip_vision folder meanwhile."""
+    """The SMALL model with and without its text tower (and its config), in a folder registered as a clip_vision folder
+    meanwhile."""
     import folder_paths
 
     root = tmp_path_factory.mktemp("scoring_models")
     files = {
-        "full": save_openclip(tiny_openclip_state_dict(SMALL, seed=7), root / "open_clip_model.safetensors"),
+        "full": save_openclip(
+            tiny_openclip_state_dict(SMALL, seed=7), root / "open_clip_model.safetensors", config=openclip_config(SMALL)
+        ),
         "vision_only": save_openclip(tiny_openclip_state_dict(SMALL, seed=7, text=False), root / "vision_only.bin"),
     }
     folder_paths.add_model_folder_path("clip_vision", str(root))
