@@ -25,6 +25,8 @@ PNG_METADATA_KEY = "decoupled_ipadapter"
 INPUT_COLUMNS = ("image_prompt", "generated", "caption", "weight")
 REQUIRED_COLUMNS = ("image_prompt", "generated")
 OUTPUT_COLUMNS = (*INPUT_COLUMNS, "clip_i", "clip_t", "clip_t_cosine")
+# What Pillow raises for a damaged, truncated or oversized image file (SyntaxError: some broken PNG chunks).
+IMAGE_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,14 @@ def parse_weight(value, where: str) -> float | None:
 
 def png_job_metadata(path: Path) -> dict | None:
     """The JSON of a generated PNG's `decoupled_ipadapter` text chunk, or None if it has none."""
-    with Image.open(path) as image:
-        text = getattr(image, "text", {}).get(PNG_METADATA_KEY)
+    try:
+        with Image.open(path) as image:  # `text` reads the whole file: text chunks may follow the pixels
+            text = getattr(image, "text", {}).get(PNG_METADATA_KEY)
+    except IMAGE_READ_ERRORS as error:
+        raise IPAdapterError(
+            f"'{path.name}' cannot be read as a PNG ({error}): it is damaged or not a PNG. Remove it from '{path.parent}' "
+            "or generate it again."
+        ) from error
     if text is None:
         return None
     try:
@@ -145,7 +153,7 @@ def load_image(path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             rgb = ImageOps.exif_transpose(image).convert("RGB")
-    except OSError as error:
+    except IMAGE_READ_ERRORS as error:
         raise IPAdapterError(f"'{path}' cannot be read as an image ({error}).") from error
     return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None]  # [1, H, W, 3]
 

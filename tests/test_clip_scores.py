@@ -215,6 +215,30 @@ def test_cli_scores_a_folder_of_batch_tool_pngs(cli, model, model_files, tmp_pat
 
 
 @pytest.mark.host
+@pytest.mark.parametrize("damage", ["truncated", "corrupt_pixels", "not_a_png", "empty"])
+def test_cli_reports_a_damaged_png_in_folder_mode_in_one_line(cli, model_files, tmp_path, capsys, damage):
+    references, out = tmp_path / "references", tmp_path / "out"
+    references.mkdir(), out.mkdir()
+    save_picture(pictures(1, seed=20), references / "cat.png")
+    metadata = dict(job_id="j", image="cat.png", prompt="a cat", weight=0.5, seed=1, server="s", workflow="w")
+    save_picture(pictures(1, seed=21), out / "gen_0.png", metadata)
+    whole = save_picture(pictures(1, seed=22), out / "gen_1.png", metadata).read_bytes()
+    pixels = whole.index(b"IDAT") + 20
+    damaged = {
+        "truncated": whole[: len(whole) // 2],  # the download or the copy stopped halfway
+        "corrupt_pixels": whole[:pixels] + bytes(byte ^ 0xFF for byte in whole[pixels : pixels + 8]) + whole[pixels + 8 :],
+        "not_a_png": b"<html>not found</html>",
+        "empty": b"",
+    }[damage]
+    (out / "gen_1.png").write_bytes(damaged)
+    assert cli.main(["--model", str(model_files["full"]), "--folder", str(out), "--references", str(references)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("clip_scores: 'gen_1.png' cannot be read as a PNG (") and "generate it again" in lines[0]
+    assert not (out / "clip_scores.csv").exists()
+
+
+@pytest.mark.host
 def test_cli_scores_a_csv_and_reports_bad_rows(cli, model_files, tmp_path, capsys):
     for name, seed in (("ref.png", 1), ("a.png", 2), ("b.png", 3)):
         save_picture(pictures(1, seed=seed), tmp_path / name)

@@ -3,13 +3,15 @@
     python tools/clip_scores.py --model MODEL --folder OUT_DIR --references REF_DIR
     python tools/clip_scores.py --model MODEL --csv jobs.csv
 
-MODEL is an OpenCLIP file (open_clip_pytorch_model.bin or open_clip_model.safetensors; the paper used ViT-L-14).
+MODEL is an OpenCLIP file (open_clip_pytorch_model.bin or open_clip_model.safetensors; the paper used ViT-L-14):
+ViT-H-14, ViT-bigG-14, ViT-L-14 or ViT-B as it is, any other OpenCLIP ViT with its open_clip_config.json beside it.
 --folder reads the PNGs the batch tool wrote (their `decoupled_ipadapter` text chunk gives the reference file, the
 caption and λ); --csv reads rows of image_prompt, generated, caption, weight. Writes clip_scores.csv (every image and
 its scores) and clip_scores.png (the scores against λ) to --out (default: the folder, or the CSV's folder), and prints
 the mean scores per λ. Runs with the Python of a ComfyUI: the one named by COMFYUI_DIR, else the ComfyUI whose
 custom_nodes folder holds this pack, else this repository's test host (.host/ComfyUI). The images are preprocessed
-exactly as ComfyUI's CLIP vision does, so the node and this tool give the same numbers.
+as in the node (ComfyUI's CLIP preprocessing with the model's own mean, std and resize mode), so both give the same
+numbers. A bad input (a damaged PNG, a missing file, a model that cannot be read) ends with one line and status 2.
 """
 
 import argparse
@@ -56,7 +58,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--references", type=Path, help="with --folder: the folder holding the reference images")
     parser.add_argument("--out", type=Path, help="output folder (default: --folder, or the CSV's folder)")
     parser.add_argument("--activation", choices=("auto", "gelu", "quick_gelu"), default="auto",
-                        help="the model's MLP activation (auto: open_clip_config.json beside the file, or the name)")
+                        help="the model's MLP activation (auto: the open_clip_config.json beside the file, else the name)")
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default: CPU)")
     arguments = parser.parse_args(argv)
     if arguments.folder is not None and arguments.references is None:
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out / 'clip_scores.png'}")
         else:
             print("no image has a weight (λ): no plot", file=sys.stderr)
-    except IPAdapterError as error:
+    except (IPAdapterError, OSError) as error:  # OSError: a folder or file that cannot be read or written
         print(f"clip_scores: {error}", file=sys.stderr)
         return 2
     return 0
