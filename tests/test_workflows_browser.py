@@ -126,6 +126,9 @@ def test_a_broken_workflow_is_caught(page_on_server):
     assert any("valid" in toast.lower() for toast in seen["toasts"]), seen  # the front-end's schema alert
 
 
+VISIBLE_DIALOGS = "() => [...document.querySelectorAll('.p-dialog')].filter(d => d.offsetParent !== null).map(d => d.innerText)"
+
+
 def _browsable(url: str) -> str:
     """The link the front-end copies for a Hugging Face file: its page (`/blob/`), not the raw download."""
     return url.replace("/resolve/", "/blob/") if "huggingface.co" in url else url
@@ -139,7 +142,7 @@ def test_missing_models_are_listed_with_their_folder_and_link(playwright):
         for name in WORKFLOW_NAMES:
             expected = {(entry["directory"], entry["name"], entry["url"]) for node in editor_workflow(name)["nodes"]
                         for entry in node["properties"].get("models", [])}  # fmt: skip
-            seen = _load(server, page, name)
+            _load(server, page, name)
             page.wait_for_timeout(1500)
             missing = page.evaluate(MISSING_MODELS)
             if missing["panel"]:
@@ -147,7 +150,8 @@ def test_missing_models_are_listed_with_their_folder_and_link(playwright):
                 assert listed == {(folder, file, _browsable(url)) for folder, file, url in expected}, (name, missing)
                 assert missing["summary"] is not None, (name, missing)
             else:
-                dialog = "\n".join(seen["dialogs"])
+                dialog = "\n".join(page.evaluate(VISIBLE_DIALOGS))
                 assert "Missing Models" in dialog, (name, seen["dialogs"])
                 assert all(f"{folder} / {file}" in dialog for folder, file, _ in expected), (name, dialog)
                 page.keyboard.press("Escape")
+                page.wait_for_function("![...document.querySelectorAll('.p-dialog')].some(dialog => dialog.offsetParent)")
