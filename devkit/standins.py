@@ -41,7 +41,7 @@ CONTROLNET = "controlnet/control_v11p_sd15_canny.safetensors"
 T2I_ADAPTER = "controlnet/t2iadapter_canny_sd15v2.safetensors"
 FILES = (CHECKPOINT, CLIP_VISION, IPADAPTER, CONTROLNET, T2I_ADAPTER)
 # For the example workflows (workflows/): the names the workflows use.
-FINETUNE_CHECKPOINT = "checkpoints/dreamshaper_8.safetensors"  # a second SD1.5 checkpoint (other random values)
+FINETUNE_CHECKPOINT = "checkpoints/DreamShaper_8_pruned.safetensors"  # a second SD1.5 checkpoint (other random values)
 IPADAPTER_PLUS = "ipadapter/ip-adapter-plus_sd15.safetensors"
 CONTROLNET_PTH = "controlnet/control_v11p_sd15_canny.pth"  # lllyasviel/ControlNet-v1-1 ships .pth files
 T2I_ADAPTER_PTH = "controlnet/t2iadapter_canny_sd15v2.pth"  # so does TencentARC/T2I-Adapter

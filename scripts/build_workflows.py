@@ -8,7 +8,10 @@
   in its template menu, so these are the pack's templates. A Markdown note on the canvas names the model files.
 - workflows/api/NN_name.json: the API format (the `prompt` of POST /prompt), the very dict the front-end's
   graphToPrompt makes from the editor file (tests/test_workflows_browser.py checks that).
-- workflows/README.md: the table of workflows and of the model files each needs, with where to get them.
+- workflows/README.md: the table of workflows and of the model files each needs, with where to get them; the
+  model table of README.md (between its markers) lists every file of ipadapter_core/model_sources.py.
+- Every loader node carries `properties.models` (file, URL, folder), which the front-end reads to offer the
+  download of a missing file.
 
 Widget order, socket types and titles come from scripts/workflow_node_defs.json, a snapshot of the parts of
 /object_info these graphs use (`--refresh-node-defs` rewrites it from a server started on the test host;
@@ -23,7 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "devkit"))
+
+import repo_paths  # noqa: E402,F401  (devkit/ and tools/ on sys.path)
+import pack_import  # noqa: E402,F401  (the pack as `decoupled_ipadapter`)
+from decoupled_ipadapter.ipadapter_core.model_sources import MODEL_SOURCES, ModelSource, model_source  # noqa: E402
+
 WORKFLOWS = REPO / "workflows"
+MAIN_README = REPO / "README.md"
+MODEL_TABLE_START = "<!-- model table: written by scripts/build_workflows.py -->"
+MODEL_TABLE_END = "<!-- end of the model table -->"
 API_FOLDER = WORKFLOWS / "api"
 README = WORKFLOWS / "README.md"
 NODE_DEFS = Path(__file__).resolve().with_name("workflow_node_defs.json")
@@ -33,33 +45,22 @@ EDITOR_VERSION = 0.4
 COLUMN_WIDTH, NODE_WIDTH, NOTE_WIDTH, GAP = 380, 330, 420, 40
 
 
-@dataclass(frozen=True)
-class Model:
-    folder: str  # ComfyUI models sub-folder
-    file: str
-    source: str  # Markdown: where to get it
-
-
-SD15 = Model("checkpoints", "v1-5-pruned-emaonly.safetensors",
-             "[stable-diffusion-v1-5/stable-diffusion-v1-5](https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5) "
-             "(the mirror of runwayml/stable-diffusion-v1-5)")  # fmt: skip
-FINETUNE = Model("checkpoints", "dreamshaper_8.safetensors",
-                 "DreamShaper 8 by Lykon, a community SD1.5 fine-tune ([Civitai](https://civitai.com/models/4384/dreamshaper), "
-                 "[Hugging Face Lykon](https://huggingface.co/Lykon)); any SD1.5 fine-tune works")  # fmt: skip
-SDXL = Model("checkpoints", "sd_xl_base_1.0.safetensors",
-             "[stabilityai/stable-diffusion-xl-base-1.0](https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0)")
-VIT_H = Model("clip_vision", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
-              "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `models/image_encoder/model.safetensors`, renamed")
-IPADAPTER_SD15 = Model("ipadapter", "ip-adapter_sd15.safetensors",
-                       "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `models/`")
-IPADAPTER_PLUS_SD15 = Model("ipadapter", "ip-adapter-plus_sd15.safetensors",
-                            "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `models/`")
-IPADAPTER_PLUS_SDXL = Model("ipadapter", "ip-adapter-plus_sdxl_vit-h.safetensors",
-                            "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `sdxl_models/`")
-CONTROLNET_CANNY = Model("controlnet", "control_v11p_sd15_canny.pth",
-                         "[lllyasviel/ControlNet-v1-1](https://huggingface.co/lllyasviel/ControlNet-v1-1)")
-T2I_CANNY = Model("controlnet", "t2iadapter_canny_sd15v2.pth",
-                  "[TencentARC/T2I-Adapter](https://huggingface.co/TencentARC/T2I-Adapter) `models/`")
+SD15 = model_source("checkpoints", "v1-5-pruned-emaonly.safetensors")
+FINETUNE = model_source("checkpoints", "DreamShaper_8_pruned.safetensors")
+SDXL = model_source("checkpoints", "sd_xl_base_1.0.safetensors")
+VIT_H = model_source("clip_vision", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
+IPADAPTER_SD15 = model_source("ipadapter", "ip-adapter_sd15.safetensors")
+IPADAPTER_PLUS_SD15 = model_source("ipadapter", "ip-adapter-plus_sd15.safetensors")
+IPADAPTER_PLUS_SDXL = model_source("ipadapter", "ip-adapter-plus_sdxl_vit-h.safetensors")
+CONTROLNET_CANNY = model_source("controlnet", "control_v11p_sd15_canny.pth")
+T2I_CANNY = model_source("controlnet", "t2iadapter_canny_sd15v2.pth")
+# The loader inputs that name a model file: (node type, input) -> models sub-folder.
+MODEL_INPUTS = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("CLIPVisionLoader", "clip_name"): "clip_vision",
+    ("DecoupledIPAdapterLoader", "ipadapter_name"): "ipadapter",
+    ("ControlNetLoader", "control_net_name"): "controlnet",
+}
 
 REFERENCE = "ipadapter_reference.png"  # the name scripts/demo.py uploads its reference picture under
 SECOND_REFERENCE = "ipadapter_reference_2.png"
@@ -92,7 +93,7 @@ class Graph:
     name: str  # file stem, e.g. "01_image_prompt"
     title: str
     summary: str  # one line for the README table
-    models: tuple[Model, ...]
+    models: tuple[ModelSource, ...]
     images: tuple[str, ...]  # the input pictures LoadImage expects
     advice: str = ""  # extra Markdown for the note
     nodes: list[Node] = field(default_factory=list)
@@ -110,11 +111,11 @@ class Graph:
 # The graphs. Columns: 0 loaders and inputs, 1 image prompt, 2 text and latent, 3 sampling, 4 output.
 
 
-def _sd15_base(graph: Graph, checkpoint: Model = SD15, *, ipadapter: Model = IPADAPTER_SD15, image=REFERENCE):
+def _sd15_base(graph: Graph, checkpoint: ModelSource = SD15, *, ipadapter: ModelSource = IPADAPTER_SD15, image=REFERENCE):
     """Checkpoint, image encoder, reference image, adapter, encode: the start every SD1.5 graph shares."""
-    ckpt = graph.add("CheckpointLoaderSimple", 0, ckpt_name=checkpoint.file)
-    vision = graph.add("CLIPVisionLoader", 0, title="Load CLIP Vision (ViT-H)", clip_name=VIT_H.file)
-    adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=ipadapter.file)
+    ckpt = graph.add("CheckpointLoaderSimple", 0, ckpt_name=checkpoint.name)
+    vision = graph.add("CLIPVisionLoader", 0, title="Load CLIP Vision (ViT-H)", clip_name=VIT_H.name)
+    adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=ipadapter.name)
     reference = graph.add("LoadImage", 0, title="Reference Image", image=image)
     embeds = graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=reference)
     return ckpt, adapter, reference, embeds
@@ -185,11 +186,11 @@ def lambda_comparison() -> Graph:
     return graph
 
 
-def _with_control(graph: Graph, control_model: Model, *, strength: float, prefix: str) -> Graph:
+def _with_control(graph: Graph, control_model: ModelSource, *, strength: float, prefix: str) -> Graph:
     ckpt, adapter, reference, embeds = _sd15_base(graph)
     model = _apply(graph, ckpt, adapter, embeds, weight=0.6)
     pos, neg = _prompts(graph, ckpt, QUALITY_TEXT)
-    control = graph.add("ControlNetLoader", 0, control_net_name=control_model.file)
+    control = graph.add("ControlNetLoader", 0, control_net_name=control_model.name)
     edges = graph.add("Canny", 1, title="Canny edges", image=reference, low_threshold=0.4, high_threshold=0.8)
     applied = graph.add("ControlNetApplyAdvanced", 2, positive=pos, negative=neg, control_net=control, image=edges,
                         strength=strength, start_percent=0.0, end_percent=1.0)  # fmt: skip
@@ -375,9 +376,34 @@ def _execution_order(graph: Graph) -> dict[int, int]:
     return done
 
 
+def _where_to_get(model: ModelSource) -> str:
+    """Markdown: the file's download link and origin, and the name to save it under when it is published as another."""
+    text = f"[download]({model.url}) from {model.origin}"
+    if model.renamed_from:
+        text += f"; it downloads as `{model.renamed_from}`: save it as `{model.name}`"
+    return text
+
+
+def loader_models(graph: Graph, node: Node) -> list[dict]:
+    """The front-end's `properties.models` of a loader node: the file its widget names, its URL and folder (as
+    ComfyUI's own templates do); [] for a node that names no model file."""
+    return [
+        {"name": node.values[name], "url": model_source(folder, node.values[name]).url, "directory": folder}
+        for (node_type, name), folder in MODEL_INPUTS.items()
+        if node.type == node_type and name in node.values
+    ]
+
+
+def _check_models(graph: Graph) -> None:
+    named = {(entry["directory"], entry["name"]) for node in graph.nodes for entry in loader_models(graph, node)}
+    declared = {(model.folder, model.name) for model in graph.models}
+    if named != declared:
+        raise ValueError(f"{graph.name}: its loaders name {sorted(named)} but its note lists {sorted(declared)}")
+
+
 def _note_text(graph: Graph) -> str:
     lines = [f"## {graph.title}", "", graph.summary[0].upper() + graph.summary[1:] + ".", "", "**Model files**", ""]
-    lines += [f"- `models/{model.folder}/{model.file}` from {model.source}" for model in graph.models]
+    lines += [f"- `models/{model.folder}/{model.name}`: {_where_to_get(model)}" for model in graph.models]
     lines += ["", "**Input pictures** (put them in ComfyUI's `input/` folder or pick your own): "
               + ", ".join(f"`{name}`" for name in graph.images)]  # fmt: skip
     if graph.advice:
@@ -389,8 +415,14 @@ def _node_height(inputs: int, outputs: int, widgets: int) -> int:
     return 30 + 22 * max(inputs, outputs) + 26 * widgets
 
 
+def _models_property(graph: Graph, node: Node) -> dict:
+    models = loader_models(graph, node)
+    return {"models": models} if models else {}
+
+
 def editor_format(graph: Graph, defs: dict) -> dict:
     """The editor's saved JSON (LiteGraph serialisation, version 0.4), laid out in columns, with a note first."""
+    _check_models(graph)
     order = _execution_order(graph)
     consumers: dict[tuple[int, int], list[int]] = {}
     links, nodes = [], []
@@ -440,7 +472,8 @@ def editor_format(graph: Graph, defs: dict) -> dict:
             "id": node.id, "type": node.type, "pos": [40 + node.column * COLUMN_WIDTH + (NOTE_WIDTH - NODE_WIDTH) * (node.column > 0), y],
             "size": [NODE_WIDTH, height], "flags": {}, "order": order[node.id] + 1, "mode": 0,
             "inputs": inputs, "outputs": outputs, "title": _title(node, defs),
-            "properties": {"Node name for S&R": node.type}, "widgets_values": widget_values,
+            "properties": {"Node name for S&R": node.type, **_models_property(graph, node)},
+            "widgets_values": widget_values,
         })  # fmt: skip
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"decoupled-ipadapter/workflows/{graph.name}")),
@@ -463,16 +496,35 @@ def readme(graphs: list[Graph]) -> str:
         "|---|---|---|---|",
     ]
     for graph in graphs:
-        models = "<br>".join(f"`{model.folder}/{model.file}`" for model in graph.models)
+        models = "<br>".join(f"`{model.folder}/{model.name}`" for model in graph.models)
         pictures = ", ".join(f"`{name}`" for name in graph.images)
         lines.append(f"| `{graph.name}` ({graph.title}) | {graph.summary} | {models} | {pictures} |")
-    lines += ["", "## Where to get the model files", "", "| file | folder | source |", "|---|---|---|"]
+    lines += ["", "## Where to get the model files", "", *model_table(_models_of(graphs))]
+    return "\n".join(lines) + "\n"
+
+
+def _models_of(graphs: list[Graph]) -> list[ModelSource]:
     seen = []
     for model in (model for graph in graphs for model in graph.models):
         if model not in seen:
             seen.append(model)
-            lines.append(f"| `{model.file}` | `models/{model.folder}/` | {model.source} |")
-    return "\n".join(lines) + "\n"
+    return seen
+
+
+def model_table(models) -> list[str]:
+    """Markdown rows: each file, its folder, and where to get it."""
+    lines = ["| file | folder | where to get it |", "|---|---|---|"]
+    lines += [f"| `{model.name}` | `models/{model.folder}/` | {_where_to_get(model)} |" for model in models]
+    return lines
+
+
+def main_readme(text: str) -> str:
+    """README.md with its model table (every file of MODEL_SOURCES) rewritten between its two markers."""
+    before, start, rest = text.partition(MODEL_TABLE_START)
+    _, end, after = rest.partition(MODEL_TABLE_END)
+    if not start or not end:
+        raise ValueError(f"README.md lacks the markers {MODEL_TABLE_START!r} ... {MODEL_TABLE_END!r}")
+    return before + start + "\n" + "\n".join(model_table(MODEL_SOURCES)) + "\n" + end + after
 
 
 def _dumps(data) -> str:
@@ -488,6 +540,7 @@ def rendered_files(defs: dict | None = None) -> dict[Path, str]:
         files[WORKFLOWS / f"{graph.name}.json"] = _dumps(editor_format(graph, defs))
         files[API_FOLDER / f"{graph.name}.json"] = _dumps(api_format(graph, defs))
     files[README] = readme(graphs)
+    files[MAIN_README] = main_readme(MAIN_README.read_text())
     return files
 
 

@@ -105,3 +105,32 @@ FIT_VIEW = """() => {
     canvas.ds.offset = [-left + 60 / scale, -top + 60 / scale];
     canvas.setDirty(true, true);
 }"""
+
+# The front-end's list of missing model files, as a user sees it: the Errors panel's "Missing Models" of newer
+# front-ends (opened with its "See Errors" button), each row's file, the folder it is grouped under and the link its
+# "Copy URL" button copies (the clipboard is replaced by a recorder), and the error overlay's "N required models
+# are missing" line, read before the panel is opened. `panel` is false where the front-end has no
+# such panel (older front-ends show a dialog instead).
+MISSING_MODELS = """async () => {
+    const copied = [];
+    Object.defineProperty(navigator, 'clipboard', {
+        value: {writeText: async text => { copied.push(text); }, readText: async () => ''}, configurable: true,
+    });
+    const pause = ms => new Promise(resolve => setTimeout(resolve, ms));
+    const summary = document.body.innerText.match(/\\d+ required models? (is|are) missing/);
+    const seeErrors = [...document.querySelectorAll('button')].find(button => button.innerText.trim() === 'See Errors');
+    if (seeErrors) { seeErrors.click(); await pause(1000); }
+    const firstLine = element => element.innerText.split('\\n')[0].trim().replace(/ \\(\\d+\\)$/, '');
+    const rows = [];
+    for (const button of document.querySelectorAll('[data-testid="missing-model-copy-url"]')) {
+        const file = firstLine(button.parentElement);
+        let group = button.parentElement;
+        while (group && firstLine(group) === file) group = group.parentElement;
+        const before = copied.length;
+        button.click();
+        await pause(150);
+        rows.push({file, folder: group ? firstLine(group) : null, url: copied.length > before ? copied[copied.length - 1] : null});
+    }
+    const panel = rows.length > 0 || Boolean(seeErrors) || Boolean(document.querySelector('[data-testid="missing-model-refresh"]'));
+    return {panel, rows, summary: summary ? summary[0] : null};
+}"""

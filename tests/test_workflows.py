@@ -9,6 +9,7 @@
 """
 
 import io
+import re
 
 import pytest
 from PIL import Image
@@ -38,6 +39,38 @@ def test_every_workflow_exists_in_both_formats_with_the_same_nodes():
         assert server_nodes == {key: node["class_type"] for key, node in api_workflow(name).items()}, name
         notes = [node for node in editor["nodes"] if node["type"] == "MarkdownNote"]
         assert len(notes) == 1 and "models/checkpoints/" in notes[0]["widgets_values"][0], name
+
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def test_every_loader_names_its_file_url_and_folder_from_the_one_table():
+    """Each widget value that is a model file has a `properties.models` entry on its node (the front-end's
+    missing-models panel reads it), with the URL and folder of ipadapter_core/model_sources.py, and nowhere else
+    in the workflows does a download URL differ from that table's."""
+    from decoupled_ipadapter.ipadapter_core.model_sources import MODEL_SOURCES
+
+    table = {(source.folder, source.name): source.url for source in MODEL_SOURCES}
+    for name in WORKFLOW_NAMES:
+        for node in editor_workflow(name)["nodes"]:
+            files = {value for value in node["widgets_values"] if isinstance(value, str) and value.endswith(MODEL_FILE_SUFFIXES)}
+            entries = node["properties"].get("models", [])
+            where = f"{name} node {node['id']} ({node['type']})"
+            assert {entry["name"] for entry in entries} == files, f"{where}: properties.models {entries} for files {files}"
+            for entry in entries:
+                assert set(entry) == {"name", "url", "directory"}, where
+                assert table.get((entry["directory"], entry["name"])) == entry["url"], f"{where}: {entry} is not in the table"
+        urls = set(re.findall(r"https://[^)\s\"'<>]+", (build_workflows.WORKFLOWS / f"{name}.json").read_text()))
+        downloads = {url for url in urls if url.endswith(MODEL_FILE_SUFFIXES)}
+        assert downloads <= set(table.values()), f"{name}: download links not in the table: {downloads - set(table.values())}"
+
+
+def test_the_loader_check_catches_a_loader_without_models():
+    """The generator refuses a graph whose loaders name a file its note does not list."""
+    graph = build_workflows.GRAPHS[0]()
+    graph.models = graph.models[:-1]
+    with pytest.raises(ValueError, match="its loaders name"):
+        build_workflows.editor_format(graph, build_workflows.load_node_defs())
 
 
 def test_a_broken_prompt_is_caught_by_the_validator():

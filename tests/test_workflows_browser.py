@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from browser import FIT_VIEW, LOAD_AND_INSPECT, QUEUE, SETTINGS, SHRINK, frontend_page, playwright_driver
+from browser import FIT_VIEW, LOAD_AND_INSPECT, MISSING_MODELS, QUEUE, SETTINGS, SHRINK, frontend_page, playwright_driver
 from server_harness import PACK_LINK, comfy_server, standin_models
 from workflow_checks import (
     SD15_WORKFLOWS,
     SIZE_INPUTS,
     SMALL_SIZE,
     SMALL_STEPS,
+    WORKFLOW_NAMES,
     api_workflow,
     editor_workflow,
     input_pictures,
@@ -89,6 +90,8 @@ def check_in_the_editor(server, page, name: str) -> None:
     seen = _load(server, page, name)
     assert seen["unregistered"] == [], f"{name}: node types the front-end does not know: {seen['unregistered']}"
     assert seen["withErrors"] == [] and seen["dialogs"] == [] and seen["toasts"] == [], (name, seen)
+    missing = page.evaluate(MISSING_MODELS)
+    assert missing["rows"] == [] and missing["summary"] is None, f"{name}: reported missing with the stand-ins: {missing}"
     assert seen["output"] == api_workflow(name), f"{name}: graphToPrompt differs from workflows/api/{name}.json"
     editor = editor_workflow(name)
     assert seen["links"] == editor["links"], f"{name}: the editor would save other links"
@@ -121,3 +124,34 @@ def test_a_broken_workflow_is_caught(page_on_server):
     invalid["nodes"][1]["pos"] = "not a position"
     seen = _load(server, page, "invalid", invalid)
     assert any("valid" in toast.lower() for toast in seen["toasts"]), seen  # the front-end's schema alert
+
+
+VISIBLE_DIALOGS = "() => [...document.querySelectorAll('.p-dialog')].filter(d => d.offsetParent !== null).map(d => d.innerText)"
+
+
+def _browsable(url: str) -> str:
+    """The link the front-end copies for a Hugging Face file: its page (`/blob/`), not the raw download."""
+    return url.replace("/resolve/", "/blob/") if "huggingface.co" in url else url
+
+
+def test_missing_models_are_listed_with_their_folder_and_link(playwright):
+    """With no model files at all, opening each workflow lists every file it needs, under its folder, with the link
+    of the one table (newer front-ends: the Errors panel; older ones: the Missing Models dialog, without links)."""
+    with comfy_server(models_dir=None) as server, frontend_page(playwright, server.url) as page:
+        page.wait_for_timeout(3000)  # the start-up graph's own model check settles first
+        for name in WORKFLOW_NAMES:
+            expected = {(entry["directory"], entry["name"], entry["url"]) for node in editor_workflow(name)["nodes"]
+                        for entry in node["properties"].get("models", [])}  # fmt: skip
+            _load(server, page, name)
+            page.wait_for_timeout(1500)
+            missing = page.evaluate(MISSING_MODELS)
+            if missing["panel"]:
+                listed = {(row["folder"], row["file"], row["url"]) for row in missing["rows"]}
+                assert listed == {(folder, file, _browsable(url)) for folder, file, url in expected}, (name, missing)
+                assert missing["summary"] is not None, (name, missing)
+            else:
+                dialog = "\n".join(page.evaluate(VISIBLE_DIALOGS))
+                assert "Missing Models" in dialog, (name, seen["dialogs"])
+                assert all(f"{folder} / {file}" in dialog for folder, file, _ in expected), (name, dialog)
+                page.keyboard.press("Escape")
+                page.wait_for_function("![...document.querySelectorAll('.p-dialog')].some(dialog => dialog.offsetParent)")

@@ -1,0 +1,95 @@
+"""Where every model file the pack names comes from: one table for the example workflows (their loader nodes'
+`properties.models`, the note on each canvas, workflows/README.md) and the README's model table.
+
+Each entry names the file as ComfyUI's loaders expect it, the models sub-folder it goes in, and the public URL of
+that exact file. Where the official file is published under another name (the image encoders are both
+`image_encoder/model.safetensors` in h94/IP-Adapter), `url` is that file and `name` the name to save it under:
+ComfyUI's front-end then offers the link for `name`, and the file must be saved (or renamed) as `name`.
+"""
+
+from dataclasses import dataclass
+
+H94 = "https://huggingface.co/h94/IP-Adapter/resolve/main"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    folder: str  # ComfyUI models sub-folder, e.g. "ipadapter"
+    name: str  # the file name the workflows and loaders use
+    url: str  # download URL of that exact file
+    origin: str  # Markdown: the repository or page it comes from, for people
+
+    @property
+    def renamed_from(self) -> str | None:
+        """The published file name, when it differs from `name`."""
+        published = self.url.rsplit("/", 1)[-1]
+        return None if published == self.name else published
+
+
+MODEL_SOURCES = (
+    ModelSource(
+        "checkpoints", "v1-5-pruned-emaonly.safetensors",
+        "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors",
+        "[stable-diffusion-v1-5/stable-diffusion-v1-5](https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5) "
+        "(the mirror of runwayml/stable-diffusion-v1-5)",
+    ),
+    ModelSource(
+        "checkpoints", "DreamShaper_8_pruned.safetensors",
+        "https://huggingface.co/Lykon/DreamShaper/resolve/main/DreamShaper_8_pruned.safetensors",
+        "DreamShaper 8 by Lykon, a community SD1.5 fine-tune ([Lykon/DreamShaper](https://huggingface.co/Lykon/DreamShaper)); "
+        "any SD1.5 fine-tune works",
+    ),
+    ModelSource(
+        "checkpoints", "sd_xl_base_1.0.safetensors",
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+        "[stabilityai/stable-diffusion-xl-base-1.0](https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0)",
+    ),
+    ModelSource(
+        "clip_vision", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", f"{H94}/models/image_encoder/model.safetensors",
+        "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `models/image_encoder/model.safetensors`",
+    ),
+    ModelSource(
+        "clip_vision", "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors", f"{H94}/sdxl_models/image_encoder/model.safetensors",
+        "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `sdxl_models/image_encoder/model.safetensors`",
+    ),
+    *(
+        ModelSource("ipadapter", name, f"{H94}/models/{name}", "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `models/`")
+        for name in (
+            "ip-adapter_sd15.safetensors",
+            "ip-adapter_sd15_light.safetensors",
+            "ip-adapter_sd15_light_v11.bin",
+            "ip-adapter_sd15_vit-G.safetensors",
+            "ip-adapter-plus_sd15.safetensors",
+            "ip-adapter-plus-face_sd15.safetensors",
+            "ip-adapter-full-face_sd15.safetensors",
+        )
+    ),
+    *(
+        ModelSource(
+            "ipadapter", name, f"{H94}/sdxl_models/{name}", "[h94/IP-Adapter](https://huggingface.co/h94/IP-Adapter) `sdxl_models/`"
+        )
+        for name in (
+            "ip-adapter_sdxl.safetensors",
+            "ip-adapter_sdxl_vit-h.safetensors",
+            "ip-adapter-plus_sdxl_vit-h.safetensors",
+            "ip-adapter-plus-face_sdxl_vit-h.safetensors",
+        )
+    ),
+    ModelSource(
+        "controlnet", "control_v11p_sd15_canny.pth",
+        "https://huggingface.co/lllyasviel/ControlNet-v1-1/resolve/main/control_v11p_sd15_canny.pth",
+        "[lllyasviel/ControlNet-v1-1](https://huggingface.co/lllyasviel/ControlNet-v1-1)",
+    ),
+    ModelSource(
+        "controlnet", "t2iadapter_canny_sd15v2.pth",
+        "https://huggingface.co/TencentARC/T2I-Adapter/resolve/main/models/t2iadapter_canny_sd15v2.pth",
+        "[TencentARC/T2I-Adapter](https://huggingface.co/TencentARC/T2I-Adapter) `models/`",
+    ),
+)  # fmt: skip
+
+_BY_FOLDER_AND_NAME = {(source.folder, source.name): source for source in MODEL_SOURCES}
+
+
+def model_source(folder: str, name: str) -> ModelSource:
+    """The entry for `name` in the models sub-folder `folder`; KeyError for a file the table does not know."""
+    return _BY_FOLDER_AND_NAME[(folder, name)]
