@@ -62,6 +62,7 @@ T2I_CANNY = Model("controlnet", "t2iadapter_canny_sd15v2.pth",
                   "[TencentARC/T2I-Adapter](https://huggingface.co/TencentARC/T2I-Adapter) `models/`")
 
 REFERENCE = "ipadapter_reference.png"  # the name scripts/demo.py uploads its reference picture under
+SAVED_EMBEDS = "ipadapter_reference_embeds.safetensors"  # embeds saved by IPAdapter Save Embeds, moved to input/
 SECOND_REFERENCE = "ipadapter_reference_2.png"
 PICTURE_TO_EDIT = "picture_to_edit.png"
 NEGATIVE_TEXT = "monochrome, lowres, bad anatomy, worst quality, low quality"
@@ -95,6 +96,7 @@ class Graph:
     models: tuple[Model, ...]
     images: tuple[str, ...]  # the input pictures LoadImage expects
     advice: str = ""  # extra Markdown for the note
+    embeds_files: tuple[str, ...] = ()  # the saved embeds IPAdapter Load Embeds expects in the input folder
     nodes: list[Node] = field(default_factory=list)
 
     def add(self, node_type: str, column: int, *, title: str | None = None, **inputs) -> Node:
@@ -116,8 +118,12 @@ def _sd15_base(graph: Graph, checkpoint: Model = SD15, *, ipadapter: Model = IPA
     vision = graph.add("CLIPVisionLoader", 0, title="Load CLIP Vision (ViT-H)", clip_name=VIT_H.file)
     adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=ipadapter.file)
     reference = graph.add("LoadImage", 0, title="Reference Image", image=image)
-    embeds = graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=reference)
+    embeds = _encode(graph, adapter, vision, reference)
     return ckpt, adapter, reference, embeds
+
+
+def _encode(graph: Graph, adapter, vision, image, *, crop="center") -> Node:
+    return graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=image, crop=crop)
 
 
 def _prompts(graph: Graph, ckpt: Node, positive: str, negative: str = NEGATIVE_TEXT):
@@ -271,7 +277,7 @@ def two_references() -> Graph:
     ckpt, adapter, _, embeds = _sd15_base(graph, ipadapter=IPADAPTER_PLUS_SD15)
     vision = graph.nodes[1]
     second = graph.add("LoadImage", 0, title="Second Reference Image", image=SECOND_REFERENCE)
-    second_embeds = graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=second)
+    second_embeds = _encode(graph, adapter, vision, second)
     combined = graph.add("DecoupledIPAdapterCombineEmbeds", 1, embeds_1=embeds, embeds_2=second_embeds, method="average")
     _text_to_image(graph, ckpt, _apply(graph, ckpt, adapter, combined, weight=0.7), prefix="ipadapter_two_references")
     return graph
@@ -289,8 +295,48 @@ def fine_tuned_checkpoint() -> Graph:
     return graph
 
 
+def unified_loader() -> Graph:
+    graph = Graph("11_unified_loader", "Unified loader",
+                  "one node finds the adapter and its image encoder by preset (SD1.5 standard here) and loads both",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE,),
+                  "**IPAdapter Unified Loader** looks in `models/ipadapter` and `models/clip_vision` for the preset's "
+                  "files under their official names or the usual renames (any case, `-`/`_` alike, `.safetensors` "
+                  "or `.bin`, any subfolder; the encoder also as `CLIP-ViT-H-14.safetensors` or "
+                  "`SD1.5/model.safetensors`). A missing file is reported when you queue, with its folder and its "
+                  "download link. `crop` = `pad` on Encode keeps the whole reference when it is not square.")  # fmt: skip
+    ckpt = graph.add("CheckpointLoaderSimple", 0, ckpt_name=SD15.file)
+    loader = graph.add("DecoupledIPAdapterUnifiedLoader", 1, preset="SD1.5 standard")
+    reference = graph.add("LoadImage", 0, title="Reference Image", image=REFERENCE)
+    embeds = _encode(graph, loader[0], loader[1], reference, crop="pad")
+    model = _apply(graph, ckpt, loader[0], embeds, weight=0.7)
+    _text_to_image(graph, ckpt, model, prefix="ipadapter_unified_loader")
+    return graph
+
+
+def save_and_load_embeds() -> Graph:
+    graph = Graph("12_save_and_load_embeds", "Save and load embeds",
+                  "the reference encoded once and saved (Save Embeds); saved embeds loaded and applied (Load Embeds)",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE,),
+                  "**1. Save.** Encode Image → **IPAdapter Save Embeds** writes "
+                  "`output/ipadapter_embeds/reference_00001_.safetensors` (the counter grows). Until a saved file is "
+                  "in `input/`, ComfyUI runs the saving and refuses the loading branch, naming the missing file; mute "
+                  "that branch's Save Image (select it, Ctrl+M) to leave it out.\n\n"
+                  "**2. Load.** Move the file to ComfyUI's `input/` folder (here it is named "
+                  f"`{SAVED_EMBEDS}`), pick it in **IPAdapter Load Embeds**, un-mute Save Image and mute Save Embeds "
+                  "instead: ComfyUI then runs only what Save Image needs, so the reference is not encoded again and no "
+                  "image encoder is loaded. The file keeps the embeds bit for bit and the adapter they were made for; "
+                  "Apply refuses an adapter they do not fit.", embeds_files=(SAVED_EMBEDS,))  # fmt: skip
+    ckpt, adapter, _, embeds = _sd15_base(graph)
+    graph.add("DecoupledIPAdapterSaveEmbeds", 2, embeds=embeds, filename_prefix="ipadapter_embeds/reference")
+    saved = graph.add("DecoupledIPAdapterLoadEmbeds", 1, embeds_file=SAVED_EMBEDS)
+    model = _apply(graph, ckpt, adapter, saved, weight=0.7)
+    _text_to_image(graph, ckpt, model, prefix="ipadapter_saved_embeds")
+    return graph
+
+
 GRAPHS = (image_prompt_only, image_and_text_prompt, lambda_comparison, with_controlnet, with_t2i_adapter,
-          image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint)  # fmt: skip
+          image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint, unified_loader,
+          save_and_load_embeds)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,7 +386,8 @@ def _check_inputs(graph: Graph, node: Node, definition: dict) -> None:
         raise ValueError(f"{graph.name}: node {node.id} ({node.type}) has no input(s) {sorted(unknown)}")
     for spec in definition["inputs"]:
         given = node.links if not spec["widget"] else node.values
-        if not spec["optional"] and spec["name"] not in given:
+        # the editor stores every widget's value, optional ones included (the front-end sends them all)
+        if (spec["widget"] or not spec["optional"]) and spec["name"] not in given:
             raise ValueError(f"{graph.name}: node {node.id} ({node.type}) needs its input {spec['name']!r}")
 
 
@@ -380,6 +427,9 @@ def _note_text(graph: Graph) -> str:
     lines += [f"- `models/{model.folder}/{model.file}` from {model.source}" for model in graph.models]
     lines += ["", "**Input pictures** (put them in ComfyUI's `input/` folder or pick your own): "
               + ", ".join(f"`{name}`" for name in graph.images)]  # fmt: skip
+    if graph.embeds_files:
+        lines += ["", "**Saved embeds** (in ComfyUI's `input/` folder): "
+                  + ", ".join(f"`{name}`" for name in graph.embeds_files)]  # fmt: skip
     if graph.advice:
         lines += ["", graph.advice]
     return "\n".join(lines)
@@ -457,14 +507,14 @@ def readme(graphs: list[Graph]) -> str:
         "what it writes). `NN_name.json` here is the editor format: ComfyUI lists the files in its template menu",
         "(Workflow → Browse Templates, under this pack), or drag one onto the canvas. `api/NN_name.json` is the same",
         "graph in the API format, for `POST /prompt` (`make demo` runs `api/01_image_prompt.json`).",
-        "A note on each canvas lists the model files; the input pictures are the names below (use your own).",
+        "A note on each canvas lists the model files; the input files are the names below (use your own).",
         "",
-        "| workflow | what it shows | model files | input pictures |",
+        "| workflow | what it shows | model files | input files |",
         "|---|---|---|---|",
     ]
     for graph in graphs:
         models = "<br>".join(f"`{model.folder}/{model.file}`" for model in graph.models)
-        pictures = ", ".join(f"`{name}`" for name in graph.images)
+        pictures = ", ".join(f"`{name}`" for name in graph.images + graph.embeds_files)
         lines.append(f"| `{graph.name}` ({graph.title}) | {graph.summary} | {models} | {pictures} |")
     lines += ["", "## Where to get the model files", "", "| file | folder | source |", "|---|---|---|"]
     seen = []

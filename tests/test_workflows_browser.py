@@ -25,7 +25,7 @@ from workflow_checks import (
     SMALL_STEPS,
     api_workflow,
     editor_workflow,
-    input_pictures,
+    input_files,
 )
 
 
@@ -47,7 +47,7 @@ def playwright():
 def page_on_server(playwright):
     models = standin_models(groups=("demo", "workflows"))
     with comfy_server(models_dir=models) as server:
-        for name, data in input_pictures().items():
+        for name, data in input_files().items():
             server.client.upload_image(data, name)
         with frontend_page(playwright, server.url) as page:
             yield server, page
