@@ -12,6 +12,8 @@ Every input holds N_i images; `e_i` below is one input's `[N_i, …, E]` tensor.
 For the arithmetic methods all inputs need the same number of images, or one image (used for every image), and the
 result's negative is the average of the inputs' negatives (each is the unconditional embedding of its encoder, so
 the average stays unconditional).
+The result records the adapter variant and image encoder of its inputs: the common one, or all of them joined by
+" + " when they differ.
 """
 
 import torch
@@ -35,19 +37,27 @@ def combine_embeds(embeds: list[ImagePromptEmbeds], *, method: str) -> ImageProm
                 f"embeds_1 ({first.clip_output}, shape {list(first.positive.shape[1:])}): encode every image with the "
                 "same IP-Adapter and CLIP vision model."
             )
+    sources = dict(
+        clip_output=first.clip_output,
+        adapter_variant=_joined([item.adapter_variant for item in embeds]),
+        image_encoder=_joined([item.image_encoder for item in embeds]),
+    )
     if method == "concat":
         return ImagePromptEmbeds(
             positive=torch.cat([item.positive for item in embeds]),
             negative=torch.cat([item.negative for item in embeds]),
-            clip_output=first.clip_output,
+            **sources,
         )
     positives = _broadcast([item.positive for item in embeds])
     negatives = _broadcast([item.negative for item in embeds])
     return ImagePromptEmbeds(
-        positive=_ARITHMETIC[method](positives),
-        negative=torch.stack(negatives).mean(dim=0),
-        clip_output=first.clip_output,
+        positive=_ARITHMETIC[method](positives), negative=torch.stack(negatives).mean(dim=0), **sources
     )
+
+
+def _joined(values: list[str]) -> str:
+    distinct = list(dict.fromkeys(values))
+    return distinct[0] if len(distinct) == 1 else " + ".join(value or "unknown" for value in distinct)
 
 
 def _broadcast(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

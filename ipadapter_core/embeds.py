@@ -3,6 +3,8 @@
 `positive` holds one row per reference image; `negative` is what the reference uses for the unconditional pass
 (a zero embedding for base adapters; the encoder run on an all-zero normalised pixel tensor for plus/full-face).
 Several images in one embeds are one image prompt: their tokens are concatenated into one softmax.
+They also record where they came from (the adapter variant and the image encoder they were encoded for), which
+saved embeds files keep and error messages quote; empty when unknown.
 """
 
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ class ImagePromptEmbeds:
     positive: torch.Tensor  # [N, E] image embeds, or [N, S, E] penultimate hidden states
     negative: torch.Tensor  # same shape as positive
     clip_output: str  # "image_embeds" | "penultimate_hidden_states"
+    adapter_variant: str = ""  # the adapter they were encoded for, e.g. "ip-adapter-plus_sd15"
+    image_encoder: str = ""  # the encoder that made them: "ViT-H" | "ViT-bigG"
 
     @property
     def width(self) -> int:
@@ -42,7 +46,9 @@ def encoder_of_width(clip_output: str, width: int) -> str:
     return f"an encoder of width {width}"
 
 
-def make_embeds(positive: torch.Tensor, negative: torch.Tensor, *, clip_output: str) -> ImagePromptEmbeds:
+def make_embeds(
+    positive: torch.Tensor, negative: torch.Tensor, *, clip_output: str, adapter_variant: str = "", image_encoder: str = ""
+) -> ImagePromptEmbeds:
     """Pair positive and negative rows; a single negative row serves every positive image."""
     expected_rank = 2 if clip_output == IMAGE_EMBEDS else 3
     for label, tensor in (("image", positive), ("negative image", negative)):
@@ -58,7 +64,20 @@ def make_embeds(positive: torch.Tensor, negative: torch.Tensor, *, clip_output: 
             f"The negative image batch ({negative.shape[0]} images) does not match the image batch "
             f"({positive.shape[0]} images). Give one negative image, or as many as images."
         )
-    return ImagePromptEmbeds(positive=positive, negative=negative, clip_output=clip_output)
+    return ImagePromptEmbeds(
+        positive=positive,
+        negative=negative,
+        clip_output=clip_output,
+        adapter_variant=adapter_variant,
+        image_encoder=image_encoder,
+    )
+
+
+def provenance(embeds: ImagePromptEmbeds) -> str:
+    """' (encoded for ip-adapter_sd15 with ViT-H)' where the embeds know it, else ''."""
+    parts = [f"for {embeds.adapter_variant}"] * bool(embeds.adapter_variant)
+    parts += [f"with {embeds.image_encoder}"] * bool(embeds.image_encoder)
+    return f" (encoded {' '.join(parts)})" if parts else ""
 
 
 def check_embeds_fit(embeds: ImagePromptEmbeds, spec: AdapterSpec, source: str) -> None:
@@ -73,13 +92,13 @@ def check_embeds_fit(embeds: ImagePromptEmbeds, spec: AdapterSpec, source: str) 
     if embeds.clip_output != spec.clip_output:
         kind = "image embeds" if spec.clip_output == IMAGE_EMBEDS else "penultimate hidden states"
         raise IPAdapterError(
-            f"'{source}' ({spec.variant}) reads the CLIP {kind}, but these embeds hold "
+            f"'{source}' ({spec.variant}) reads the CLIP {kind}, but these embeds{provenance(embeds)} hold "
             f"{embeds.clip_output.replace('_', ' ')}. Encode the image with this adapter connected to the Encode node "
             f"and {ENCODER_FILES[spec.image_encoder]} loaded with CLIPVisionLoader."
         )
     if embeds.width != spec.embedding_dim:
         have = encoder_of_width(embeds.clip_output, embeds.width)
         raise IPAdapterError(
-            f"'{source}' ({spec.variant}) needs embeds from the {spec.image_encoder} image encoder, but these come "
-            f"from {have}. Load {ENCODER_FILES[spec.image_encoder]} with CLIPVisionLoader and encode again."
+            f"'{source}' ({spec.variant}) needs embeds from the {spec.image_encoder} image encoder, but these"
+            f"{provenance(embeds)} come from {have}. Load {ENCODER_FILES[spec.image_encoder]} with CLIPVisionLoader and encode again."
         )

@@ -2,9 +2,17 @@
 
 The CLIP vision object is ComfyUI's `comfy.clip_vision.ClipVisionModel`; it is only called here (its own
 preprocessing: resize the short side to the encoder's size, centre crop, normalise), never imported.
+
+Two ways to make a picture that is not square fit the encoder's square input (`crop`):
+- `center`: ComfyUI's preprocessing as it is, which is the reference's (CLIPImageProcessor: short side resized,
+  centre crop): the edges of the long side are cut off.
+- `pad`: the whole picture, centred on a square of the encoder's mean colour (`clip_vision.image_mean`, the
+  normalisation mean: (0.481, 0.458, 0.408) for CLIP), then the same preprocessing. That colour normalises to
+  zero (to within ComfyUI's rounding to 8 bits), the pixel value the reference itself uses for "no image" (its unconditional input for plus adapters), so the
+  padding adds as little as a colour can; black or white bars would read as part of the picture.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -13,6 +21,7 @@ from .embeds import ImagePromptEmbeds, encoder_of_width, make_embeds
 from .errors import IPAdapterError
 
 ENCODE_BATCH_SIZE = 16
+CROP_MODES = ("center", "pad")
 
 
 def encoder_widths(clip_vision) -> tuple[int, int]:
@@ -36,21 +45,41 @@ def check_encoder_fits(clip_vision, spec: AdapterSpec, source: str) -> None:
         )
 
 
+def pad_to_square(images: torch.Tensor, *, fill: Sequence[float]) -> torch.Tensor:
+    """`[B, H, W, C]` -> `[B, S, S, C]` with S = max(H, W): the pictures centred (an odd remainder goes to the bottom
+    and right), the rest `fill` (one value per channel)."""
+    batch, height, width, channels = images.shape
+    if height == width:
+        return images
+    size = max(height, width)
+    colour = torch.tensor(fill, dtype=images.dtype, device=images.device)  # [C]
+    square = colour.expand(batch, size, size, channels).clone()  # [B, S, S, C]
+    top, left = (size - height) // 2, (size - width) // 2
+    square[:, top : top + height, left : left + width, :] = images
+    return square
+
+
 def encode_images(
     clip_vision,
     images: torch.Tensor,
     *,
     clip_output: str,
+    crop: str = "center",
     after_batch: Callable[[int], None] = lambda count: None,
     batch_size: int = ENCODE_BATCH_SIZE,
 ) -> torch.Tensor:
     """CLIP output of an IMAGE batch `[B, H, W, C]`, encoded `batch_size` images at a time -> `[B, E]` or `[B, S, E]`;
-    `after_batch(count)` is called after each batch (progress, interrupts)."""
+    `crop` is one of CROP_MODES (see the module docstring); `after_batch(count)` is called after each batch
+    (progress, interrupts)."""
     if images.dim() != 4 or images.shape[0] == 0:
         raise IPAdapterError(f"Expected an IMAGE batch [B, H, W, C] with at least one image, got shape {list(images.shape)}.")
+    if crop not in CROP_MODES:
+        raise IPAdapterError(f"Unknown crop '{crop}'; use one of {', '.join(CROP_MODES)}.")
     encoded = []
     for start in range(0, images.shape[0], batch_size):
         chunk = images[start : start + batch_size, :, :, :3]  # [b, H, W, 3]: an alpha channel is dropped
+        if crop == "pad":
+            chunk = pad_to_square(chunk, fill=clip_vision.image_mean)  # [b, S, S, 3]
         encoded.append(clip_vision.encode_image(chunk, crop=True)[clip_output])
         after_batch(chunk.shape[0])
     return torch.cat(encoded)
@@ -70,11 +99,16 @@ def unconditional_output(clip_vision, positive: torch.Tensor, *, clip_output: st
     return hidden.to(device=positive.device, dtype=positive.dtype)
 
 
-def encode_image_prompt(clip_vision, spec: AdapterSpec, source: str, images, negative_images, *, after_batch) -> ImagePromptEmbeds:
+def encode_image_prompt(
+    clip_vision, spec: AdapterSpec, source: str, images, negative_images, *, crop: str = "center", after_batch
+) -> ImagePromptEmbeds:
     check_encoder_fits(clip_vision, spec, source)
-    positive = encode_images(clip_vision, images, clip_output=spec.clip_output, after_batch=after_batch)
+    reading = dict(clip_output=spec.clip_output, crop=crop, after_batch=after_batch)
+    positive = encode_images(clip_vision, images, **reading)
     if negative_images is None:
         negative = unconditional_output(clip_vision, positive, clip_output=spec.clip_output)
     else:
-        negative = encode_images(clip_vision, negative_images, clip_output=spec.clip_output, after_batch=after_batch)
-    return make_embeds(positive, negative, clip_output=spec.clip_output)
+        negative = encode_images(clip_vision, negative_images, **reading)
+    return make_embeds(
+        positive, negative, clip_output=spec.clip_output, adapter_variant=spec.variant, image_encoder=spec.image_encoder
+    )

@@ -1,5 +1,6 @@
-"""Where every model file the pack names comes from: one table for the example workflows (their loader nodes'
-`properties.models`, the note on each canvas, workflows/README.md) and the README's model table.
+"""Where every model file the pack names comes from: one table for the Unified Loader's presets (presets.py) and its
+missing-file messages, the example workflows (their loader nodes' `properties.models`, the note on each canvas,
+workflows/README.md) and the README's model table.
 
 Each entry names the file as ComfyUI's loaders expect it, the models sub-folder it goes in, and the public URL of
 that exact file. Where the official file is published under another name (the image encoders are both

@@ -5,11 +5,24 @@ from comfy_api.latest import ComfyExtension, io
 from .apply import ApplyIPAdapter
 from .clip_scores import CLIPScores
 from .combine import CombineEmbeds
+from .embeds_files import LoadEmbeds, SaveEmbeds
 from .encode import EncodeImage
 from .loader import LoadIPAdapter, register_model_folder
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
+from .unified_loader import UnifiedLoader
 
-NODES = [LoadIPAdapter, EncodeImage, ApplyIPAdapter, CombineEmbeds, LoadOpenCLIPVision, LoadOpenCLIPModel, CLIPScores]
+NODES = [
+    LoadIPAdapter,
+    EncodeImage,
+    ApplyIPAdapter,
+    CombineEmbeds,
+    LoadOpenCLIPVision,
+    LoadOpenCLIPModel,
+    CLIPScores,
+    UnifiedLoader,
+    SaveEmbeds,
+    LoadEmbeds,
+]
 
 
 class DecoupledIPAdapterExtension(ComfyExtension):

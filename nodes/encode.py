@@ -4,7 +4,7 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..ipadapter_core.encoding import encode_image_prompt
+from ..ipadapter_core.encoding import CROP_MODES, encode_image_prompt
 from .errors import errors_named_for
 from .types import EmbedsType, IPAdapterType
 
@@ -20,7 +20,8 @@ class EncodeImage(io.ComfyNode):
                 "Encodes reference images with the CLIP vision model into image-prompt embeds: image embeds for "
                 "base adapters, the penultimate hidden states for plus and full-face adapters. All images of the "
                 "batch form one image prompt. Without a negative image the negative is the reference's "
-                "unconditional embedding."
+                "unconditional embedding. Pictures that are not square are centre-cropped (crop = center, the "
+                "reference's way) or padded to a square (crop = pad)."
             ),
             inputs=[
                 IPAdapterType.Input("ipadapter", tooltip="The adapter from Load IPAdapter; it decides which CLIP output is read."),
@@ -28,11 +29,22 @@ class EncodeImage(io.ComfyNode):
                     "clip_vision",
                     tooltip="The image encoder the adapter was trained with (ViT-H for most files, ViT-bigG for ip-adapter_sdxl and ip-adapter_sd15_vit-G).",
                 ),
-                io.Image.Input("image", tooltip="One or more reference images; they are centre-cropped to a square."),
+                io.Image.Input("image", tooltip="One or more reference images; 'crop' says how a picture that is not square is fitted."),
                 io.Image.Input(
                     "negative_image",
                     optional=True,
                     tooltip="Optional: what the image prompt should move away from (one image, or as many as 'image').",
+                ),
+                io.Combo.Input(
+                    "crop",
+                    options=list(CROP_MODES),
+                    default="center",
+                    optional=True,
+                    tooltip=(
+                        "How a picture that is not square fits the encoder's square input. center: the middle square "
+                        "(the reference's preprocessing; the edges of the long side are cut off). pad: the whole "
+                        "picture, padded to a square with the encoder's mean colour (which normalises to zero)."
+                    ),
                 ),
             ],
             outputs=[
@@ -44,7 +56,7 @@ class EncodeImage(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, ipadapter, clip_vision, image, negative_image=None) -> io.NodeOutput:
+    def execute(cls, ipadapter, clip_vision, image, negative_image=None, crop="center") -> io.NodeOutput:
         total = image.shape[0] + (0 if negative_image is None else negative_image.shape[0])
         progress = comfy.utils.ProgressBar(total)
 
@@ -55,6 +67,6 @@ class EncodeImage(io.ComfyNode):
         with errors_named_for("IPAdapter Encode Image"):
             adapter = ipadapter.adapter
             embeds = encode_image_prompt(
-                clip_vision, adapter.spec, adapter.source, image, negative_image, after_batch=after_batch
+                clip_vision, adapter.spec, adapter.source, image, negative_image, crop=crop, after_batch=after_batch
             )
         return io.NodeOutput(embeds)

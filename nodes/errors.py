@@ -1,6 +1,7 @@
 """Turning the core's errors into messages that name the node, as ComfyUI shows them to the user."""
 
 import contextlib
+from collections.abc import Callable
 
 from ..ipadapter_core.errors import IPAdapterError
 
@@ -11,3 +12,16 @@ def errors_named_for(display_name: str):
         yield
     except IPAdapterError as error:
         raise IPAdapterError(f"{display_name}: {error}") from error
+
+
+def validation_result(value, check: Callable[[object], object]) -> bool | str:
+    """What a V3 `validate_inputs` returns for one input: True when `check(value)` passes, else its IPAdapterError's
+    message, which ComfyUI shows when it refuses the prompt. A linked input (None before it runs) passes here and is
+    checked when the node runs."""
+    if value is None:
+        return True
+    try:
+        check(value)
+    except IPAdapterError as error:
+        return str(error)
+    return True

@@ -32,6 +32,11 @@ def _load_and_manage(path: str) -> ManagedAdapter:
     return manage(adapter)
 
 
+def load_ipadapter(name: str) -> ManagedAdapter:
+    """The adapter file `name` of the ipadapter model folders, loaded once per file version (shared by the loaders)."""
+    return _loaded.get(model_file_path(FOLDER, name), _load_and_manage)
+
+
 class LoadIPAdapter(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -62,5 +67,4 @@ class LoadIPAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, ipadapter_name) -> io.NodeOutput:
         with errors_named_for("Load IPAdapter"):
-            path = model_file_path(FOLDER, ipadapter_name)
-            return io.NodeOutput(_loaded.get(path, _load_and_manage))
+            return io.NodeOutput(load_ipadapter(ipadapter_name))

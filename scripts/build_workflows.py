@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO / "devkit"))
 import repo_paths  # noqa: E402,F401  (devkit/ and tools/ on sys.path)
 import pack_import  # noqa: E402,F401  (the pack as `decoupled_ipadapter`)
 from decoupled_ipadapter.ipadapter_core.model_sources import MODEL_SOURCES, ModelSource, model_source  # noqa: E402
+from decoupled_ipadapter.ipadapter_core.presets import preset_named  # noqa: E402
 
 WORKFLOWS = REPO / "workflows"
 MAIN_README = REPO / "README.md"
@@ -63,6 +64,7 @@ MODEL_INPUTS = {
 }
 
 REFERENCE = "ipadapter_reference.png"  # the name scripts/demo.py uploads its reference picture under
+SAVED_EMBEDS = "ipadapter_reference_embeds.safetensors"  # embeds saved by IPAdapter Save Embeds, moved to input/
 SECOND_REFERENCE = "ipadapter_reference_2.png"
 PICTURE_TO_EDIT = "picture_to_edit.png"
 NEGATIVE_TEXT = "monochrome, lowres, bad anatomy, worst quality, low quality"
@@ -96,6 +98,7 @@ class Graph:
     models: tuple[ModelSource, ...]
     images: tuple[str, ...]  # the input pictures LoadImage expects
     advice: str = ""  # extra Markdown for the note
+    embeds_files: tuple[str, ...] = ()  # the saved embeds IPAdapter Load Embeds expects in the input folder
     nodes: list[Node] = field(default_factory=list)
 
     def add(self, node_type: str, column: int, *, title: str | None = None, **inputs) -> Node:
@@ -117,8 +120,12 @@ def _sd15_base(graph: Graph, checkpoint: ModelSource = SD15, *, ipadapter: Model
     vision = graph.add("CLIPVisionLoader", 0, title="Load CLIP Vision (ViT-H)", clip_name=VIT_H.name)
     adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=ipadapter.name)
     reference = graph.add("LoadImage", 0, title="Reference Image", image=image)
-    embeds = graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=reference)
+    embeds = _encode(graph, adapter, vision, reference)
     return ckpt, adapter, reference, embeds
+
+
+def _encode(graph: Graph, adapter, vision, image, *, crop="center") -> Node:
+    return graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=image, crop=crop)
 
 
 def _prompts(graph: Graph, ckpt: Node, positive: str, negative: str = NEGATIVE_TEXT):
@@ -272,7 +279,7 @@ def two_references() -> Graph:
     ckpt, adapter, _, embeds = _sd15_base(graph, ipadapter=IPADAPTER_PLUS_SD15)
     vision = graph.nodes[1]
     second = graph.add("LoadImage", 0, title="Second Reference Image", image=SECOND_REFERENCE)
-    second_embeds = graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=second)
+    second_embeds = _encode(graph, adapter, vision, second)
     combined = graph.add("DecoupledIPAdapterCombineEmbeds", 1, embeds_1=embeds, embeds_2=second_embeds, method="average")
     _text_to_image(graph, ckpt, _apply(graph, ckpt, adapter, combined, weight=0.7), prefix="ipadapter_two_references")
     return graph
@@ -290,8 +297,48 @@ def fine_tuned_checkpoint() -> Graph:
     return graph
 
 
+def unified_loader() -> Graph:
+    graph = Graph("11_unified_loader", "Unified loader",
+                  "one node finds the adapter and its image encoder by preset (SD1.5 standard here) and loads both",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE,),
+                  "**IPAdapter Unified Loader** looks in `models/ipadapter` and `models/clip_vision` for the preset's "
+                  "files under their official names or the usual renames (any case, `-`/`_` alike, `.safetensors` "
+                  "or `.bin`, any subfolder; the encoder also as `CLIP-ViT-H-14.safetensors` or "
+                  "`SD1.5/model.safetensors`). A missing file is reported when you queue, with its folder and its "
+                  "download link. `crop` = `pad` on Encode keeps the whole reference when it is not square.")  # fmt: skip
+    ckpt = graph.add("CheckpointLoaderSimple", 0, ckpt_name=SD15.name)
+    loader = graph.add("DecoupledIPAdapterUnifiedLoader", 1, preset="SD1.5 standard")
+    reference = graph.add("LoadImage", 0, title="Reference Image", image=REFERENCE)
+    embeds = _encode(graph, loader[0], loader[1], reference, crop="pad")
+    model = _apply(graph, ckpt, loader[0], embeds, weight=0.7)
+    _text_to_image(graph, ckpt, model, prefix="ipadapter_unified_loader")
+    return graph
+
+
+def save_and_load_embeds() -> Graph:
+    graph = Graph("12_save_and_load_embeds", "Save and load embeds",
+                  "the reference encoded once and saved (Save Embeds); saved embeds loaded and applied (Load Embeds)",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE,),
+                  "**1. Save.** Encode Image → **IPAdapter Save Embeds** writes "
+                  "`output/ipadapter_embeds/reference_00001_.safetensors` (the counter grows). Until a saved file is "
+                  "in `input/`, ComfyUI runs the saving and refuses the loading branch, naming the missing file; mute "
+                  "that branch's Save Image (select it, Ctrl+M) to leave it out.\n\n"
+                  "**2. Load.** Move the file to ComfyUI's `input/` folder (here it is named "
+                  f"`{SAVED_EMBEDS}`), pick it in **IPAdapter Load Embeds**, un-mute Save Image and mute Save Embeds "
+                  "instead: ComfyUI then runs only what Save Image needs, so the reference is not encoded again and no "
+                  "image encoder is loaded. The file keeps the embeds bit for bit and the adapter they were made for; "
+                  "Apply refuses an adapter they do not fit.", embeds_files=(SAVED_EMBEDS,))  # fmt: skip
+    ckpt, adapter, _, embeds = _sd15_base(graph)
+    graph.add("DecoupledIPAdapterSaveEmbeds", 2, embeds=embeds, filename_prefix="ipadapter_embeds/reference")
+    saved = graph.add("DecoupledIPAdapterLoadEmbeds", 1, embeds_file=SAVED_EMBEDS)
+    model = _apply(graph, ckpt, adapter, saved, weight=0.7)
+    _text_to_image(graph, ckpt, model, prefix="ipadapter_saved_embeds")
+    return graph
+
+
 GRAPHS = (image_prompt_only, image_and_text_prompt, lambda_comparison, with_controlnet, with_t2i_adapter,
-          image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint)  # fmt: skip
+          image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint, unified_loader,
+          save_and_load_embeds)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -341,7 +388,8 @@ def _check_inputs(graph: Graph, node: Node, definition: dict) -> None:
         raise ValueError(f"{graph.name}: node {node.id} ({node.type}) has no input(s) {sorted(unknown)}")
     for spec in definition["inputs"]:
         given = node.links if not spec["widget"] else node.values
-        if not spec["optional"] and spec["name"] not in given:
+        # the editor stores every widget's value, optional ones included (the front-end sends them all)
+        if (spec["widget"] or not spec["optional"]) and spec["name"] not in given:
             raise ValueError(f"{graph.name}: node {node.id} ({node.type}) needs its input {spec['name']!r}")
 
 
@@ -384,14 +432,27 @@ def _where_to_get(model: ModelSource) -> str:
     return text
 
 
+def _model_entry(source: ModelSource) -> dict:
+    return {"name": source.name, "url": source.url, "directory": source.folder}
+
+
 def loader_models(graph: Graph, node: Node) -> list[dict]:
-    """The front-end's `properties.models` of a loader node: the file its widget names, its URL and folder (as
-    ComfyUI's own templates do); [] for a node that names no model file."""
+    """The front-end's `properties.models` of a loader node: the file its widget names (the Unified Loader: its
+    preset's adapter and encoder), its URL and folder, as ComfyUI's own templates do; [] for other nodes."""
+    if node.type == "DecoupledIPAdapterUnifiedLoader":
+        preset = preset_named(node.values["preset"])
+        return [_model_entry(file.source) for file in (preset.adapter, preset.encoder)]
     return [
-        {"name": node.values[name], "url": model_source(folder, node.values[name]).url, "directory": folder}
+        _model_entry(model_source(folder, node.values[name]))
         for (node_type, name), folder in MODEL_INPUTS.items()
         if node.type == node_type and name in node.values
     ]
+
+
+def _unnamed_models(graph: Graph) -> list[dict]:
+    """The entries no widget names (a preset's files): the front-end checks a node's `properties.models` only for
+    the files its widgets show, so these are listed for the whole workflow too (its top-level `models`)."""
+    return [entry for node in graph.nodes for entry in loader_models(graph, node) if entry["name"] not in node.values.values()]
 
 
 def _check_models(graph: Graph) -> None:
@@ -406,6 +467,9 @@ def _note_text(graph: Graph) -> str:
     lines += [f"- `models/{model.folder}/{model.name}`: {_where_to_get(model)}" for model in graph.models]
     lines += ["", "**Input pictures** (put them in ComfyUI's `input/` folder or pick your own): "
               + ", ".join(f"`{name}`" for name in graph.images)]  # fmt: skip
+    if graph.embeds_files:
+        lines += ["", "**Saved embeds** (in ComfyUI's `input/` folder): "
+                  + ", ".join(f"`{name}`" for name in graph.embeds_files)]  # fmt: skip
     if graph.advice:
         lines += ["", graph.advice]
     return "\n".join(lines)
@@ -479,6 +543,7 @@ def editor_format(graph: Graph, defs: dict) -> dict:
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"decoupled-ipadapter/workflows/{graph.name}")),
         "revision": 0, "last_node_id": note_id, "last_link_id": len(links), "nodes": nodes, "links": links,
         "groups": [], "config": {}, "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}}, "version": EDITOR_VERSION,
+        **({"models": _unnamed_models(graph)} if _unnamed_models(graph) else {}),
     }  # fmt: skip
 
 
@@ -490,14 +555,14 @@ def readme(graphs: list[Graph]) -> str:
         "what it writes). `NN_name.json` here is the editor format: ComfyUI lists the files in its template menu",
         "(Workflow → Browse Templates, under this pack), or drag one onto the canvas. `api/NN_name.json` is the same",
         "graph in the API format, for `POST /prompt` (`make demo` runs `api/01_image_prompt.json`).",
-        "A note on each canvas lists the model files; the input pictures are the names below (use your own).",
+        "A note on each canvas lists the model files; the input files are the names below (use your own).",
         "",
-        "| workflow | what it shows | model files | input pictures |",
+        "| workflow | what it shows | model files | input files |",
         "|---|---|---|---|",
     ]
     for graph in graphs:
         models = "<br>".join(f"`{model.folder}/{model.name}`" for model in graph.models)
-        pictures = ", ".join(f"`{name}`" for name in graph.images)
+        pictures = ", ".join(f"`{name}`" for name in graph.images + graph.embeds_files)
         lines.append(f"| `{graph.name}` ({graph.title}) | {graph.summary} | {models} | {pictures} |")
     lines += ["", "## Where to get the model files", "", *model_table(_models_of(graphs))]
     return "\n".join(lines) + "\n"

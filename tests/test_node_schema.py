@@ -2,7 +2,7 @@
 
 The golden file tests/golden/node_schema.json holds, per node (in the extension's order): id, display name, category,
 flags, every input in order (section, type, widget settings) and every output (type, name). It is taken from
-`GET_NODE_INFO_V1()` (what /object_info serves) with only the volatile part removed: the Loader's file list.
+`GET_NODE_INFO_V1()` (what /object_info serves) with only the volatile part removed: the loaders' file lists.
 Tooltip and description texts are not pinned (wording may improve); that they exist is checked instead.
 
 After an intended change, regenerate the golden file explicitly and review its diff:
@@ -26,6 +26,7 @@ VOLATILE = {
     ("DecoupledIPAdapterLoader", "ipadapter_name"): ("options", "<the files in the ipadapter model folders>"),
     ("DecoupledIPAdapterOpenCLIPVisionLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
     ("DecoupledIPAdapterOpenCLIPLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
+    ("DecoupledIPAdapterLoadEmbeds", "embeds_file"): ("options", "<the .safetensors files in the input folder>"),
 }
 NOT_PINNED = {"tooltip"}
 

@@ -49,7 +49,8 @@ def run(node, **inputs):
 
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
-    from decoupled_ipadapter.nodes import apply, clip_scores, combine, encode, loader, openclip_loader
+    from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, loader, openclip_loader
+    from decoupled_ipadapter.nodes import unified_loader
 
     return {
         "load": loader.LoadIPAdapter,
@@ -59,6 +60,9 @@ def nodes(comfy_host):
         "load_openclip_vision": openclip_loader.LoadOpenCLIPVision,
         "load_openclip": openclip_loader.LoadOpenCLIPModel,
         "clip_scores": clip_scores.CLIPScores,
+        "unified_loader": unified_loader.UnifiedLoader,
+        "save_embeds": embeds_files.SaveEmbeds,
+        "load_embeds": embeds_files.LoadEmbeds,
     }
 
 
@@ -335,6 +339,69 @@ def test_encode_vit_g_adapter_needs_the_vit_bigg_encoder(encode):
     assert embeds.positive.shape == (2, 1280) and embeds.clip_output == "image_embeds"
 
 
+def test_encode_records_the_adapter_and_encoder_the_embeds_are_for(encode):
+    embeds = encode("vit_g", images(1, seed=14), encoder="ViT-bigG")
+    assert (embeds.adapter_variant, embeds.image_encoder) == ("ip-adapter_sd15_vit-G", "ViT-bigG")
+
+
+# --- Encode: crop = center | pad -----------------------------------------------------------------------------------
+
+
+def wide_pair(*, height: int = 64, width: int = 192):
+    """Two wide pictures with the same middle and different outer quarters (what a centre crop cuts off)."""
+    generator = torch.Generator().manual_seed(21)
+    first = torch.rand(1, height, width, 3, generator=generator)
+    second = first.clone()
+    quarter = width // 4
+    second[:, :, :quarter] = 1.0 - second[:, :, :quarter]
+    second[:, :, -quarter:] = 0.0
+    return first, second
+
+
+@pytest.mark.parametrize("role", ["base", "full_face"])
+def test_encode_crop_center_is_the_reference_preprocessing_as_before(encode, encoders, role):
+    clip_vision, pixels = encoders["ViT-H"], images(2, seed=22)
+    output = "image_embeds" if role == "base" else "penultimate_hidden_states"
+    default, center = encode(role, pixels), encode(role, pixels, crop="center")
+    assert torch.equal(center.positive, default.positive) and torch.equal(center.negative, default.negative)
+    assert torch.equal(center.positive, encoded(clip_vision, pixels, output)), "ComfyUI's own crop=True encoding"
+    first, second = wide_pair()
+    assert torch.equal(encode(role, first).positive, encode(role, second).positive), "the edges are cut off"
+
+
+@pytest.mark.parametrize("shape", [(64, 192), (150, 61)], ids=["wide", "tall-odd-padding"])
+def test_encode_crop_pad_keeps_the_whole_picture_on_the_encoders_mean_colour(encode, encoders, shape):
+    clip_vision = encoders["ViT-H"]
+    first, second = wide_pair() if shape == (64, 192) else (images(1, seed=23, height=150, width=61),) * 2
+    embeds = encode("base", first, crop="pad")
+    height, width = shape
+    size = max(shape)
+    square = torch.tensor(clip_vision.image_mean).expand(1, size, size, 3).clone()  # the mean colour everywhere
+    top, left = (size - height) // 2, (size - width) // 2
+    square[:, top : top + height, left : left + width] = first  # the picture centred, all of it
+    assert torch.equal(embeds.positive, encoded(clip_vision, square, "image_embeds"))
+    if shape == (64, 192):
+        assert not torch.equal(encode("base", second, crop="pad").positive, embeds.positive), "the edges count"
+    negative = encode("base", first, negative_image=second, crop="pad").negative
+    assert torch.equal(negative, encode("base", second, crop="pad").positive), "the negative image is padded alike"
+
+
+def test_encode_pad_colour_normalises_to_zero_and_square_pictures_are_not_changed(encode, encoders):
+    import comfy.clip_vision
+
+    clip_vision = encoders["ViT-H"]
+    mean_colour = torch.tensor(clip_vision.image_mean).expand(1, 8, 8, 3)
+    normalised = comfy.clip_vision.clip_preprocess(mean_colour, size=8)
+    assert normalised.abs().max() < 0.01, "ComfyUI's 8-bit rounding aside, the padding is the zero pixel"
+    square = images(2, seed=24, height=40, width=40)
+    assert torch.equal(encode("base", square, crop="pad").positive, encode("base", square).positive)
+
+
+def test_encode_refuses_an_unknown_crop(encode):
+    with pytest.raises(IPAdapterError, match=r"^IPAdapter Encode Image: Unknown crop 'stretch'; use one of center, pad"):
+        encode("base", images(1, seed=25), crop="stretch")
+
+
 # --- Progress and interrupt (Encode) --------------------------------------------------------------------------------
 
 
@@ -525,6 +592,18 @@ def test_combine_refuses_embeds_that_do_not_mix(nodes):
         run(combine, embeds_1=make(2, seed=1), embeds_2=make(3, seed=2), method="average")
     with pytest.raises(IPAdapterError, match="Unknown combine method"):
         run(combine, embeds_1=make(1, seed=1), embeds_2=make(1, seed=2), method="multiply")
+
+
+def test_combine_keeps_the_common_provenance_and_joins_different_ones(nodes):
+    from dataclasses import replace
+
+    sd15 = replace(make(1, seed=1), adapter_variant="ip-adapter_sd15", image_encoder="ViT-H")
+    sdxl = replace(make(1, seed=2), adapter_variant="ip-adapter_sdxl_vit-h", image_encoder="ViT-H")
+    (same,) = run(nodes["combine"], embeds_1=sd15, embeds_2=sd15, method="average")
+    assert (same.adapter_variant, same.image_encoder) == ("ip-adapter_sd15", "ViT-H")
+    (mixed,) = run(nodes["combine"], embeds_1=sd15, embeds_2=sdxl, embeds_3=make(1, seed=3), method="concat")
+    assert mixed.adapter_variant == "ip-adapter_sd15 + ip-adapter_sdxl_vit-h + unknown"
+    assert mixed.image_encoder == "ViT-H + unknown"
 
 
 def test_node_modules_are_the_ones_the_extension_lists(nodes):

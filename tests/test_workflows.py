@@ -5,15 +5,27 @@
 - /api/workflow_templates lists the pack with every editor-format workflow, and the files are served.
 - Every API-format workflow validates against /object_info (classes, inputs, link types, value ranges, combo
   lists: the model file names must be the stand-ins' official names) and runs to the end on a real server with
-  the stand-ins at 64x64 and 2 steps (the SDXL one: tests/test_workflows_sdxl.py).
+  the stand-ins at 64x64 and 2 steps (the SDXL one: tests/test_workflows_sdxl.py); embeds it saves are in the
+  output folder, in our format, with the prompt that made them. Their file nodes refuse a missing adapter file or a
+  file that is not our embeds when the prompt is queued, with the message that says what to do.
 """
 
 import io
+import json
 import re
 
 import pytest
 from PIL import Image
-from server_harness import PACK_LINK, comfy_server, object_info, run_prompt, standin_models, upload_image
+from server_harness import (
+    PACK_LINK,
+    REJECTED,
+    comfy_server,
+    object_info,
+    prompt_error,
+    run_prompt,
+    standin_models,
+    upload_image,
+)
 from workflow_checks import (
     SD15_WORKFLOWS,
     SMALL_SIZE,
@@ -21,7 +33,7 @@ from workflow_checks import (
     api_workflow,
     build_workflows,
     editor_workflow,
-    input_pictures,
+    input_files,
     shrunk,
     validation_errors,
 )
@@ -49,11 +61,18 @@ def test_every_loader_names_its_file_url_and_folder_from_the_one_table():
     missing-models panel reads it), with the URL and folder of ipadapter_core/model_sources.py, and nowhere else
     in the workflows does a download URL differ from that table's."""
     from decoupled_ipadapter.ipadapter_core.model_sources import MODEL_SOURCES
+    from decoupled_ipadapter.ipadapter_core.presets import preset_named
 
     table = {(source.folder, source.name): source.url for source in MODEL_SOURCES}
     for name in WORKFLOW_NAMES:
         for node in editor_workflow(name)["nodes"]:
             files = {value for value in node["widgets_values"] if isinstance(value, str) and value.endswith(MODEL_FILE_SUFFIXES)}
+            if node["type"] == "DecoupledIPAdapterLoadEmbeds":  # a file the user saved in input/, not a download
+                files = set()
+            if node["type"] == "DecoupledIPAdapterUnifiedLoader":  # its preset names the files
+                preset = preset_named(node["widgets_values"][0])
+                files = {preset.adapter.name, preset.encoder.name}
+                assert editor_workflow(name)["models"] == node["properties"]["models"], f"{name}: workflow-level models"
             entries = node["properties"].get("models", [])
             where = f"{name} node {node['id']} ({node['type']})"
             assert {entry["name"] for entry in entries} == files, f"{where}: properties.models {entries} for files {files}"
@@ -96,15 +115,15 @@ def models():
     return standin_models(groups=("demo", "workflows"))
 
 
-def upload_pictures(server) -> None:
-    for name, data in input_pictures().items():
+def upload_inputs(server) -> None:
+    for name, data in input_files().items():
         assert upload_image(server, data, name) == name
 
 
 @pytest.fixture(scope="module")
 def sd15_server(models):
     with comfy_server(models_dir=models) as server:
-        upload_pictures(server)
+        upload_inputs(server)
         yield server
 
 
@@ -137,9 +156,56 @@ def validate_and_run(server, name: str) -> None:
     for found in images.values():
         picture = Image.open(io.BytesIO(server.client.fetch(found[0])))
         assert picture.size == (SMALL_SIZE, SMALL_SIZE), (name, picture.size)
+    for node_id, node in prompt.items():
+        if node["class_type"] == "DecoupledIPAdapterSaveEmbeds":
+            check_saved_embeds(server, prompt, entry["outputs"].get(node_id, {}).get("embeds", []), name)
+
+
+def check_saved_embeds(server, prompt: dict, saved: list, name: str) -> None:
+    """One embeds file per Save Embeds run, in the output folder: it loads as our embeds, from the stand-in
+    ip-adapter_sd15 with ViT-H, and carries the prompt that made it."""
+    from safetensors import safe_open
+
+    from decoupled_ipadapter.ipadapter_core.embeds_file import read_embeds_file
+
+    assert len(saved) == 1 and saved[0]["type"] == "output", f"{name}: {saved}"
+    path = server.base / "output" / saved[0]["subfolder"] / saved[0]["filename"]
+    embeds = read_embeds_file(str(path))
+    assert (embeds.adapter_variant, embeds.image_encoder, tuple(embeds.positive.shape)) == ("ip-adapter_sd15", "ViT-H", (1, 1024))
+    with safe_open(str(path), framework="pt") as opened:
+        recorded = json.loads(opened.metadata()["prompt"])  # ComfyUI adds its own keys (is_changed) to each node
+    assert {key: {part: recorded[key][part] for part in ("class_type", "inputs")} for key in recorded} == {
+        key: {part: node[part] for part in ("class_type", "inputs")} for key, node in prompt.items()
+    }, f"{name}: the saved prompt differs"
 
 
 @pytest.mark.server
 @pytest.mark.parametrize("name", SD15_WORKFLOWS)
 def test_api_workflow_validates_and_runs(sd15_server, name):
     validate_and_run(sd15_server, name)
+
+
+@pytest.mark.server
+def test_missing_models_and_bad_embeds_files_are_refused_when_queued(sd15_server):
+    import safetensors.torch
+    import torch
+
+    prompt = shrunk(api_workflow("11_unified_loader"))
+    (loader,) = [node for node in prompt.values() if node["class_type"] == "DecoupledIPAdapterUnifiedLoader"]
+    loader["inputs"]["preset"] = "SDXL plus-face ViT-H"  # its adapter is not among the stand-ins; its encoder is
+    message = prompt_error(sd15_server, prompt)
+    assert message.startswith(REJECTED), message
+    assert "ip-adapter-plus-face_sdxl_vit-h.safetensors: put it in the ipadapter model folder" in message
+    assert "https://huggingface.co/h94/IP-Adapter/resolve/main/sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors" in message
+    assert "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors:" not in message, "the encoder is there"
+
+    not_embeds = safetensors.torch.save({"ip_adapter.1.to_k_ip.weight": torch.zeros(2, 2)})
+    upload_image(sd15_server, not_embeds, "not_embeds.safetensors")
+    for name, reason in (("not_embeds.safetensors", "not Decoupled IP-Adapter embeds"), ("gone.safetensors", "does not exist")):
+        prompt = shrunk(api_workflow("12_save_and_load_embeds"))
+        (loader,) = [node for node in prompt.values() if node["class_type"] == "DecoupledIPAdapterLoadEmbeds"]
+        loader["inputs"]["embeds_file"] = name
+        # only the loading branch: with a second, valid output ComfyUI would run that one and skip this
+        prompt = {key: node for key, node in prompt.items() if node["class_type"] != "DecoupledIPAdapterSaveEmbeds"}
+        message = prompt_error(sd15_server, prompt)
+        assert message.startswith(REJECTED) and f"'{name}'" in message and reason in message, message

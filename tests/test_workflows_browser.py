@@ -26,7 +26,7 @@ from workflow_checks import (
     WORKFLOW_NAMES,
     api_workflow,
     editor_workflow,
-    input_pictures,
+    input_files,
 )
 
 
@@ -48,7 +48,7 @@ def playwright():
 def page_on_server(playwright):
     models = standin_models(groups=("demo", "workflows"))
     with comfy_server(models_dir=models) as server:
-        for name, data in input_pictures().items():
+        for name, data in input_files().items():
             server.client.upload_image(data, name)
         with frontend_page(playwright, server.url) as page:
             yield server, page

@@ -10,7 +10,7 @@ editor file opens in the front-end, its graphToPrompt equals the API file, and i
 import pytest
 from browser import frontend_page, playwright_driver
 from server_harness import comfy_server, standin_models
-from test_workflows import upload_pictures, validate_and_run
+from test_workflows import upload_inputs, validate_and_run
 from test_workflows_browser import check_in_the_editor
 from workflow_checks import SDXL_WORKFLOW
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.server
 def test_sdxl_workflow_runs_through_the_api_and_the_editor():
     models = standin_models(groups=("demo", "sdxl"))
     with comfy_server(models_dir=models) as server:
-        upload_pictures(server)
+        upload_inputs(server)
         validate_and_run(server, SDXL_WORKFLOW)
         # ComfyUI names the model class it built from the checkpoint: model_base.SDXL, not an SD1.5 fallback.
         assert "Requested to load SDXL\n" in server.log(), server.log_tail()

@@ -1,5 +1,5 @@
-"""What the workflow tests share: the generated workflows, their input pictures, a validator of API-format prompts
-against /object_info, and the small-size settings the stand-ins run at.
+"""What the workflow tests share: the generated workflows, their input files (pictures, saved embeds), a validator of
+API-format prompts against /object_info, and the small-size settings the stand-ins run at.
 
 The workflows themselves come from scripts/build_workflows.py (the one definition of every graph).
 """
@@ -33,6 +33,27 @@ def editor_workflow(name: str) -> dict:
 
 def api_workflow(name: str) -> dict:
     return json.loads((build_workflows.API_FOLDER / f"{name}.json").read_text())
+
+
+def input_files() -> dict[str, bytes]:
+    """Every file the workflows read from the input folder: name -> bytes."""
+    return {**input_pictures(), **input_embeds()}
+
+
+def input_embeds() -> dict[str, bytes]:
+    """Saved embeds for every embeds file the workflows load: one image's ViT-H image embeds (random), what the
+    stand-in ip-adapter_sd15 reads, in the format IPAdapter Save Embeds writes."""
+    import safetensors.torch
+    import torch
+
+    from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
+    from decoupled_ipadapter.ipadapter_core.embeds_file import embeds_file_content
+
+    embeds = make_embeds(torch.randn(1, 1024, generator=torch.Generator().manual_seed(7)), torch.zeros(1, 1024),
+                         clip_output="image_embeds", adapter_variant="ip-adapter_sd15", image_encoder="ViT-H")  # fmt: skip
+    tensors, metadata = embeds_file_content(embeds)
+    names = sorted({name for build in build_workflows.GRAPHS for name in build().embeds_files})
+    return {name: safetensors.torch.save(tensors, metadata=metadata) for name in names}
 
 
 def input_pictures() -> dict[str, bytes]:
