@@ -161,10 +161,20 @@ def _checkpoint(*, seed: int = 1):
     _randomised(model.diffusion_model, seed=seed)
     text_encoder = _randomised(comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float16), seed=seed + 1)
     vae = _randomised(comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(SD_VAE), embed_dim=4), seed=seed + 2)
-    weights = model.state_dict_for_saving(
-        clip_state_dict=_half(text_encoder.state_dict(), "clip_l."), vae_state_dict=_half(vae.state_dict())
+    weights = _state_dict_for_saving(
+        model, clip_state_dict=_half(text_encoder.state_dict(), "clip_l."), vae_state_dict=_half(vae.state_dict())
     )
     return _half(weights)
+
+
+def _state_dict_for_saving(model, **parts) -> dict:
+    """A checkpoint's tensors as ComfyUI saves them. Newer ComfyUI's BaseModel.state_dict_for_saving takes the UNet's
+    state dict as its first argument; older ones read it from the model."""
+    import inspect
+
+    if "unet_state_dict" in inspect.signature(model.state_dict_for_saving).parameters:
+        return model.state_dict_for_saving(model.diffusion_model.state_dict(), **parts)
+    return model.state_dict_for_saving(**parts)
 
 
 def _clip_vision():
@@ -218,7 +228,7 @@ def _sdxl_layout() -> dict:
     with meta:
         text_encoders = comfy.sdxl_clip.SDXLClipModel(device=meta, dtype=torch.float16)
         vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(SD_VAE), embed_dim=4)
-    layout = model.state_dict_for_saving(clip_state_dict=text_encoders.state_dict(), vae_state_dict=vae.state_dict())
+    layout = _state_dict_for_saving(model, clip_state_dict=text_encoders.state_dict(), vae_state_dict=vae.state_dict())
     detected = comfy.model_detection.model_config_from_unet(layout, "model.diffusion_model.")
     if type(detected) is not comfy.supported_models.SDXL:
         raise RuntimeError(f"standins: ComfyUI detects the SDXL stand-in layout as {type(detected).__name__}")

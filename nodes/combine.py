@@ -3,7 +3,7 @@
 from comfy_api.latest import io
 
 from ..ipadapter_core.combine import METHODS, combine_embeds
-from .errors import errors_named_for
+from .errors import errors_named_for, one_of, validation_result
 from .types import EmbedsType
 
 OPTIONAL_INPUTS = ("embeds_3", "embeds_4", "embeds_5")
@@ -31,6 +31,10 @@ class CombineEmbeds(io.ComfyNode):
             ],
             outputs=[EmbedsType.Output(display_name="embeds", tooltip="The combined image-prompt embeds.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, method=None):
+        return validation_result(method, one_of(METHODS, input_name="method"))
 
     @classmethod
     def execute(cls, embeds_1, embeds_2, method, embeds_3=None, embeds_4=None, embeds_5=None) -> io.NodeOutput:

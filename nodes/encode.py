@@ -5,7 +5,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..ipadapter_core.encoding import CROP_MODES, encode_image_prompt
-from .errors import errors_named_for
+from .errors import errors_named_for, one_of, validation_result
 from .types import EmbedsType, IPAdapterType
 
 
@@ -54,6 +54,10 @@ class EncodeImage(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, crop=None):
+        return validation_result(crop, one_of(CROP_MODES, input_name="crop"))
 
     @classmethod
     def execute(cls, ipadapter, clip_vision, image, negative_image=None, crop="center") -> io.NodeOutput:

@@ -25,3 +25,16 @@ def validation_result(value, check: Callable[[object], object]) -> bool | str:
     except IPAdapterError as error:
         return str(error)
     return True
+
+
+def one_of(options, *, input_name: str) -> Callable[[object], None]:
+    """A check for a combo value (ComfyUI 0.3.75 does not check V3 combos at queue time, and an input our
+    `validate_inputs` takes is not checked by ComfyUI on any host): an IPAdapterError naming the input and the
+    options."""
+    allowed = list(options)
+
+    def check(value) -> None:
+        if value not in allowed:
+            raise IPAdapterError(f"'{value}' is not an option of {input_name}; use one of: {', '.join(map(str, allowed))}.")
+
+    return check

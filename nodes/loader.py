@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..ipadapter_core.adapter import load_adapter
 from ..ipadapter_core.memory import ManagedAdapter, manage
-from .errors import errors_named_for
+from .errors import errors_named_for, validation_result
 from .model_files import LoadedFiles, model_file_path
 from .types import IPAdapterType
 
@@ -63,6 +63,11 @@ class LoadIPAdapter(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, ipadapter_name=None):
+        """A file that is not in the folder is refused when the prompt is queued, not when it runs."""
+        return validation_result(ipadapter_name, lambda name: model_file_path(FOLDER, name))
 
     @classmethod
     def execute(cls, ipadapter_name) -> io.NodeOutput:

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..openclip.config import config_path_of
 from ..openclip.loading import ACCEPTED_MODELS, ACTIVATIONS
 from ..openclip.model import load_openclip_model, load_openclip_vision
-from .errors import errors_named_for
+from .errors import errors_named_for, one_of, validation_result
 from .model_files import LoadedFiles, model_file_path
 
 OpenCLIPType = io.Custom("DECOUPLED_IPADAPTER_OPENCLIP")  # both towers of an OpenCLIP file (OpenCLIPModel)
@@ -53,7 +53,16 @@ def _load_cached(load, clip_name: str, activation: str):
     return _loaded.get(path, functools.partial(load, activation=activation), variant=variant)
 
 
-class LoadOpenCLIPVision(io.ComfyNode):
+class _OpenCLIPFileNode(io.ComfyNode):
+    """What both OpenCLIP loaders check when a prompt is queued: the file is in the folder, the activation known."""
+
+    @classmethod
+    def validate_inputs(cls, clip_name=None, activation=None):
+        found = validation_result(clip_name, lambda name: model_file_path(FOLDER, name))
+        return found if found is not True else validation_result(activation, one_of(ACTIVATIONS, input_name="activation"))
+
+
+class LoadOpenCLIPVision(_OpenCLIPFileNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -80,7 +89,7 @@ class LoadOpenCLIPVision(io.ComfyNode):
             return io.NodeOutput(_load_cached(load_openclip_vision, clip_name, activation))
 
 
-class LoadOpenCLIPModel(io.ComfyNode):
+class LoadOpenCLIPModel(_OpenCLIPFileNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -13,9 +13,11 @@
 - Every loader node carries `properties.models` (file, URL, folder), which the front-end reads to offer the
   download of a missing file.
 
-Widget order, socket types and titles come from scripts/workflow_node_defs.json, a snapshot of the parts of
-/object_info these graphs use (`--refresh-node-defs` rewrites it from a server started on the test host;
-tests/test_workflows.py checks it against the live server). Pure Python otherwise: no ComfyUI import.
+Widget order, socket types and titles come from scripts/node_defs/0.3.75.json, a snapshot of the parts of
+/object_info these graphs use on the first test host. scripts/node_defs/ keeps one snapshot per tested ComfyUI
+version (`--refresh-node-defs` writes the one of the server it starts on the host COMFYUI_DIR names);
+tests/test_workflows.py checks the live server against its version's snapshot, and that the inputs the workflows
+rely on are the same there as in the generator's. Pure Python otherwise: no ComfyUI import.
 """
 
 import argparse
@@ -39,7 +41,8 @@ MODEL_TABLE_START = "<!-- model table: written by scripts/build_workflows.py -->
 MODEL_TABLE_END = "<!-- end of the model table -->"
 API_FOLDER = WORKFLOWS / "api"
 README = WORKFLOWS / "README.md"
-NODE_DEFS = Path(__file__).resolve().with_name("workflow_node_defs.json")
+NODE_DEFS_FOLDER = Path(__file__).resolve().with_name("node_defs")
+NODE_DEFS = NODE_DEFS_FOLDER / "0.3.75.json"  # the definitions the workflows are written from
 FRONTEND_ONLY = ("MarkdownNote",)  # virtual nodes of the front-end: never sent to the server
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 EDITOR_VERSION = 0.4
@@ -345,6 +348,11 @@ GRAPHS = (image_prompt_only, image_and_text_prompt, lambda_comparison, with_cont
 # The two formats.
 
 
+def node_defs_path(comfyui_version: str) -> Path:
+    """The snapshot of a ComfyUI version's definitions of the nodes the workflows use."""
+    return NODE_DEFS_FOLDER / f"{comfyui_version}.json"
+
+
 def load_node_defs(path: Path = NODE_DEFS) -> dict:
     return json.loads(path.read_text())
 
@@ -629,15 +637,17 @@ def refresh_node_defs() -> None:
 
     with server_process.running_server() as server:
         object_info = server.client.object_info()
-    NODE_DEFS.write_text(_dumps(node_def_subset(object_info, used_node_types() - set(FRONTEND_ONLY))))
-    print(f"[workflows] wrote {NODE_DEFS.relative_to(REPO)}")
+        version = server.client.system_stats()["system"]["comfyui_version"]
+    path = node_defs_path(version)
+    path.write_text(_dumps(node_def_subset(object_info, used_node_types() - set(FRONTEND_ONLY))))
+    print(f"[workflows] wrote {path.relative_to(REPO)}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only compare; exit code 1 when a file differs")
     parser.add_argument("--refresh-node-defs", action="store_true",
-                        help=f"re-read {NODE_DEFS.name} from a ComfyUI started on the test host (COMFYUI_DIR)")  # fmt: skip
+                        help="re-read the node definitions of the ComfyUI that COMFYUI_DIR names into scripts/node_defs/<version>.json")  # fmt: skip
     options = parser.parse_args(argv)
     if options.refresh_node_defs:
         refresh_node_defs()

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from server_harness import (
     PACK_LINK,
+    REJECTED,
     comfy_server,
     example_prompt,
     fetch_output_image,
@@ -21,6 +22,7 @@ from server_harness import (
     standin_models,
     upload_image,
 )
+from workflow_checks import api_workflow, shrunk
 
 pytestmark = pytest.mark.server
 
@@ -111,8 +113,29 @@ def test_example_workflow_runs_on_standin_models(standin_server, reference_name)
 def test_missing_adapter_file_gives_a_clear_error_and_the_server_goes_on(standin_server, reference_name):
     bad = example_prompt(image=reference_name, size=64, steps=2, seed=2)
     nodes_of_class(bad, "DecoupledIPAdapterLoader")[0]["inputs"]["ipadapter_name"] = MISSING_ADAPTER
-    message = prompt_error(standin_server, bad)  # rejected by validation, or accepted and failed while running
-    assert MISSING_ADAPTER in message and "ipadapter" in message.lower(), message
+    message = prompt_error(standin_server, bad)
+    assert message.startswith(REJECTED), f"refused only when it ran, not when it was queued: {message}"
+    assert f"'{MISSING_ADAPTER}' is not in the ipadapter model folders" in message, message
 
     data = run_to_png(standin_server, example_prompt(image=reference_name, size=64, steps=2, seed=3))
     assert_png(data, 64)
+
+
+@pytest.mark.parametrize(
+    ("workflow", "node_type", "input_name", "value"),
+    [
+        ("01_image_prompt", "DecoupledIPAdapterEncode", "crop", "stretch"),
+        ("09_two_references", "DecoupledIPAdapterCombineEmbeds", "method", "median"),
+        ("11_unified_loader", "DecoupledIPAdapterUnifiedLoader", "preset", "SD2 standard"),
+    ],
+)
+def test_an_invalid_option_of_our_nodes_is_refused_when_queued(standin_server, reference_name, workflow, node_type, input_name, value):
+    """Every host refuses it at POST /prompt with our message (0.3.75 itself does not check V3 combos)."""
+    prompt = shrunk(api_workflow(workflow))
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = reference_name
+    (target,) = nodes_of_class(prompt, node_type)
+    target["inputs"][input_name] = value
+    message = prompt_error(standin_server, prompt)
+    assert message.startswith(REJECTED) and f"'{value}'" in message and input_name in message, message

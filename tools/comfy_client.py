@@ -94,6 +94,10 @@ class ComfyClient:
             raise ComfyError(f"GET {path} answered {response.status_code}: {response.text[:2000]}")
         return response
 
+    def system_stats(self) -> dict:
+        """GET /system_stats: the server's ComfyUI version (`system.comfyui_version`), Python, devices."""
+        return self._get("/system_stats").json()
+
     def object_info(self, node_class: str | None = None) -> dict:
         return self._get(f"/object_info/{node_class}" if node_class else "/object_info").json()
 
