@@ -125,12 +125,23 @@ PYEOF
 
 # ComfyUI 0.28.2: the upstream source tree, from an archive the project keeps beside the repository (no PyPI wheel
 # bundles a ComfyUI newer than 0.3.75).
-ARCHIVE_0_28_2="${COMFYUI_ARCHIVE:-$REPO/../shared/hosts/comfyui-0.28.2.tar.gz}"
+ARCHIVE_0_28_2="${COMFYUI_ARCHIVE:-$(dirname "$REPO")/shared/hosts/comfyui-0.28.2.tar.gz}"
 ARCHIVE_0_28_2_SHA256="4cebeeb95c63ee6a5d3fe93bd002e7a03467de75e69e656b875e376eb547da07"
 PINS_0_28_2="$REPO/scripts/host-requirements-0.28.2.txt"
 
+check_0_28_2() {  # before anything is removed: the archive is there and is the one expected
+  [[ -f "$ARCHIVE_0_28_2" ]] || {
+    log "ComfyUI 0.28.2 archive not found: put comfyui-0.28.2.tar.gz (sha256 $ARCHIVE_0_28_2_SHA256) at $ARCHIVE_0_28_2 or name it in COMFYUI_ARCHIVE"
+    exit 2
+  }
+  [[ "$(sha256sum < "$ARCHIVE_0_28_2" | cut -d' ' -f1)" == "$ARCHIVE_0_28_2_SHA256" ]] || {
+    log "$ARCHIVE_0_28_2 is not the ComfyUI 0.28.2 archive: its sha256 is not $ARCHIVE_0_28_2_SHA256"
+    exit 2
+  }
+}
+
 inputs_0_28_2() {  # everything the 0.28.2 host is built from (the archive through its checked sha256)
-  declare -f install_requirements build_0_28_2
+  declare -f install_requirements check_0_28_2 build_0_28_2
   echo "$ARCHIVE_0_28_2_SHA256"
   cat "$PINS_0_28_2" "$REPO/requirements.txt" "$REPO/tests/requirements.txt"
 }
@@ -138,8 +149,6 @@ inputs_0_28_2() {  # everything the 0.28.2 host is built from (the archive throu
 build_0_28_2() {  # $1 = host folder
   local host="$1"
   log "ComfyUI 0.28.2 from $ARCHIVE_0_28_2"
-  echo "$ARCHIVE_0_28_2_SHA256  $ARCHIVE_0_28_2" | sha256sum --check --quiet \
-    || { log "$ARCHIVE_0_28_2 is not the ComfyUI 0.28.2 archive (sha256 differs from $ARCHIVE_0_28_2_SHA256)"; exit 1; }
   mkdir -p "$host/ComfyUI"
   tar -xzf "$ARCHIVE_0_28_2" -C "$host/ComfyUI"
   log "torch, torchvision, torchaudio and ComfyUI's requirements from PyPI"
@@ -161,10 +170,7 @@ if [[ -f "$HOST/stamp" && "$(cat "$HOST/stamp")" == "$STAMP" ]]; then
   exit 0
 fi
 
-if [[ "$HOST_VERSION" == 0.28.2 && ! -f "$ARCHIVE_0_28_2" ]]; then
-  log "ComfyUI 0.28.2 archive not found: put comfyui-0.28.2.tar.gz (sha256 $ARCHIVE_0_28_2_SHA256) at $ARCHIVE_0_28_2 or name it in COMFYUI_ARCHIVE"
-  exit 2
-fi
+if declare -F "check_$ID" > /dev/null; then "check_$ID"; fi
 log "building the ComfyUI $HOST_VERSION test host in $HOST (first run: a few minutes, about 5 GB with torch's CUDA libraries)"
 rm -rf "$HOST/ComfyUI" "$HOST/venv" "$HOST/download" "$HOST/stamp"
 mkdir -p "$HOST"
