@@ -32,34 +32,33 @@ log() { echo "[host] $*" >&2; }
 # A Python that is not ours (COMFYUI_DIR mode): add what is missing, change nothing.
 # ---------------------------------------------------------------------------------------------------------------
 add_missing_requirements() {  # $1 = python
-  local py="$1" work
-  work="$(mktemp -d)"
+  local py="$1"
+  WORK="$(mktemp -d)"  # global: the EXIT trap runs after this function returned
+  trap 'rm -rf "$WORK"' EXIT  # also when a pip call below fails and set -e stops the script
   # Every installed distribution, pinned to its installed version, is a constraint: pip may then only add.
-  "$py" -m pip "${PIP_OPTIONS[@]}" list --format=freeze > "$work/installed.txt"
+  "$py" -m pip "${PIP_OPTIONS[@]}" list --format=freeze > "$WORK/installed.txt"
   # Not --quiet: pip explains a conflict only at its normal verbosity. Its output goes to a log read below.
   if ! "$py" -m pip "${PIP_OPTIONS[@]}" install -r "$REPO/requirements.txt" -r "$REPO/tests/requirements.txt" \
-      -c "$work/installed.txt" > "$work/pip.log" 2>&1; then
+      -c "$WORK/installed.txt" > "$WORK/pip.log" 2>&1; then
     # pip resolves everything before it installs anything, so a conflict leaves the environment as it was.
-    if grep -q -e 'ResolutionImpossible' -e 'conflicting dependencies' "$work/pip.log"; then
+    if grep -q -e 'ResolutionImpossible' -e 'conflicting dependencies' "$WORK/pip.log"; then
       # pip's own explanation (the lines under "The conflict is caused by:") joined into this one line, in our terms:
       # a constraint is what is installed there, a plain request is one of the pack's requirement files.
       local cause
-      cause="$(sed -n '/The conflict is caused by:/,/^$/p' "$work/pip.log" | sed '1d; /^$/d; s/^ *//' \
+      cause="$(sed -n '/The conflict is caused by:/,/^$/p' "$WORK/pip.log" | sed '1d; /^$/d; s/^ *//' \
         | sed -e 's/^The user requested (constraint) /installed: /' -e 's/^The user requested /the pack requires /' \
         | paste -sd ';' - | sed 's/;/; /g')"
       log "cannot add the pack's requirements to $py without upgrading or downgrading a package installed there (${cause:-pip gave no reason}); nothing was changed"
     else
-      log "pip could not add the pack's requirements to $py: $(grep -m1 -i '^error' "$work/pip.log" || tail -n1 "$work/pip.log")"
+      log "pip could not add the pack's requirements to $py: $(grep -m1 -i '^error' "$WORK/pip.log" || tail -n1 "$WORK/pip.log")"
     fi
-    rm -rf "$work"
     exit 1
   fi
-  "$py" -m pip "${PIP_OPTIONS[@]}" list --format=freeze > "$work/after.txt"
+  "$py" -m pip "${PIP_OPTIONS[@]}" list --format=freeze > "$WORK/after.txt"
   # Belt and braces: any line of the old list missing from the new one is a package that changed or went away.
   local changed added
-  changed="$(sort "$work/installed.txt" | comm -23 - <(sort "$work/after.txt") | paste -sd ' ' -)"
-  added="$(sort "$work/after.txt" | comm -13 <(sort "$work/installed.txt") - | paste -sd ' ' -)"
-  rm -rf "$work"
+  changed="$(sort "$WORK/installed.txt" | comm -23 - <(sort "$WORK/after.txt") | paste -sd ' ' -)"
+  added="$(sort "$WORK/after.txt" | comm -13 <(sort "$WORK/installed.txt") - | paste -sd ' ' -)"
   if [[ -n "$changed" ]]; then
     log "pip changed packages installed in $py although they were pinned (was: $changed)"
     exit 1
