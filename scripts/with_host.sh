@@ -3,7 +3,9 @@
 # COMFYUI_PYTHON, and replaces a leading `python` in the command with the host's interpreter.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-eval "$(bash "$REPO/scripts/host.sh" | grep -E '^COMFYUI_(DIR|PYTHON)=' | sed 's/^/export /')"
+# An assignment, not `eval "$(...)"`: so a failing host.sh stops here (set -e) with its own message as the last line.
+HOST_ENV="$(bash "$REPO/scripts/host.sh")"
+eval "$(grep -E '^COMFYUI_(DIR|PYTHON)=' <<< "$HOST_ENV" | sed 's/^/export /')"
 cd "$REPO"
 if [[ "${1:-}" == "python" ]]; then
   shift
