@@ -72,6 +72,9 @@ def unconditional_output(clip_vision, positive: torch.Tensor, *, clip_output: st
 
 def encode_image_prompt(clip_vision, spec: AdapterSpec, source: str, images, negative_images, *, after_batch) -> ImagePromptEmbeds:
     check_encoder_fits(clip_vision, spec, source)
+    if negative_images is None and spec.black_negative_image:
+        size = clip_vision.image_size
+        negative_images = torch.zeros(1, size, size, 3)  # [1, S, S, 3]: a black picture, the reference's negative
     positive = encode_images(clip_vision, images, clip_output=spec.clip_output, after_batch=after_batch)
     if negative_images is None:
         negative = unconditional_output(clip_vision, positive, clip_output=spec.clip_output)
