@@ -8,7 +8,8 @@ import torch
 from ..models.adapter import IPAdapterModel
 from ..models.image_projection import LinearProjection, MLPProjection, Resampler
 from .detection import RESAMPLER_DIM_HEAD, AdapterSpec, detect_spec
-from .formats import assign_weights, read_adapter_file
+from .dit.flux_format import FluxAdapterSpec, build_flux_adapter_model, detect_flux_spec, is_flux_adapter_file
+from .formats import IPADAPTER_FILE, adapter_parts, assign_weights, read_weights_file
 
 RESAMPLER_FF_MULT = 4
 
@@ -17,15 +18,21 @@ RESAMPLER_FF_MULT = 4
 class LoadedAdapter:
     """An adapter file, loaded: what it is, its weights, and where it came from."""
 
-    spec: AdapterSpec
-    model: IPAdapterModel
+    spec: AdapterSpec | FluxAdapterSpec
+    model: torch.nn.Module  # IPAdapterModel, or FluxIPAdapterModel for a Flux file
     source: str  # the file name, for error messages
 
 
 def load_adapter(path: str) -> LoadedAdapter:
-    parts = read_adapter_file(path)
+    """Read an adapter file and tell its family from the tensors: XLabs Flux, or a UNet (SD1.5/SDXL) file."""
+    name = os.path.basename(path)
+    content = read_weights_file(path, kind=IPADAPTER_FILE)
+    if isinstance(content, dict) and is_flux_adapter_file(content):
+        flux_spec = detect_flux_spec(content, name)
+        return LoadedAdapter(spec=flux_spec, model=build_flux_adapter_model(flux_spec, content, name), source=name)
+    parts = adapter_parts(content, name)
     spec = detect_spec(parts, path)
-    return LoadedAdapter(spec=spec, model=build_adapter_model(spec, parts, os.path.basename(path)), source=os.path.basename(path))
+    return LoadedAdapter(spec=spec, model=build_adapter_model(spec, parts, name), source=name)
 
 
 def build_adapter_model(spec: AdapterSpec, parts: dict[str, dict[str, torch.Tensor]], name: str) -> IPAdapterModel:

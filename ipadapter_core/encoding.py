@@ -24,18 +24,25 @@ ENCODE_BATCH_SIZE = 16
 CROP_MODES = ("center", "pad")
 
 
-def encoder_widths(clip_vision) -> tuple[int, int]:
-    """(image_embeds width, hidden-state width) of a CLIP vision model, read from its projection weight."""
+def encoder_widths(clip_vision) -> tuple[int, int] | None:
+    """(image_embeds width, hidden-state width) of a CLIP vision model, read from its projection weight; None for
+    an encoder without an image projection (SigLIP, DINO)."""
     projection = getattr(clip_vision.model, "visual_projection", None)
     weight = getattr(projection, "weight", None)
     if weight is None:
-        raise IPAdapterError("The CLIP vision model has no image projection; IP-Adapter needs a CLIP image encoder (ViT-H or ViT-bigG).")
+        return None
     projection_dim, hidden_dim = weight.shape
     return projection_dim, hidden_dim
 
 
 def check_encoder_fits(clip_vision, spec: AdapterSpec, source: str) -> None:
-    projection_dim, hidden_dim = encoder_widths(clip_vision)
+    widths = encoder_widths(clip_vision)
+    if widths is None:
+        raise IPAdapterError(
+            f"'{source}' ({spec.variant}) needs the {spec.image_encoder} CLIP image encoder, but the connected vision "
+            f"model has no CLIP image projection. Load {ENCODER_FILES[spec.image_encoder]} with CLIPVisionLoader."
+        )
+    projection_dim, hidden_dim = widths
     width = projection_dim if spec.clip_output == IMAGE_EMBEDS else hidden_dim
     if width != spec.embedding_dim:
         raise IPAdapterError(
@@ -103,6 +110,9 @@ def encode_image_prompt(
     clip_vision, spec: AdapterSpec, source: str, images, negative_images, *, crop: str = "center", after_batch
 ) -> ImagePromptEmbeds:
     check_encoder_fits(clip_vision, spec, source)
+    if negative_images is None and spec.black_negative_image:
+        size = clip_vision.image_size
+        negative_images = torch.zeros(1, size, size, 3)  # [1, S, S, 3]: a black picture, the reference's negative
     reading = dict(clip_output=spec.clip_output, crop=crop, after_batch=after_batch)
     positive = encode_images(clip_vision, images, **reading)
     if negative_images is None:

@@ -45,10 +45,9 @@ IPADAPTER_FILE = WeightsFileKind(
 )
 
 
-def read_adapter_file(path: str) -> dict[str, StateDict]:
-    """Return `{"image_proj": {...}, "ip_adapter": {...}}` with the file's tensors, unchanged."""
-    name = os.path.basename(path)
-    content = read_weights_file(path, kind=IPADAPTER_FILE)
+def adapter_parts(content, name: str) -> dict[str, StateDict]:
+    """`{"image_proj": {...}, "ip_adapter": {...}}` with a UNet IP-Adapter file's tensors (its content as
+    `read_weights_file` returns it), unchanged."""
     if not isinstance(content, dict):
         raise IPAdapterError(
             f"'{name}' is not an IP-Adapter file: it holds a {type(content).__name__}, not a dict of weights. "

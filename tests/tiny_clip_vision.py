@@ -19,6 +19,7 @@ from tiny_models import fill_random_
 ENCODER_WIDTHS = {
     "ViT-H": dict(projection_dim=1024, hidden_size=1280),  # CLIP-ViT-H-14-laion2B-s32B-b79K
     "ViT-bigG": dict(projection_dim=1280, hidden_size=1664),  # CLIP-ViT-bigG-14-laion2B-39B-b160k
+    "ViT-L": dict(projection_dim=768, hidden_size=1024),  # OpenAI CLIP ViT-L/14 (XLabs Flux IP-Adapter)
 }
 IMAGE_SIZE = 32
 PATCH_SIZE = 16

@@ -1,0 +1,87 @@
+"""The Flux double-block replace patch that runs the XLabs IP-Adapter inside ComfyUI's samplers.
+
+What diffusers' `FluxIPAdapterAttnProcessor` computes in double block i, image stream only:
+
+    ip_query = norm_q(q of the modulated image tokens)     # after the QK-norm, before RoPE: [B, H, L, D]
+    ip       = Σ_adapters λ · Attn(ip_query, K', V')       # K' = to_k_ip(tokens), V' = to_v_ip(tokens), with bias
+    img_out  = block(img, txt, …).img + ip                 # at the very end of the block: ungated, no to_out
+
+ComfyUI calls `patches_replace["dit"][("double_block", i)](args, {"original_block": …})` on every host. The block
+adds to `img` in place, so the query is rebuilt from the block's input (with the block's own modules) before the
+block runs. A patch set on the block by another pack is kept and called in place of the original block.
+
+`to`, `models` and `__deepcopy__` follow the UNet patch's protocol (see unet/patch.py).
+"""
+
+import torch
+
+from ..attention import add_scaled, rows_for_batch
+from ..unet.patch import ImagePromptTerm
+
+
+def flux_image_query(block: torch.nn.Module, img: torch.Tensor, vec) -> torch.Tensor:
+    """The image stream's query after the QK-norm, as ComfyUI's DoubleStreamBlock computes it: `[B, H, L, D]`."""
+    from comfy.ldm.flux.layers import apply_mod
+
+    if block.modulation:
+        image_modulation, _ = block.img_mod(vec)
+    else:
+        (image_modulation, _), _ = vec
+    modulated = apply_mod(block.img_norm1(img), 1 + image_modulation.scale, image_modulation.shift)  # [B, L, C]
+    qkv = block.img_attn.qkv(modulated)  # [B, L, 3·H·D]
+    q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)  # 3 × [B, H, L, D]
+    q, _ = block.img_attn.norm(q, k, v)
+    return q
+
+
+def ip_attention(query: torch.Tensor, image_keys: torch.Tensor, image_values: torch.Tensor, transformer_options) -> torch.Tensor:
+    """`Attn(query, K', V')` with ComfyUI's optimized attention. query `[B, H, L, D]`, K'/V' `[B, T, H·D]` -> `[B, L, H·D]`."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    batch, heads, _, head_dim = query.shape
+    keys = image_keys.view(batch, -1, heads, head_dim).transpose(1, 2)  # [B, H, T, D]
+    values = image_values.view(batch, -1, heads, head_dim).transpose(1, 2)  # [B, H, T, D]
+    return optimized_attention(query, keys, values, heads, skip_reshape=True, transformer_options=transformer_options)
+
+
+class DoubleBlockPatch:
+    def __init__(self, *, index: int, block: torch.nn.Module, terms: tuple[ImagePromptTerm, ...], base=None):
+        self.index = index
+        self.block = block  # the model's own DoubleStreamBlock i (shared, never copied)
+        self.terms = terms
+        self.base = base  # another pack's replace patch on this block, or None for the original block
+
+    def __call__(self, args, extra):
+        active = [term for term in self.terms if term.weight != 0]
+        query = flux_image_query(self.block, args["img"], args["vec"]) if active else None  # before the block
+        out = self.base(args, extra) if self.base is not None else extra["original_block"](args)
+        if not active:
+            return out
+        options = args.get("transformer_options") or {}
+        cond_or_uncond = options.get("cond_or_uncond") or [0]
+        image = out["img"]
+        for term in active:
+            image_keys, image_values = term.keys_values(self.index, query.device, query.dtype)  # [2, T, H·D] each
+            keys = rows_for_batch(image_keys, cond_or_uncond, query.shape[0])  # [B, T, H·D]
+            values = rows_for_batch(image_values, cond_or_uncond, query.shape[0])  # [B, T, H·D]
+            gate = term.sigmas.gate(options["sigmas"], query.dtype) if "sigmas" in options else None
+            image = add_scaled(image, ip_attention(query, keys, values, options).to(image.dtype), weight=term.weight, gate=gate)
+        return {**out, "img": image}
+
+    def stacked_with(self, term: ImagePromptTerm) -> "DoubleBlockPatch":
+        return DoubleBlockPatch(index=self.index, block=self.block, terms=(*self.terms, term), base=self.base)
+
+    def to(self, device_or_dtype):
+        if isinstance(device_or_dtype, torch.device):
+            for term in self.terms:
+                term.forget_keys_values()
+        if hasattr(self.base, "to"):
+            self.base = self.base.to(device_or_dtype)
+        return self
+
+    def models(self) -> list:
+        base_models = self.base.models() if hasattr(self.base, "models") else []
+        return [*{id(term.weights_patcher): term.weights_patcher for term in self.terms}.values(), *base_models]
+
+    def __deepcopy__(self, memo):
+        return self

@@ -1,0 +1,260 @@
+"""XLabs Flux IP-Adapter: parity with diffusers (FluxIPAdapterMixin + FluxIPAdapterAttnProcessor) on the same
+weights, through ComfyUI's real Flux model and its sampler; and the Flux family's detection and refusals.
+
+A tiny Flux with the real block layout (head dim 128, T5/CLIP widths, 2 double + 2 single blocks) in ComfyUI's
+layout, converted for diffusers with comfy.utils.flux_to_diffusers; random adapter files with the official key
+names, loaded by diffusers' own loader from the file. Tolerance: fp32, |Δ| <= 2e-5 · max|IP term| (the change the
+adapter makes); λ = 0 is bit-exact.
+"""
+
+import types
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny_flux import (
+    FLUX_POOLED_WIDTH,
+    FLUX_TEXT_WIDTH,
+    flux_diffusers_twin,
+    tiny_flux_config,
+    tiny_flux_model,
+    xlabs_adapter_state_dict,
+)
+from tiny_models import tiny_comfy_model
+
+from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+from decoupled_ipadapter.ipadapter_core.dit.apply import apply_flux_image_prompt
+from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
+from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
+from decoupled_ipadapter.ipadapter_core.memory import manage
+
+RELATIVE_TOLERANCE = 2e-5
+LATENT = 8  # latent side: 4 × 4 = 16 image tokens after the 2 × 2 patches
+TEXT_TOKENS = 8
+PARITY_ERRORS: list[tuple[str, float]] = []  # printed at the end of the run by conftest
+CONFIG = tiny_flux_config()
+HIDDEN = CONFIG["hidden_size"]
+
+
+@pytest.fixture(scope="module")
+def flux(comfy_host):
+    model = tiny_flux_model(CONFIG, seed=1)
+    return model, flux_diffusers_twin(model, CONFIG)
+
+
+def adapter_file(directory, name: str, *, seed: int):
+    path = directory / name
+    path.mkdir()
+    save_file(xlabs_adapter_state_dict(hidden_size=HIDDEN, double_blocks=CONFIG["depth"], seed=seed), str(path / "ip_adapter.safetensors"))
+    return path
+
+
+def with_adapters(transformer, directories):
+    """The diffusers twin with these adapter files loaded by diffusers' own loader (a fresh processor set)."""
+    from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
+
+    pipeline = types.SimpleNamespace(transformer=transformer)
+    FluxIPAdapterMixin.load_ip_adapter(
+        pipeline,
+        [str(directory) for directory in directories],
+        weight_name=["ip_adapter.safetensors"] * len(directories),
+        subfolder=[""] * len(directories),
+        image_encoder_pretrained_model_name_or_path=None,
+    )
+    return pipeline
+
+
+def packed(x):
+    return x.view(x.shape[0], 16, LATENT // 2, 2, LATENT // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(x.shape[0], -1, 64)  # [B, L, 64]
+
+
+def unpacked(v):
+    side = LATENT // 2
+    return v.reshape(v.shape[0], side, side, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(v.shape[0], 16, LATENT, LATENT)  # [B, 16, h, w]
+
+
+def diffusers_denoised(transformer, x, sigma, text, pooled, image_rows):
+    """x − σ·v, with v from diffusers on the packed latent; image_rows: per adapter `[B, 1, 768]`, or None."""
+    side = LATENT // 2
+    ids = torch.zeros(side, side, 3)
+    ids[..., 1] = torch.arange(side)[:, None]
+    ids[..., 2] = torch.arange(side)[None, :]
+    kwargs = {} if image_rows is None else {"joint_attention_kwargs": {"ip_adapter_image_embeds": image_rows}}
+    with torch.no_grad():
+        v = transformer(
+            hidden_states=packed(x), encoder_hidden_states=text, pooled_projections=pooled,
+            timestep=sigma.expand(x.shape[0]), img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(text.shape[1], 3),
+            guidance=torch.full((x.shape[0],), 3.5), **kwargs,
+        ).sample  # fmt: skip
+    return x - sigma * unpacked(v)
+
+
+def comfy_denoised(model, x, sigma, text, pooled, cond_or_uncond):
+    options = dict(model.model_options.get("transformer_options", {}))
+    options.update(cond_or_uncond=cond_or_uncond, sigmas=sigma.expand(x.shape[0]))
+    with torch.no_grad():
+        return model.model.apply_model(
+            x, sigma.expand(x.shape[0]), c_crossattn=text, y=pooled, guidance=torch.full((x.shape[0],), 3.5),
+            transformer_options=options,
+        )  # fmt: skip
+
+
+def inputs(seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 16, LATENT, LATENT, generator=generator)
+    text = torch.randn(2, TEXT_TOKENS, FLUX_TEXT_WIDTH, generator=generator)
+    pooled = torch.randn(2, FLUX_POOLED_WIDTH, generator=generator)
+    return generator, x, text, pooled
+
+
+def check(case, ours, theirs, plain):
+    error = (ours - theirs).abs().max().item()
+    ip_term = (theirs - plain).abs().max().item()
+    PARITY_ERRORS.append((case, error / ip_term))
+    assert ip_term > 1e-3, "the image prompt must change the output"
+    assert error <= RELATIVE_TOLERANCE * ip_term, f"{case}: |Δ| = {error}, IP term {ip_term}"
+
+
+def test_xlabs_flux_matches_diffusers(flux, tmp_path):
+    """Rows [uncond, cond], each with its own text and image embeds; λ ∈ {0, 0.6, 1}."""
+    model, transformer = flux
+    pipeline = with_adapters(transformer, [adapter_file(tmp_path, "a", seed=3)])
+    adapter = load_adapter(str(tmp_path / "a" / "ip_adapter.safetensors"))
+    weights = manage(adapter).weights_patcher
+    generator, x, text, pooled = inputs(5)
+    positive, negative = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
+    embeds = make_embeds(positive, negative, clip_output="image_embeds")
+    rows = [torch.stack([negative, positive])]  # [2, 1, 768]: uncond row, cond row
+    sigma = torch.tensor(0.6)
+    plain = comfy_denoised(model, x, sigma, text, pooled, [1, 0])
+    for scale in (0.0, 0.6, 1.0):
+        from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
+
+        FluxIPAdapterMixin.set_ip_adapter_scale(pipeline, scale)
+        patched = apply_flux_image_prompt(model, adapter, weights, embeds, weight=scale, start_at=0.0, end_at=1.0)
+        ours = comfy_denoised(patched, x, sigma, text, pooled, [1, 0])
+        theirs = diffusers_denoised(transformer, x, sigma, text, pooled, rows)
+        if scale == 0.0:
+            assert torch.equal(ours, plain), "λ = 0 must give exactly the unpatched output"
+            assert (ours - theirs).abs().max() <= RELATIVE_TOLERANCE * theirs.abs().max()
+        else:
+            check(f"Flux λ={scale}", ours, theirs, plain)
+
+
+def test_stacked_xlabs_adapters_match_diffusers_multi_adapter(flux, tmp_path):
+    """Two Apply calls = diffusers with two adapters loaded, scales [0.6, 1.0]."""
+    model, transformer = flux
+    pipeline = with_adapters(transformer, [adapter_file(tmp_path, "a", seed=7), adapter_file(tmp_path, "b", seed=8)])
+    generator, x, text, pooled = inputs(9)
+    patched, rows = model, []
+    for name, scale in (("a", 0.6), ("b", 1.0)):
+        adapter = load_adapter(str(tmp_path / name / "ip_adapter.safetensors"))
+        positive, negative = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
+        embeds = make_embeds(positive, negative, clip_output="image_embeds")
+        patched = apply_flux_image_prompt(patched, adapter, manage(adapter).weights_patcher, embeds, weight=scale, start_at=0.0, end_at=1.0)
+        rows.append(torch.stack([negative, positive]))
+    from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
+
+    FluxIPAdapterMixin.set_ip_adapter_scale(pipeline, [0.6, 1.0])
+    sigma = torch.tensor(0.8)
+    ours = comfy_denoised(patched, x, sigma, text, pooled, [1, 0])
+    theirs = diffusers_denoised(transformer, x, sigma, text, pooled, rows)
+    check("Flux stacked 0.6 + 1.0", ours, theirs, comfy_denoised(model, x, sigma, text, pooled, [1, 0]))
+
+
+def test_sampler_path_with_cfg_matches_diffusers(flux, tmp_path):
+    """ComfyUI's sampler (sample_custom, one Euler step from σ = 0.6 to 0, which lands on the denoised prediction;
+    cfg 2: the batch of cond and uncond rows that calc_cond_batch builds) = diffusers' denoised cond and uncond
+    predictions combined the same way."""
+    import comfy.sample
+    import comfy.samplers
+
+    model, transformer = flux
+    pipeline = with_adapters(transformer, [adapter_file(tmp_path, "a", seed=11)])
+    adapter = load_adapter(str(tmp_path / "a" / "ip_adapter.safetensors"))
+    generator, x, text, pooled = inputs(12)
+    positive, negative = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
+    embeds = make_embeds(positive, negative, clip_output="image_embeds")
+    patched = apply_flux_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
+
+    FluxIPAdapterMixin.set_ip_adapter_scale(pipeline, 1.0)
+    noise = x[:1]
+    conditioning = [[text[:1], {"pooled_output": pooled[:1]}]]
+    negative_conditioning = [[text[1:], {"pooled_output": pooled[1:]}]]
+    sigmas = torch.tensor([0.6, 0.0])
+    latent_format = model.model.latent_format
+    start = torch.randn(noise.shape, generator=generator)  # a non-empty latent (ComfyUI leaves an empty one unshifted)
+
+    def run(patcher):
+        sampler = comfy.samplers.ksampler("euler")
+        out = comfy.sample.sample_custom(
+            patcher, noise, 2.0, sampler, sigmas, conditioning, negative_conditioning, start, disable_pbar=True, seed=0
+        )
+        return latent_format.process_in(out)  # back to the model's space: the denoised prediction
+
+    ours, plain = run(patched), run(model)
+    x_in = 0.6 * noise + 0.4 * latent_format.process_in(start)  # the sampler's noised start at σ = 0.6
+    both = diffusers_denoised(
+        transformer, x_in.expand(2, -1, -1, -1), torch.tensor(0.6), torch.cat([text[:1], text[1:]]),
+        torch.cat([pooled[:1], pooled[1:]]), [torch.stack([positive, negative])],
+    )  # fmt: skip
+    theirs = both[1:] + 2.0 * (both[:1] - both[1:])  # uncond + cfg · (cond − uncond)
+    check("Flux sampler cfg 2", ours, theirs, plain)
+
+
+def test_other_packs_dit_patch_keeps_working(flux, tmp_path):
+    """A `dit` double-block patch set by another pack still runs (in place of the original block, inside ours)."""
+    model, _ = flux
+    adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=13) / "ip_adapter.safetensors"))
+    generator, x, text, pooled = inputs(14)
+    embeds = make_embeds(torch.randn(1, 768, generator=generator), torch.zeros(1, 768), clip_output="image_embeds")
+    calls = []
+
+    def foreign(args, extra):
+        calls.append(1)
+        out = extra["original_block"](args)
+        return {**out, "img": out["img"] * 0.5}
+
+    theirs = model.clone()
+    for index in range(CONFIG["depth"]):
+        theirs.set_model_patch_replace(foreign, "dit", "double_block", index)
+    sigma = torch.tensor(0.5)
+    foreign_only = comfy_denoised(theirs, x, sigma, text, pooled, [0, 1])
+    at_zero = apply_flux_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=0.0, start_at=0.0, end_at=1.0)
+    assert torch.equal(comfy_denoised(at_zero, x, sigma, text, pooled, [0, 1]), foreign_only)
+    calls.clear()
+    both = apply_flux_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    with_ip = comfy_denoised(both, x, sigma, text, pooled, [0, 1])
+    assert len(calls) == CONFIG["depth"], "the other pack's patch must run once per double block"
+    assert (with_ip - foreign_only).abs().max() > 1e-3
+    ours_only = apply_flux_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    assert (comfy_denoised(ours_only, x, sigma, text, pooled, [0, 1]) - with_ip).abs().max() > 1e-3
+
+
+def test_flux_file_is_detected(comfy_host, tmp_path):
+    adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=15) / "ip_adapter.safetensors"))
+    spec = adapter.spec
+    assert (spec.base, spec.num_tokens, spec.hidden_size, spec.double_blocks, spec.embedding_dim, spec.image_encoder) == (
+        "Flux", 4, HIDDEN, CONFIG["depth"], 768, "ViT-L",
+    )  # fmt: skip
+
+
+def test_damaged_flux_file_is_refused(comfy_host, tmp_path):
+    weights = xlabs_adapter_state_dict(hidden_size=HIDDEN, double_blocks=2, seed=16)
+    del weights["double_blocks.1.processor.ip_adapter_double_stream_v_proj.bias"]
+    save_file(weights, str(tmp_path / "cut.safetensors"))
+    with pytest.raises(IPAdapterError, match="cut.safetensors.*damaged"):
+        load_adapter(str(tmp_path / "cut.safetensors"))
+
+
+def test_adapter_and_model_families_must_match(flux, tmp_path):
+    model, _ = flux
+    flux_adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=17) / "ip_adapter.safetensors"))
+    embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
+    unet = tiny_comfy_model("SD1.5", seed=0)
+    with pytest.raises(IPAdapterError, match="Flux IP-Adapter but it was applied to a model that is not Flux"):
+        apply_flux_image_prompt(unet, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    deeper = tiny_flux_model(tiny_flux_config(double_blocks=3, single_blocks=1), seed=2)
+    with pytest.raises(IPAdapterError, match="2 double blocks of width 256, but this Flux model has 3"):
+        apply_flux_image_prompt(deeper, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
