@@ -47,9 +47,9 @@ def json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise _Problem(f"is not valid JSON ({error.msg} at character {error.pos})") from None
+        raise _Problem(f"it is not valid JSON ({error.msg} at character {error.pos})") from None
     if not isinstance(value, dict):
-        raise _Problem("is JSON but not one dict (a list of dicts, one per adapter, is not used here)")
+        raise _Problem("it is JSON but not one dict (a list of dicts, one per adapter, is not used here)")
     return value
 
 

@@ -28,8 +28,8 @@ swap applies. t is the layer's transformer index (`unet/blocks.py`), L the numbe
 
 Where this differs from cubiq's pack, on purpose:
 - The middle block acts here. cubiq registers its middle-block patch under block id 1, while ComfyUI looks it up as
-  `("middle", 0, i)`, so there no image prompt ever reaches the middle block (SD1.5 index 6, SDXL index 4). Here, as in diffusers and the paper, it
-  gets its weight, so these types act on one module more than in cubiq's pack: linear, the curves, weak middle
+  `("middle", 0, i)`, so there no image prompt ever reaches the middle block (SD1.5 index 6, SDXL index 4). Here,
+  as in diffusers and the paper, it gets its weight, so these types act on one module more than in cubiq's pack: linear, the curves, weak middle
   (0.2w there), strong middle, strong style transfer, strong style and composition (w there) and composition
   precise (0.1w). Style transfer, composition, style and composition and style transfer precise give the middle 0
   and so the same map.
@@ -47,7 +47,10 @@ from .block_weights import LayerKey, parse_block_weights
 from .errors import IPAdapterError
 from .unet.blocks import TransformerModule, layout_name
 
-CURVES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output", "weak middle", "strong middle")  # fmt: skip
+CURVES = (
+    "linear", "ease in", "ease out", "ease in-out", "reverse in-out",
+    "weak input", "weak output", "weak middle", "strong middle",
+)  # fmt: skip
 PRESETS = (
     "style transfer", "composition", "strong style transfer", "style and composition",
     "strong style and composition", "style transfer precise", "composition precise",
@@ -55,7 +58,9 @@ PRESETS = (
 WEIGHT_TYPES = CURVES + PRESETS
 COMPOSITION_MODULES = {"SDXL": (3,), "SD1.5": (4, 5)}
 READS_COMPOSITION = ("style and composition", "strong style and composition")
-WEAKENED_BLOCKS = {"weak input": ("input",), "weak output": ("output",), "weak middle": ("middle",), "strong middle": ("input", "output")}  # fmt: skip
+WEAKENED_BLOCKS = {  # × 0.2
+    "weak input": ("input",), "weak output": ("output",), "weak middle": ("middle",), "strong middle": ("input", "output"),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 from unet_controls import diffusers_layer_scales, tiny_unet
 
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
-from decoupled_ipadapter.ipadapter_core.weight_types import WEIGHT_TYPES, LayerControl, layer_controls
+from decoupled_ipadapter.ipadapter_core.weight_types import CURVES, WEIGHT_TYPES, LayerControl, layer_controls
 
 pytestmark = pytest.mark.host
 
@@ -104,7 +104,7 @@ def curve(weight_type: str, index: int, count: int, block_name: str) -> float:
     }[weight_type]
 
 
-@pytest.mark.parametrize("weight_type", WEIGHT_TYPES[:9])
+@pytest.mark.parametrize("weight_type", CURVES)
 def test_curves_are_the_notes_formulas_and_reach_the_middle_block(tiny, weight_type):
     count = len({index for index, _ in tiny.runtime.values()})
     controls = controls_of(tiny, weight_type)
@@ -135,6 +135,15 @@ def test_zero_weight_leaves_every_layer_unweighted(tiny):
     for weight_type in WEIGHT_TYPES:
         controls = controls_of(tiny, weight_type, weight=0.0, composition_weight=0.0)
         assert all(control.weight == 0 for control in controls.values()), weight_type
+
+
+def test_the_options_are_spelled_as_the_issue_names_them():
+    assert WEIGHT_TYPES == (
+        "linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output", "weak middle",
+        "strong middle", "style transfer", "composition", "strong style transfer", "style and composition",
+        "strong style and composition", "style transfer precise", "composition precise",
+    )  # fmt: skip
+    assert set(NOTE_TABLE["SDXL"]) | set(CURVES) == set(WEIGHT_TYPES)
 
 
 def test_unknown_type_and_presets_on_other_layouts_are_refused(tiny):

@@ -12,7 +12,17 @@ import types
 from dataclasses import dataclass
 
 import torch
-from tiny_models import SD15_TEXT_WIDTH, SDXL_TEXT_WIDTH, adapter_state_dict, diffusers_twin, layer_hidden_sizes, nested, tiny_comfy_model
+from tiny_models import (
+    SD15_TEXT_WIDTH,
+    SDXL_TEXT_WIDTH,
+    TINY_SD15_COMFY,
+    TINY_SDXL_COMFY,
+    adapter_state_dict,
+    diffusers_twin,
+    layer_hidden_sizes,
+    nested,
+    tiny_comfy_model,
+)
 
 from decoupled_ipadapter.ipadapter_core.unet.blocks import TransformerModule, unet_transformer_modules
 from decoupled_ipadapter.ipadapter_core.unet.layer_map import cross_attention_layers
@@ -58,7 +68,6 @@ def runtime_transformer_indexes(model, layout: str) -> dict:
 def comfy_keys_of_processors(unet, layout: str) -> dict:
     """diffusers `…attn2.processor` name → ComfyUI attn2 key, read from `comfy.utils.unet_to_diffusers`."""
     import comfy.utils
-    from tiny_models import TINY_SD15_COMFY, TINY_SDXL_COMFY
 
     ldm_of = comfy.utils.unet_to_diffusers(dict({"SD1.5": TINY_SD15_COMFY, "SDXL": TINY_SDXL_COMFY}[layout]))
     keys = {}

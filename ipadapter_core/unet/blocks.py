@@ -59,7 +59,9 @@ def diffusers_positions(num_res_blocks: Sequence[int]) -> dict[tuple[str, int], 
     return positions
 
 
-def transformer_modules(layers: Sequence[CrossAttentionLayer], *, num_res_blocks: Sequence[int]) -> tuple[TransformerModule, ...]:
+def transformer_modules(
+    layers: Sequence[CrossAttentionLayer], *, num_res_blocks: Sequence[int]
+) -> tuple[TransformerModule, ...]:
     """Group the cross-attention layers (layer_map's) into their transformer modules, in forward order."""
     by_block: dict[tuple[str, int], list[CrossAttentionLayer]] = {}
     for layer in layers:
