@@ -137,7 +137,7 @@ def layer_controls(
     if weight_type in PRESETS and layout is None:
         raise IPAdapterError(
             f"weight_type '{weight_type}' is defined for the SD1.5 and SDXL layouts (16 or 11 transformer modules); "
-            f"this model has {len(modules)}. Use linear or one of the curves, or set block_weights."
+            f"this model has {len(modules)}. Use linear or one of the curves (with block_weights for a map of your own)."
         )
     by_index = (
         preset_weights(weight_type, layout, weight=weight, composition_weight=composition_weight)
