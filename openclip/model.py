@@ -81,6 +81,7 @@ class OpenCLIPVision:
         outputs["penultimate_hidden_states"] = penultimate.to(device=device, dtype=torch.float32)
         outputs["image_embeds"] = image_embeds.to(device=device, dtype=torch.float32)
         outputs["mm_projected"] = None
+        outputs["image_sizes"] = [pixel_values.shape[1:]] * pixel_values.shape[0]  # per image (3, S, S), as newer ComfyUI gives
         return outputs
 
 

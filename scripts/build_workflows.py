@@ -631,8 +631,6 @@ def stale_files(files: dict[Path, str]) -> list[str]:
 
 
 def refresh_node_defs() -> None:
-    sys.path.insert(0, str(REPO / "devkit"))
-    import repo_paths  # noqa: F401  (devkit/ and tools/ on sys.path)
     import server_process
 
     with server_process.running_server() as server:

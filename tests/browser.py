@@ -55,6 +55,10 @@ def frontend_page(playwright, url: str, *, timeout_ms: float = 90_000):
             page.on("pageerror", lambda error: page.console.append(f"pageerror: {error}"))
             page.goto(url)
             page.wait_for_function("window.app && window.app.graph && window.app.canvas && window.LiteGraph")
+            # Newer front-ends check the start-up graph's models and nodes in the background (requests to the
+            # server); a workflow loaded before that check ends has its own problems overwritten by it.
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(2000)
             yield page
         finally:
             context.close()
@@ -65,7 +69,7 @@ def frontend_page(playwright, url: str, *, timeout_ms: float = 90_000):
 LOAD_AND_INSPECT = """async ([workflow, name]) => {
     window.app.graph.clear();
     await window.app.loadGraphData(workflow, true, true, name);
-    await new Promise(resolve => setTimeout(resolve, 500));
+    await new Promise(resolve => setTimeout(resolve, 2500));  // newer front-ends report load problems after a moment
     const graph = window.app.graph;
     const unregistered = graph.nodes.filter(node => !window.LiteGraph.registered_node_types[node.type])
         .map(node => `${node.id} ${node.type}`);
@@ -74,10 +78,19 @@ LOAD_AND_INSPECT = """async ([workflow, name]) => {
     const saved = graph.serialize();
     const visible = selector => [...document.querySelectorAll(selector)]
         .filter(element => element.offsetParent !== null).map(element => element.innerText.trim());
+    // Newer front-ends report load problems (missing nodes, models, inputs) in an "N ERRORS" card with a
+    // "Dismiss" button (and "See Errors" or "Show missing nodes") instead of a dialog: its text.
+    const errorCards = [...document.querySelectorAll('button')]
+        .filter(button => button.innerText.trim() === 'Dismiss')
+        .map(button => {
+            let card = button;
+            while (card.parentElement && !/\d+ ERRORS?\b/i.test(card.innerText)) card = card.parentElement;
+            return card.innerText.trim().slice(0, 600);
+        });
     return {
         unregistered, withErrors, output: prompt.output, links: saved.links,
         widgets: Object.fromEntries(saved.nodes.map(node => [node.id, node.widgets_values])),
-        dialogs: visible('.p-dialog'), toasts: visible('.p-toast-message'),
+        dialogs: visible('.p-dialog'), toasts: visible('.p-toast-message'), errorCards,
     };
 }"""
 

@@ -13,6 +13,7 @@ from tiny_openclip import SMALL, openclip_config, save_openclip, tiny_openclip, 
 
 from decoupled_ipadapter.scoring.clip_scores import CLIPSCORE_WEIGHT, clip_i, clip_score, scores_of_embeddings
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
+from decoupled_ipadapter.openclip.preprocessing import comfy_clip_preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +102,6 @@ def test_known_answers_self_symmetry_and_batches(model):
 @pytest.mark.host
 def test_scores_match_open_clip_itself(model):
     """The whole chain against open_clip's own CLIP (same weights) fed ComfyUI's preprocessing and the tokenizer."""
-    import comfy.clip_vision
     import open_clip
 
     from decoupled_ipadapter.scoring.clip_scores import score_images
@@ -109,7 +109,7 @@ def test_scores_match_open_clip_itself(model):
     oracle = tiny_openclip(SMALL, seed=7)
     generated, prompt, caption = pictures(2, seed=3), pictures(1, seed=4), "two dogs on a beach"
     with torch.no_grad():
-        image_features = oracle.encode_image(comfy.clip_vision.clip_preprocess(torch.cat([generated, prompt]), size=32))
+        image_features = oracle.encode_image(comfy_clip_preprocess()(torch.cat([generated, prompt]), size=32))
         text_features = oracle.encode_text(open_clip.tokenizer.SimpleTokenizer(context_length=16)([caption]))
     expected_i = direct_cosine(image_features[:2], image_features[2:])
     expected_cosine = direct_cosine(image_features[:2], text_features)

@@ -17,6 +17,7 @@ from tiny_models import SD15_TEXT_WIDTH, SDXL_TEXT_WIDTH, adapter_state_dict, la
 from decoupled_ipadapter.ipadapter_core.embeds import ImagePromptEmbeds
 from decoupled_ipadapter.ipadapter_core.encoding import ENCODE_BATCH_SIZE
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
+from decoupled_ipadapter.openclip.preprocessing import comfy_clip_preprocess
 
 pytestmark = pytest.mark.host
 
@@ -387,11 +388,10 @@ def test_encode_crop_pad_keeps_the_whole_picture_on_the_encoders_mean_colour(enc
 
 
 def test_encode_pad_colour_normalises_to_zero_and_square_pictures_are_not_changed(encode, encoders):
-    import comfy.clip_vision
 
     clip_vision = encoders["ViT-H"]
     mean_colour = torch.tensor(clip_vision.image_mean).expand(1, 8, 8, 3)
-    normalised = comfy.clip_vision.clip_preprocess(mean_colour, size=8)
+    normalised = comfy_clip_preprocess()(mean_colour, size=8)
     assert normalised.abs().max() < 0.01, "ComfyUI's 8-bit rounding aside, the padding is the zero pixel"
     square = images(2, seed=24, height=40, width=40)
     assert torch.equal(encode("base", square, crop="pad").positive, encode("base", square).positive)

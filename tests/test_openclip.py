@@ -25,6 +25,7 @@ from tiny_openclip import (
 )
 
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
+from decoupled_ipadapter.openclip.preprocessing import comfy_clip_preprocess
 from decoupled_ipadapter.openclip.loading import KNOWN_MODELS
 
 pytestmark = pytest.mark.host
@@ -164,7 +165,6 @@ def test_activation_auto_reads_open_clip_config_json_then_the_name(tmp_path):
 @pytest.mark.parametrize("container", ["bin", "safetensors"])
 def test_openclip_file_matches_comfyui_layout_and_open_clip(comfy_host, small_files, loader_nodes, container, tmp_path):
     """Same weights: the OpenCLIP file through the loader node, ComfyUI's CLIPVisionLoader layout, open_clip's CLIP."""
-    import comfy.clip_vision
 
     clip_vision = run(loader_nodes["vision"], clip_name=f"small/{small_files[container].name}", activation="auto")[0]
     # the file holds both towers; the CLIP_VISION loader builds the image tower alone
@@ -174,7 +174,7 @@ def test_openclip_file_matches_comfyui_layout_and_open_clip(comfy_host, small_fi
     pixels = images(3, seed=2)
     with torch.inference_mode():
         ours, theirs = clip_vision.encode_image(pixels, crop=True), comfy_model.encode_image(pixels, crop=True)
-        oracle = tiny_openclip(SMALL, seed=1).encode_image(comfy.clip_vision.clip_preprocess(pixels, size=32))
+        oracle = tiny_openclip(SMALL, seed=1).encode_image(comfy_clip_preprocess()(pixels, size=32))
     for output in OUTPUTS:
         assert ours[output].shape == theirs[output].shape, output
         error = relative_error(ours[output], theirs[output])
@@ -224,7 +224,6 @@ def custom_files(comfy_host, tmp_path_factory):
 
 def test_a_custom_vit_with_its_config_is_rebuilt_with_its_heads_and_matches_open_clip(custom_files):
     """Image and text embeddings equal open_clip's on the same weights; the old 64-wide guess would be off."""
-    import comfy.clip_vision
     import open_clip
 
     from decoupled_ipadapter.openclip.model import load_openclip_model
@@ -239,7 +238,7 @@ def test_a_custom_vit_with_its_config_is_rebuilt_with_its_heads_and_matches_open
     with torch.inference_mode():
         ours_image = model.vision.encode_image(pixels)["image_embeds"]
         ours_text = model.text.encode_text(captions)
-        pixel_values = comfy.clip_vision.clip_preprocess(pixels, size=32)
+        pixel_values = comfy_clip_preprocess()(pixels, size=32)
         oracle_image, oracle_text = oracle.encode_image(pixel_values), oracle.encode_text(tokens)
     for what, ours, reference in (("image", ours_image, oracle_image), ("text", ours_text, oracle_text)):
         error = relative_error(ours, reference)
@@ -254,7 +253,6 @@ def test_a_custom_vit_with_its_config_is_rebuilt_with_its_heads_and_matches_open
 
 def test_the_configs_pooling_and_activation_are_applied(comfy_host, tmp_path):
     """What the tensors cannot say: average pooling with the norm after it, and QuickGELU, from the config."""
-    import comfy.clip_vision
 
     from decoupled_ipadapter.openclip.model import load_openclip_vision
 
@@ -268,7 +266,7 @@ def test_the_configs_pooling_and_activation_are_applied(comfy_host, tmp_path):
     class_token.visual.load_state_dict({key[len("visual.") :]: value for key, value in state_dict.items()})
     pixels = images(2, seed=12)
     with torch.inference_mode():
-        pixel_values = comfy.clip_vision.clip_preprocess(pixels, size=32)
+        pixel_values = comfy_clip_preprocess()(pixels, size=32)
         reference = tiny_openclip(pooled, seed=11, quick_gelu=True).encode_image(pixel_values)
         ours = vision.encode_image(pixels)["image_embeds"]
         with_class_token = class_token.encode_image(pixel_values)

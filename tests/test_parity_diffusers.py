@@ -5,7 +5,6 @@ weights in ComfyUI's and diffusers' layouts, one random adapter file in the offi
 λ in {0, 0.5, 1}, a batch of [unconditional, conditional] rows. Tolerance: fp32, |Δ| <= 2e-5 · max|output|.
 """
 
-import copy
 
 import pytest
 import torch
