@@ -11,9 +11,10 @@ test:
 	bash scripts/test.sh
 
 # The same suite on the ComfyUI 0.28.2 host (.host/0.28.2/), built from comfyui-0.28.2.tar.gz in ../shared/hosts/
-# or the file COMFYUI_ARCHIVE names.
+# or the file COMFYUI_ARCHIVE names; all but the full-size SDXL server (15 GB of RAM, minutes), which `make test` runs,
+# so that both hosts fit CI's time.
 test-latest:
-	DECOUPLED_IPADAPTER_HOST=0.28.2 bash scripts/test.sh
+	DECOUPLED_IPADAPTER_HOST=0.28.2 bash scripts/test.sh --deselect tests/test_workflows_sdxl.py
 
 # Speed and memory figures (not a test): prints a table, writes bench-results/bench.json.
 bench:
