@@ -68,8 +68,9 @@ def fill_random_(module: torch.nn.Module, *, seed: int) -> torch.nn.Module:
     return module
 
 
-def tiny_comfy_model(layout: str, *, seed: int = 0):
-    """A ComfyUI ModelPatcher over a tiny UNet with the real SD1.5 or SDXL cross-attention layout (fp32, CPU)."""
+def tiny_comfy_model(layout: str, *, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A ComfyUI ModelPatcher over a tiny UNet with the real SD1.5 or SDXL cross-attention layout (CPU; fp32, or the
+    UNet dtype ComfyUI runs with --force-fp16 / --bf16-unet: the same random values, rounded)."""
     import comfy.model_patcher
     import comfy.supported_models
 
@@ -81,10 +82,10 @@ def tiny_comfy_model(layout: str, *, seed: int = 0):
 
     config_class, unet_config = {"SD1.5": (TinySD15, TINY_SD15_COMFY), "SDXL": (TinySDXLLayout, TINY_SDXL_COMFY)}[layout]
     model_config = config_class(dict(unet_config))
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=torch.device("cpu"))
     fill_random_(model.diffusion_model, seed=seed)
-    model.diffusion_model.to(torch.float32)
+    model.diffusion_model.to(dtype)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 

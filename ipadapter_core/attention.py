@@ -1,45 +1,49 @@
 """The decoupled cross-attention of IP-Adapter, as pure tensor functions.
 
-    out = Attn(Q, K_text, V_text) + Σ_adapters λ · gate · Attn(Q, K', V')
+    out = Attn(Q, K_text, V_text) + Σ_terms Attn(Q, K', λ·V')      (= λ · Attn(Q, K', V'): λ folded into V')
 
-computed before `to_out`, with the host layer's heads and softmax scale; each adapter has its own softmax.
-`attention(q, k, v)` is whatever attention the host uses (ComfyUI's optimized_attention inside a sampler).
+computed before `to_out`, with the host layer's heads and softmax scale; each term (one Apply node) has its own
+softmax. `attention(q, k, v)` is one of ComfyUI's attention functions (see unet/patch.py).
 """
 
 from collections.abc import Callable, Sequence
 
 import torch
 
-COND, UNCOND = 0, 1
+from .errors import IPAdapterError
+
+COND, UNCOND = 0, 1  # index of the image-prompt tokens and of the unconditional tokens in a `[2, T, W]` pair
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def rows_for_batch(by_kind: torch.Tensor, cond_or_uncond: Sequence[int], rows: int) -> torch.Tensor:
-    """Give every batch row the conditional or unconditional image tokens of its chunk.
+def rows_for_batch(by_side: torch.Tensor, sides: Sequence[int], rows: int) -> torch.Tensor:
+    """Give every batch row the image-prompt or the unconditional tokens of its chunk.
 
-    `by_kind` is `[2, T, W]` (index 0 = conditional, 1 = unconditional); the batch is `len(cond_or_uncond)` equal
-    chunks in that order. Returns `[rows, T, W]`: each chunk an expanded view, concatenated into one tensor, with no
-    index tensor and no device sync.
+    `by_side` is `[2, T, W]` (COND, UNCOND); the batch is `len(sides)` equal chunks, `sides[i]` naming the tokens of
+    chunk i. Returns `[rows, T, W]` (expanded views, concatenated), with no index tensor and no device sync.
     """
-    chunk = rows // len(cond_or_uncond)
-    return torch.cat([by_kind[kind].expand(chunk, -1, -1) for kind in cond_or_uncond])  # [rows, T, W]
+    if rows % len(sides):
+        raise IPAdapterError(
+            f"Apply IPAdapter: a cross-attention call has {rows} batch rows, which do not split into the "
+            f"{len(sides)} conditioning chunks ComfyUI names for it (transformer_options 'cond_or_uncond'). A node "
+            "between the sampler and the model changed the batch without updating cond_or_uncond: remove that "
+            "node, or give it a batch that is a multiple of the chunks."
+        )
+    chunk = rows // len(sides)
+    if len(set(sides)) == 1:
+        return by_side[sides[0]].expand(rows, -1, -1)  # [rows, T, W]
+    return torch.cat([by_side[side].expand(chunk, -1, -1) for side in sides])  # [rows, T, W]
 
 
 def image_prompt_attention(
     q: torch.Tensor,
     image_keys: torch.Tensor,
     image_values: torch.Tensor,
-    cond_or_uncond: Sequence[int],
+    sides: Sequence[int],
     attention: Attention,
 ) -> torch.Tensor:
-    """`Attn(Q, K', V')` for a batch whose chunks are conditional or unconditional rows. q: `[B, Nq, H·D]`."""
-    keys = rows_for_batch(image_keys, cond_or_uncond, q.shape[0])  # [B, T, H·D]
-    values = rows_for_batch(image_values, cond_or_uncond, q.shape[0])  # [B, T, H·D]
+    """`Attn(Q, K', V')` for a batch whose chunks get the tokens `sides` names. q: `[B, Nq, H·D]`; K'/V': `[2, T, H·D]`."""
+    keys = rows_for_batch(image_keys, sides, q.shape[0])  # [B, T, H·D]
+    values = rows_for_batch(image_values, sides, q.shape[0])  # [B, T, H·D]
     return attention(q, keys, values)  # [B, Nq, H·D]
-
-
-def add_scaled(base: torch.Tensor, term: torch.Tensor, *, weight: float, gate: torch.Tensor | None) -> torch.Tensor:
-    """`base + λ·gate·term`; gate is a 0/1 device scalar (the step range), so no host sync is needed to apply it."""
-    scale = weight if gate is None else gate * weight
-    return base + scale * term

@@ -61,6 +61,7 @@ class EncodeImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, ipadapter, clip_vision, image, negative_image=None, crop="center") -> io.NodeOutput:
+        comfy.model_management.throw_exception_if_processing_interrupted()  # cancelled before the first batch
         total = image.shape[0] + (0 if negative_image is None else negative_image.shape[0])
         progress = comfy.utils.ProgressBar(total)
 

@@ -84,7 +84,7 @@ LOAD_AND_INSPECT = """async ([workflow, name]) => {
         .filter(button => button.innerText.trim() === 'Dismiss')
         .map(button => {
             let card = button;
-            while (card.parentElement && !/\d+ ERRORS?\b/i.test(card.innerText)) card = card.parentElement;
+            while (card.parentElement && !/\\d+ ERRORS?\\b/i.test(card.innerText)) card = card.parentElement;
             return card.innerText.trim().slice(0, 600);
         });
     return {

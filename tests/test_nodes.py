@@ -467,7 +467,7 @@ def test_encode_does_not_start_when_comfyui_was_interrupted(encode, encode_calls
             encode("full_face", images(40, seed=13, height=32, width=32))
     finally:
         comfy.model_management.interrupt_current_processing(False)
-    assert len(encode_calls) <= 1, "no batch may follow an interrupt"
+    assert encode_calls == [], "no batch may start after an interrupt"
     assert not comfy.model_management.processing_interrupted()
 
 
@@ -504,9 +504,14 @@ def test_apply_patches_every_cross_attention_layer_of_a_clone(nodes, adapters, e
     assert model.model_options == options_before, "the input model must not be changed"
     assert "patches_replace" not in model.model_options.get("transformer_options", {})
 
-    patches = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    all_patches = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    patches = {key: patch for key, patch in all_patches.items() if len(key) == 3}
     assert len(patches) == len(expected_keys) == {"SD1.5": 16, "SDXL": 70}[layout]
     assert set(patches) == expected_keys
+    # SD1.5's blocks hold one layer each: its (block, id) key, which other packs use there, holds the same patch
+    block_keys = {key: patch for key, patch in all_patches.items() if len(key) == 2}
+    assert set(block_keys) == ({key[:2] for key in expected_keys} if layout == "SD1.5" else set())
+    assert all(patch is patches[(*key, 0)] for key, patch in block_keys.items())
     assert {key[1] for key in patches if key[0] == "middle"} == {0}, "the middle block is ('middle', 0, i) in ComfyUI"
     diffusion_model = patched.get_model_object("diffusion_model")
     for key, patch in patches.items():
@@ -520,6 +525,47 @@ def test_apply_patches_every_cross_attention_layer_of_a_clone(nodes, adapters, e
     assert [patch.layer.number for patch in in_order] == list(range(1, 2 * len(patches), 2))
     block_names = [patch.layer.key[0] for patch in in_order]
     assert block_names == sorted(block_names, key=["input", "output", "middle"].index)
+
+
+def tiny_dit(kind: str):
+    """A ModelPatcher over a tiny Flux or SD3 model, built by ComfyUI's own model configs (random weights)."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    if kind == "Flux":
+        config = dict(
+            image_model="flux", in_channels=16, patch_size=2, out_channels=16, vec_in_dim=32, context_in_dim=32,
+            hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6],
+            theta=10000, qkv_bias=True, guidance_embed=False,
+        )  # fmt: skip
+        if "txt_ids_dims" in {field.name for field in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+            config["txt_ids_dims"] = []  # a field of later ComfyUI versions
+        model_config = comfy.supported_models.Flux(config)
+    else:
+        model_config = comfy.supported_models.SD3(dict(
+            in_channels=16, patch_size=2, out_channels=16, depth=2, num_patches=None, pos_embed_max_size=16,
+            adm_in_channels=32, context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
+        ))  # fmt: skip
+    model_config.set_inference_dtype(torch.float32, None)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model_config.get_model({}, device=cpu), load_device=cpu, offload_device=cpu)
+
+
+@pytest.mark.parametrize("kind", ["Flux", "SD3"])
+def test_apply_on_a_dit_model_names_the_adapters_base_and_the_models_kind(nodes, adapters, encode, kind):
+    embeds = encode("base", images(1, seed=14))
+    with pytest.raises(IPAdapterError) as raised:
+        run(nodes["apply"], model=tiny_dit(kind), ipadapter=adapters["base"], embeds=embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    message = str(raised.value)
+    assert message.startswith("Apply IPAdapter: 'ip-adapter_sd15.safetensors' is an SD1.5 IP-Adapter")
+    assert "SD1.5 checkpoint" in message
+    if kind == "Flux":  # supported: the message names the Flux adapter to load instead
+        assert "applied to a Flux model" in message and "Load a Flux IP-Adapter" in message, message
+    else:
+        assert f"the model is {kind}" in message and "not supported yet" in message, message
 
 
 # --- IPAdapter Combine Embeds ---------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 One API-format workflow with the core loaders (CheckpointLoaderSimple, CLIPVisionLoader, ControlNetLoader twice),
 our four nodes, ControlNetApplyAdvanced twice, KSampler, VAEDecode and SaveImage runs on local stand-ins with the
 official SD1.5 shapes. Removing any one of the three controls changes the picture; λ = 0 gives the very picture of
-the graph without our nodes; the workflow runs twice in a row and with a batch of 2; a bad file name and a
+the graph without our nodes; the same patched model samples twice in a row (the second time not from ComfyUI's
+cache) to the same picture, and a batch of 2 runs; a bad file name and a
 mismatched image encoder give clear errors, and the next prompt still runs.
 """
 
@@ -33,7 +34,7 @@ VIT_G_ADAPTER = "ip-adapter_sd15_vit-G.safetensors"
 
 
 def controls_workflow(*, reference: str, hint: str, ipadapter: str = "ip-adapter_sd15.safetensors", with_ipadapter=True,
-                      with_controlnet=True, with_t2i=True, weight=0.8, batch=1, seed=3) -> dict:  # fmt: skip
+                      with_controlnet=True, with_t2i=True, weight=0.8, batch=1, seed=3, denoise=1.0) -> dict:  # fmt: skip
     prompt = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
         "vision": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"}},
@@ -65,7 +66,7 @@ def controls_workflow(*, reference: str, hint: str, ipadapter: str = "ip-adapter
     prompt["sampler"] = {
         "class_type": "KSampler",
         "inputs": {"model": model, "seed": seed, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-                   "positive": conditioning[0], "negative": conditioning[1], "latent_image": ["latent", 0], "denoise": 1.0},
+                   "positive": conditioning[0], "negative": conditioning[1], "latent_image": ["latent", 0], "denoise": denoise},
     }  # fmt: skip
     if not with_ipadapter:
         for name in ("ipa", "enc_a", "enc_b", "mix", "apply", "vision"):
@@ -104,10 +105,21 @@ def server(models):
         yield running
 
 
-def run(server, **options) -> list[numpy.ndarray]:
-    entry = run_prompt(server, controls_workflow(reference=server.reference, hint=server.hint, **options))
-    count = options.get("batch", 1)
+def run_entry(server, **options) -> dict:
+    return run_prompt(server, controls_workflow(reference=server.reference, hint=server.hint, **options))
+
+
+def pictures(server, entry, count: int = 1) -> list[numpy.ndarray]:
     return [numpy.asarray(Image.open(io.BytesIO(fetch_output_image(server, entry, index)))) for index in range(count)]
+
+
+def run(server, **options) -> list[numpy.ndarray]:
+    return pictures(server, run_entry(server, **options), options.get("batch", 1))
+
+
+def cached_nodes(entry: dict) -> set[str]:
+    """The nodes ComfyUI served from its cache in this prompt (its execution_cached message in /history)."""
+    return {node for event, data in entry["status"]["messages"] if event == "execution_cached" for node in data["nodes"]}
 
 
 def test_all_three_controls_shape_the_picture(server):
@@ -123,8 +135,14 @@ def test_weight_zero_gives_the_picture_without_our_nodes(server):
 
 
 def test_twice_in_a_row_and_a_batch_of_two(server):
-    first, again = run(server, seed=11)[0], run(server, seed=11)[0]
-    assert numpy.array_equal(first, again)
+    """The same patched model sampled again gives the same picture. The second prompt differs only in KSampler's
+    denoise (0.99995 gives the full schedule, as 1.0 does), so ComfyUI serves our nodes from its cache, the same
+    patched model object, and samples again: an identical prompt would be served whole from the cache."""
+    first_entry = run_entry(server, seed=11)
+    again_entry = run_entry(server, seed=11, denoise=0.99995)
+    assert "sampler" not in cached_nodes(again_entry), "KSampler must run again"
+    assert {"apply", "mix", "enc_a"} <= cached_nodes(again_entry), "with the same patched model"
+    assert numpy.array_equal(pictures(server, first_entry)[0], pictures(server, again_entry)[0])
     batch = run(server, seed=11, batch=2)
     assert len(batch) == 2 and all(picture.shape == (64, 64, 3) for picture in batch)
 

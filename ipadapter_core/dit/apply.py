@@ -6,6 +6,7 @@ from ..adapter import LoadedAdapter
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
 from ..schedule import sigma_range
+from ..unet.passes import add_pass_wrappers
 from ..unet.patch import ImagePromptTerm
 from .flux_format import FluxAdapterSpec
 from .patch import DoubleBlockPatch
@@ -78,5 +79,6 @@ def apply_flux_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embe
         else:
             new_patch = DoubleBlockPatch(index=index, block=block, terms=(term,), base=previous)
         patched.set_model_patch_replace(new_patch, "dit", "double_block", index)
+    add_pass_wrappers(patched)  # which image tokens each chunk gets under every guider, and one sigma per call
     return patched
 

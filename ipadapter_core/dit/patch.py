@@ -3,7 +3,7 @@
 What diffusers' `FluxIPAdapterAttnProcessor` computes in double block i, image stream only:
 
     ip_query = norm_q(q of the modulated image tokens)     # after the QK-norm, before RoPE: [B, H, L, D]
-    ip       = Σ_adapters λ · Attn(ip_query, K', V')       # K' = to_k_ip(tokens), V' = to_v_ip(tokens), with bias
+    ip       = Σ_adapters Attn(ip_query, K', λ·V')     # = λ · Attn(ip_query, K', V'); K' = to_k_ip(tokens), V' = to_v_ip(tokens)
     img_out  = block(img, txt, …).img + ip                 # at the very end of the block: ungated, no to_out
 
 ComfyUI calls `patches_replace["dit"][("double_block", i)](args, {"original_block": …})` on every host. The block
@@ -13,10 +13,20 @@ block runs. A patch set on the block by another pack is kept and called in place
 `to`, `models` and `__deepcopy__` follow the UNet patch's protocol (see unet/patch.py).
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from ..attention import add_scaled, rows_for_batch
+from ..attention import rows_for_batch
+from ..unet.passes import call_sigma, chunk_sides
 from ..unet.patch import ImagePromptTerm
+
+
+@dataclass(frozen=True)
+class DoubleBlock:
+    """What an ImagePromptTerm needs to know of a double block: its number in the adapter file (K'/V' per block)."""
+
+    number: int
 
 
 def flux_image_query(block: torch.nn.Module, img: torch.Tensor, vec) -> torch.Tensor:
@@ -52,20 +62,21 @@ class DoubleBlockPatch:
         self.base = base  # another pack's replace patch on this block, or None for the original block
 
     def __call__(self, args, extra):
-        active = [term for term in self.terms if term.weight != 0]
+        options = args.get("transformer_options") or {}
+        sigma = call_sigma(options)
+        block = DoubleBlock(number=self.index)
+        active = [term for term in self.terms if term.acts_at(block, sigma)]  # one decision per call, no device sync
         query = flux_image_query(self.block, args["img"], args["vec"]) if active else None  # before the block
         out = self.base(args, extra) if self.base is not None else extra["original_block"](args)
         if not active:
             return out
-        options = args.get("transformer_options") or {}
-        cond_or_uncond = options.get("cond_or_uncond") or [0]
+        sides = chunk_sides(options)
         image = out["img"]
         for term in active:
-            image_keys, image_values = term.keys_values(self.index, query.device, query.dtype)  # [2, T, H·D] each
-            keys = rows_for_batch(image_keys, cond_or_uncond, query.shape[0])  # [B, T, H·D]
-            values = rows_for_batch(image_values, cond_or_uncond, query.shape[0])  # [B, T, H·D]
-            gate = term.sigmas.gate(options["sigmas"], query.dtype) if "sigmas" in options else None
-            image = add_scaled(image, ip_attention(query, keys, values, options).to(image.dtype), weight=term.weight, gate=gate)
+            image_keys, image_values = term.keys_values(block, query.device, query.dtype)  # K', λ·V': [2, T, H·D] each
+            keys = rows_for_batch(image_keys, sides, query.shape[0])  # [B, T, H·D]
+            values = rows_for_batch(image_values, sides, query.shape[0])  # [B, T, H·D]
+            image = image + ip_attention(query, keys, values, options).to(image.dtype)
         return {**out, "img": image}
 
     def stacked_with(self, term: ImagePromptTerm) -> "DoubleBlockPatch":
@@ -74,7 +85,7 @@ class DoubleBlockPatch:
     def to(self, device_or_dtype):
         if isinstance(device_or_dtype, torch.device):
             for term in self.terms:
-                term.forget_keys_values()
+                term.keep_cached_only_on(device_or_dtype)
         if hasattr(self.base, "to"):
             self.base = self.base.to(device_or_dtype)
         return self

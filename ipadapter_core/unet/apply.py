@@ -5,8 +5,9 @@ from ..detection import BASE_OF_LAYER_COUNT
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
 from ..schedule import sigma_range
-from .layer_map import CrossAttentionLayer, cross_attention_layers
-from .patch import ImagePromptTerm, LayerPatch
+from .layer_map import CrossAttentionLayer, cross_attention_layers, is_unet
+from .passes import add_pass_wrappers
+from .patch import ImagePromptTerm, LayerPatch, copy_patches_on_clone, is_layer_patch
 
 EXAMPLE_FILE = {"SD1.5": "ip-adapter_sd15.safetensors", "SDXL": "ip-adapter_sdxl_vit-h.safetensors"}
 
@@ -31,14 +32,32 @@ def check_adapter_fits_model(adapter: LoadedAdapter, layers: list[CrossAttention
     )
 
 
+def check_model_is_unet(adapter: LoadedAdapter, model) -> None:
+    """Flux, SD3 and the other DiT models have no UNet cross-attention blocks for the attn2 patch to reach."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    if is_unet(diffusion_model):
+        return
+    config = getattr(model.model, "model_config", None)
+    kind = type(config).__name__ if config is not None else type(model.model).__name__
+    base = adapter.spec.base
+    raise IPAdapterError(
+        f"'{adapter.source}' is an {base} IP-Adapter, but the model is {kind} (diffusion model "
+        f"{type(diffusion_model).__name__}), which has no UNet cross-attention blocks: this pack patches SD1.5 and "
+        f"SDXL UNets, and DiT models such as Flux and SD3 are not supported yet. Connect an {base} checkpoint to "
+        "the model input."
+    )
+
+
 def apply_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, *, weight: float, start_at: float, end_at: float):
     """Return a clone of the ModelPatcher `model` whose cross-attention layers also attend to the image prompt.
 
     Several calls stack: every layer keeps one patch holding all terms (summed, each with its own softmax). A replace
-    patch set on a layer by another pack is kept and called for the text attention, not dropped.
+    patch set on a layer by another pack is kept and called for the text attention, not dropped; a pack that comes
+    later and calls `add()` on the patch it finds (cubiq's protocol) adds its callback to ours.
     """
     if not 0.0 <= start_at <= end_at <= 1.0:
         raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
+    check_model_is_unet(adapter, model)
     layers = cross_attention_layers(model.get_model_object("diffusion_model"))
     check_adapter_fits_model(adapter, layers)
     check_embeds_fit(embeds, adapter.spec, adapter.source)
@@ -54,9 +73,13 @@ def apply_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: I
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in layers:
         previous = existing.get(layer.key, existing.get(layer.key[:2]))
-        if isinstance(getattr(previous, "terms", None), tuple) and hasattr(previous, "stacked_with"):
+        if is_layer_patch(previous):
             new_patch = previous.stacked_with(term)
         else:
             new_patch = LayerPatch(layer=layer, terms=(term,), base=previous)
-        patched.set_model_attn2_replace(new_patch, *layer.key)
+        for key in (layer.key, layer.block_key):  # both keys other packs look up on SD1.5: see layer_map
+            if key is not None:
+                patched.set_model_attn2_replace(new_patch, *key)
+    add_pass_wrappers(patched)
+    copy_patches_on_clone(patched)
     return patched

@@ -4,9 +4,12 @@
 order, which is down blocks, then up blocks, then the middle block last; attn1 before attn2 in every transformer
 block, so cross-attention layers are the odd N. In ComfyUI's LDM layout that is: `input_blocks` in order, then
 `output_blocks`, then `middle_block`, and inside each SpatialTransformer its transformer blocks in order. The patch
-key is `(block_name, block_id, transformer_block_index)`, with the middle block as `("middle", 0, i)`.
+key is `(block_name, block_id, transformer_block_index)`, with the middle block as `("middle", 0, i)`; where a
+block holds one transformer block (all of SD1.5), `(block_name, block_id)` names the same layer, the key that
+cubiq's IPAdapter, InstantID and PuLID packs use on SD1.5.
 """
 
+import collections
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +21,12 @@ class CrossAttentionLayer:
     key: tuple[str, int, int]  # ComfyUI's attn2 replace key (block_name, block_id, transformer_block_index)
     hidden_size: int  # the layer's attention width (to_k output rows)
     context_dim: int  # the width of the text tokens it reads (to_k input)
+    block_key: tuple[str, int] | None = None  # (block_name, block_id) when that block holds only this layer
+
+
+def is_unet(diffusion_model: torch.nn.Module) -> bool:
+    """ComfyUI's LDM UNet (SD1.x, SD2.x, SDXL): what the attn2 patch mechanism reaches."""
+    return all(hasattr(diffusion_model, name) for name in ("input_blocks", "middle_block", "output_blocks"))
 
 
 def cross_attention_layers(diffusion_model: torch.nn.Module) -> list[CrossAttentionLayer]:
@@ -27,20 +36,24 @@ def cross_attention_layers(diffusion_model: torch.nn.Module) -> list[CrossAttent
         *(("output", index, block) for index, block in enumerate(diffusion_model.output_blocks)),
         ("middle", 0, diffusion_model.middle_block),
     ]
-    layers = []
+    found = []  # (key, attn2) in checkpoint order
     for block_name, block_id, block in ordered_blocks:
         for module in block:
             for index, transformer_block in enumerate(getattr(module, "transformer_blocks", ())):
                 attn2 = getattr(transformer_block, "attn2", None)
-                if attn2 is None:
-                    continue
-                hidden_size, context_dim = attn2.to_k.weight.shape
-                layers.append(
-                    CrossAttentionLayer(
-                        number=2 * len(layers) + 1,
-                        key=(block_name, block_id, index),
-                        hidden_size=hidden_size,
-                        context_dim=context_dim,
-                    )
-                )
+                if attn2 is not None:
+                    found.append(((block_name, block_id, index), attn2))
+    layers_per_block = collections.Counter(key[:2] for key, _ in found)
+    layers = []
+    for key, attn2 in found:
+        hidden_size, context_dim = attn2.to_k.weight.shape
+        layers.append(
+            CrossAttentionLayer(
+                number=2 * len(layers) + 1,
+                key=key,
+                hidden_size=hidden_size,
+                context_dim=context_dim,
+                block_key=key[:2] if layers_per_block[key[:2]] == 1 else None,
+            )
+        )
     return layers
