@@ -25,6 +25,7 @@ import server_process
 from batch_jobs import BatchError, Job
 
 CLI = Path(__file__).resolve().parents[1] / "tools" / "batch_queue.py"
+PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every PNG file
 PROMPTS = ["a red fox", "a lighthouse", "a bowl of fruit", "a city at night", "an old map"]
 WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0]
 REFERENCE_SIZE = 64
@@ -313,11 +314,15 @@ def test_fifty_jobs_on_two_servers_one_restarted_midway(two_servers, fast_workfl
     try:
         on_second = lambda: [r for r in journal_records(out, "done") if r["server"] == second.url]  # noqa: E731
         wait_for(lambda: len(on_second()) >= 4, timeout=300, what="4 jobs done on the second server", process=process)
-        saved = len(list((second.base / "output").glob("*.png")))
+        before = set((second.base / "output").glob("*.png"))
         deadline = time.monotonic() + 60
-        while len(list((second.base / "output").glob("*.png"))) == saved and time.monotonic() < deadline:
+        while not (new := set((second.base / "output").glob("*.png")) - before) and time.monotonic() < deadline:
             time.sleep(0.01)
+        while new and not all(path.read_bytes().endswith(PNG_END) for path in new) and time.monotonic() < deadline:
+            time.sleep(0.005)  # the file appears when ComfyUI starts writing it: wait until it is whole
         # Killed just after it saved an image, likely before the CLI collected it; one more prompt waits there.
+        # (A server killed in the middle of writing a PNG leaves half a file, and the job runs again elsewhere:
+        # the batch tool's documented limit, not what this test is about.)
         second.kill()
         done_before_kill = len(journal_records(out, "done"))
         killed_at = time.monotonic()
