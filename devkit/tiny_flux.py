@@ -54,10 +54,17 @@ def flux_diffusers_twin(comfy_patcher, config: dict):
         num_attention_heads=config["num_heads"], joint_attention_dim=FLUX_TEXT_WIDTH,
         pooled_projection_dim=FLUX_POOLED_WIDTH, guidance_embeds=True, axes_dims_rope=tuple(config["axes_dim"]),
     ).eval()  # fmt: skip
-    comfy_weights = comfy_patcher.model.diffusion_model.state_dict()
+    load_converted_weights(transformer, comfy_patcher.model.diffusion_model, comfy.utils.flux_to_diffusers(config))
+    return transformer
+
+
+def load_converted_weights(transformer, comfy_module, key_map: dict) -> None:
+    """Give a diffusers model a ComfyUI model's weights through one of ComfyUI's own key maps
+    (`comfy.utils.*_to_diffusers`: diffusers key -> ComfyUI key, slice of a fused tensor, or (key, None, function))."""
+    comfy_weights = comfy_module.state_dict()
     wanted = set(transformer.state_dict())
     weights = {}
-    for diffusers_key, target in comfy.utils.flux_to_diffusers(config).items():
+    for diffusers_key, target in key_map.items():
         if diffusers_key not in wanted or (target if isinstance(target, str) else target[0]) not in comfy_weights:
             continue  # keys of variants these models do not have (ControlNet input; Flux 2 names on newer hosts)
         if isinstance(target, str):
@@ -69,7 +76,6 @@ def flux_diffusers_twin(comfy_patcher, config: dict):
             weights[diffusers_key] = comfy_weights[target[0]].narrow(dim, offset, size)
     missing, unexpected = transformer.load_state_dict(weights, strict=False)
     assert not missing and not unexpected, (missing[:5], unexpected[:5])
-    return transformer
 
 
 def xlabs_adapter_state_dict(*, hidden_size: int, double_blocks: int, seed: int, num_tokens: int = 4, dtype=torch.float32):

@@ -9,6 +9,7 @@ from ..models.adapter import IPAdapterModel
 from ..models.image_projection import LinearProjection, MLPProjection, Resampler
 from .detection import RESAMPLER_DIM_HEAD, AdapterSpec, detect_spec
 from .dit.flux_format import FluxAdapterSpec, build_flux_adapter_model, detect_flux_spec, is_flux_adapter_file
+from .dit.sd3_format import SD3AdapterSpec, build_sd3_adapter_model, detect_sd3_spec, is_sd3_adapter_file
 from .formats import IPADAPTER_FILE, adapter_parts, assign_weights, read_weights_file
 
 RESAMPLER_FF_MULT = 4
@@ -18,19 +19,22 @@ RESAMPLER_FF_MULT = 4
 class LoadedAdapter:
     """An adapter file, loaded: what it is, its weights, and where it came from."""
 
-    spec: AdapterSpec | FluxAdapterSpec
-    model: torch.nn.Module  # IPAdapterModel, or FluxIPAdapterModel for a Flux file
+    spec: AdapterSpec | FluxAdapterSpec | SD3AdapterSpec
+    model: torch.nn.Module  # IPAdapterModel, FluxIPAdapterModel for a Flux file, SD3IPAdapterModel for SD3.5
     source: str  # the file name, for error messages
 
 
 def load_adapter(path: str) -> LoadedAdapter:
-    """Read an adapter file and tell its family from the tensors: XLabs Flux, or a UNet (SD1.5/SDXL) file."""
+    """Read an adapter file and tell its family from the tensors: XLabs Flux, InstantX SD3.5, or a UNet (SD1.5/SDXL) file."""
     name = os.path.basename(path)
     content = read_weights_file(path, kind=IPADAPTER_FILE)
     if isinstance(content, dict) and is_flux_adapter_file(content):
         flux_spec = detect_flux_spec(content, name)
         return LoadedAdapter(spec=flux_spec, model=build_flux_adapter_model(flux_spec, content, name), source=name)
     parts = adapter_parts(content, name)
+    if is_sd3_adapter_file(parts):
+        sd3_spec = detect_sd3_spec(parts, name)
+        return LoadedAdapter(spec=sd3_spec, model=build_sd3_adapter_model(sd3_spec, parts, name), source=name)
     spec = detect_spec(parts, path)
     return LoadedAdapter(spec=spec, model=build_adapter_model(spec, parts, name), source=name)
 

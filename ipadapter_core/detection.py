@@ -21,13 +21,15 @@ PENULTIMATE = "penultimate_hidden_states"
 VIT_H = "ViT-H"
 VIT_BIGG = "ViT-bigG"
 VIT_L = "ViT-L"
+SIGLIP = "SigLIP"
 # CLIP image encoders: width of image_embeds (projection) and of the hidden states.
 ENCODER_IMAGE_EMBEDS_DIM = {VIT_H: 1024, VIT_BIGG: 1280, VIT_L: 768}
-ENCODER_HIDDEN_DIM = {VIT_H: 1280, VIT_BIGG: 1664, VIT_L: 1024}
+ENCODER_HIDDEN_DIM = {VIT_H: 1280, VIT_BIGG: 1664, VIT_L: 1024, SIGLIP: 1152}  # SigLIP: no image projection
 ENCODER_FILES = {
     VIT_L: "clip_vision_l.safetensors (OpenAI CLIP ViT-L/14, openai/clip-vit-large-patch14, the encoder of XLabs' Flux IP-Adapter)",
     VIT_H: "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors (the ViT-H image encoder, 'models/image_encoder' of h94/IP-Adapter)",
     VIT_BIGG: "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors (the ViT-bigG image encoder, 'sdxl_models/image_encoder' of h94/IP-Adapter)",
+    SIGLIP: "sigclip_vision_patch14_384.safetensors (google/siglip-so400m-patch14-384, the encoder of InstantX's SD3.5-Large IP-Adapter)",
 }
 RESAMPLER_DIM_HEAD = 64
 
@@ -50,6 +52,7 @@ class AdapterSpec:
     resampler_depth: int = 0
     resampler_heads: int = 0
     black_negative_image = False  # (not a field) the UNet references never use a black picture as negative image
+    zero_negative_embeds = False  # (not a field) their negative is encoded (or a zero image embedding, see encoding)
 
     @property
     def layer_count(self) -> int:

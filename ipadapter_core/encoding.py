@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .detection import ENCODER_FILES, IMAGE_EMBEDS, AdapterSpec
+from .detection import ENCODER_FILES, IMAGE_EMBEDS, SIGLIP, AdapterSpec
 from .embeds import ImagePromptEmbeds, encoder_of_width, make_embeds
 from .errors import IPAdapterError
 
@@ -35,7 +35,29 @@ def encoder_widths(clip_vision) -> tuple[int, int] | None:
     return projection_dim, hidden_dim
 
 
+def hidden_width(clip_vision) -> int | None:
+    """The hidden-state width of a ComfyUI vision model (its patch embedding's output channels), None if unknown."""
+    vision = getattr(clip_vision.model, "vision_model", None)
+    weight = getattr(getattr(getattr(vision, "embeddings", None), "patch_embedding", None), "weight", None)
+    return None if weight is None else weight.shape[0]
+
+
+def check_siglip_fits(clip_vision, spec, source: str) -> None:
+    """SigLIP so400m: no CLIP image projection, hidden states of width 1152."""
+    widths = encoder_widths(clip_vision)
+    width = hidden_width(clip_vision)
+    if widths is not None or width != spec.embedding_dim:
+        have = f"CLIP {encoder_of_width(IMAGE_EMBEDS, widths[0])}" if widths is not None else f"an encoder of width {width}"
+        raise IPAdapterError(
+            f"'{source}' ({spec.variant}) needs the {SIGLIP} so400m image encoder (hidden states of width "
+            f"{spec.embedding_dim}), but the connected vision model is {have}. Load {ENCODER_FILES[SIGLIP]} with "
+            "CLIPVisionLoader."
+        )
+
+
 def check_encoder_fits(clip_vision, spec: AdapterSpec, source: str) -> None:
+    if spec.image_encoder == SIGLIP:
+        return check_siglip_fits(clip_vision, spec, source)
     widths = encoder_widths(clip_vision)
     if widths is None:
         raise IPAdapterError(
@@ -115,7 +137,9 @@ def encode_image_prompt(
         negative_images = torch.zeros(1, size, size, 3)  # [1, S, S, 3]: a black picture, the reference's negative
     reading = dict(clip_output=spec.clip_output, crop=crop, after_batch=after_batch)
     positive = encode_images(clip_vision, images, **reading)
-    if negative_images is None:
+    if negative_images is None and spec.zero_negative_embeds:
+        negative = torch.zeros_like(positive[:1])  # the reference's negative: zero hidden states, not an encoded picture
+    elif negative_images is None:
         negative = unconditional_output(clip_vision, positive, clip_output=spec.clip_output)
     else:
         negative = encode_images(clip_vision, negative_images, **reading)

@@ -64,8 +64,10 @@ class PerceiverAttention(torch.nn.Module):
         return x.reshape(batch, length, self.heads, self.dim_head).transpose(1, 2)  # [B, H, L, D]
 
     def forward(self, features: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        features = self.norm1(features)  # [B, S, dim]
-        latents = self.norm2(latents)  # [B, Q, dim]
+        return self.attend(self.norm1(features), self.norm2(latents))
+
+    def attend(self, features: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The attention on already normalised features `[B, S, dim]` and latents `[B, Q, dim]` -> `[B, Q, dim]`."""
         batch, num_latents, _ = latents.shape
         query = self._split_heads(self.to_q(latents))  # [B, H, Q, D]
         key, value = self.to_kv(torch.cat([features, latents], dim=1)).chunk(2, dim=-1)  # 2 x [B, S+Q, H·D]

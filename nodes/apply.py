@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..ipadapter_core.dit.apply import apply_flux_image_prompt, is_dit_application
+from ..ipadapter_core.dit.apply import apply_dit_image_prompt, is_dit_application
 from ..ipadapter_core.unet.apply import apply_image_prompt
 from .errors import errors_named_for
 from .types import EmbedsType, IPAdapterType
@@ -56,7 +56,7 @@ class ApplyIPAdapter(io.ComfyNode):
     def execute(cls, model, ipadapter, embeds, weight, start_at, end_at) -> io.NodeOutput:
         with errors_named_for("Apply IPAdapter"):
             dit = is_dit_application(model, ipadapter.adapter)
-            patched = (apply_flux_image_prompt if dit else apply_image_prompt)(
+            patched = (apply_dit_image_prompt if dit else apply_image_prompt)(
                 model,
                 ipadapter.adapter,
                 ipadapter.weights_patcher,

@@ -1,4 +1,5 @@
-"""Putting an image prompt on a ComfyUI Flux model: check that adapter, model and embeds fit, then patch a clone."""
+"""Putting an image prompt on a ComfyUI DiT model (Flux here, SD3 in sd3_apply): check that adapter, model and
+embeds fit, then patch a clone."""
 
 import torch
 
@@ -8,8 +9,11 @@ from ..errors import IPAdapterError
 from ..schedule import sigma_range
 from ..unet.passes import add_pass_wrappers
 from ..unet.patch import ImagePromptTerm
+from .block_patches import check_step_range, patch_every_block
 from .flux_format import FluxAdapterSpec
 from .patch import DoubleBlockPatch
+from .sd3_apply import apply_sd3_image_prompt, mmdit_joint_blocks
+from .sd3_format import SD3AdapterSpec
 
 FLUX_FILE = "ip_adapter.safetensors of XLabs-AI/flux-ip-adapter (or flux-ip-adapter-v2)"
 
@@ -25,8 +29,13 @@ def flux_double_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
 
 
 def is_dit_application(model, adapter: LoadedAdapter) -> bool:
-    """Whether Apply takes the DiT path: a Flux adapter file, or a Flux model (then a UNet file is refused here)."""
-    return isinstance(adapter.spec, FluxAdapterSpec) or flux_double_blocks(model.get_model_object("diffusion_model")) is not None
+    """Whether Apply takes the DiT path: a Flux or SD3.5 adapter file, or a Flux or SD3 model (then a UNet file is
+    refused there)."""
+    return (
+        isinstance(adapter.spec, FluxAdapterSpec)
+        or flux_double_blocks(model.get_model_object("diffusion_model")) is not None
+        or is_sd3_application(model, adapter)
+    )
 
 
 def check_flux_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
@@ -56,8 +65,7 @@ def apply_flux_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embe
     Several calls stack: every double block keeps one patch holding all terms. A `dit` replace patch set on a block
     by another pack is kept and runs in place of the original block, inside ours.
     """
-    if not 0.0 <= start_at <= end_at <= 1.0:
-        raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
+    check_step_range(start_at=start_at, end_at=end_at)
     blocks = flux_double_blocks(model.get_model_object("diffusion_model"))
     check_flux_fit(adapter, blocks)
     check_embeds_fit(embeds, adapter.spec, adapter.source)
@@ -69,16 +77,17 @@ def apply_flux_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embe
         weight=float(weight),
         sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
     )
-    patched = model.clone()
-    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-    for index, block in enumerate(blocks):
-        key = ("double_block", index)
-        previous = existing.get(key)
-        if isinstance(previous, DoubleBlockPatch):
-            new_patch = previous.stacked_with(term)
-        else:
-            new_patch = DoubleBlockPatch(index=index, block=block, terms=(term,), base=previous)
-        patched.set_model_patch_replace(new_patch, "dit", "double_block", index)
+    patched = patch_every_block(model, blocks, term, DoubleBlockPatch)
     add_pass_wrappers(patched)  # which image tokens each chunk gets under every guider, and one sigma per call
     return patched
 
+
+def is_sd3_application(model, adapter: LoadedAdapter) -> bool:
+    """An SD3.5 adapter file, or an SD3 (MMDiT) model: the SD3 path, which refuses what does not fit."""
+    return isinstance(adapter.spec, SD3AdapterSpec) or mmdit_joint_blocks(model.get_model_object("diffusion_model")) is not None
+
+
+def apply_dit_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, *, weight: float, start_at: float, end_at: float):
+    """The SD3 path for an SD3.5 adapter or an SD3 model, the Flux path otherwise (see is_dit_application)."""
+    apply = apply_sd3_image_prompt if is_sd3_application(model, adapter) else apply_flux_image_prompt
+    return apply(model, adapter, weights_patcher, embeds, weight=weight, start_at=start_at, end_at=end_at)

@@ -36,6 +36,7 @@ class FluxAdapterSpec:
     image_encoder: str = VIT_L
     clip_output: str = IMAGE_EMBEDS
     black_negative_image: bool = True  # diffusers' Flux pipeline encodes a black picture as the negative image
+    zero_negative_embeds = False  # (not a field)
 
     def describe(self) -> str:
         return (

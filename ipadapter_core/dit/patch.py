@@ -10,7 +10,7 @@ ComfyUI calls `patches_replace["dit"][("double_block", i)](args, {"original_bloc
 adds to `img` in place, so the query is rebuilt from the block's input (with the block's own modules) before the
 block runs. A patch set on the block by another pack is kept and called in place of the original block.
 
-`to`, `models` and `__deepcopy__` follow the UNet patch's protocol (see unet/patch.py).
+`to`, `models` and `__deepcopy__` (block_patches.TermPatchProtocol) follow the UNet patch's protocol (see unet/patch.py).
 """
 
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ import torch
 from ..attention import rows_for_batch
 from ..unet.passes import call_sigma, chunk_sides
 from ..unet.patch import ImagePromptTerm
+from .block_patches import TermPatchProtocol
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def ip_attention(query: torch.Tensor, image_keys: torch.Tensor, image_values: to
     return optimized_attention(query, keys, values, heads, skip_reshape=True, transformer_options=transformer_options)
 
 
-class DoubleBlockPatch:
+class DoubleBlockPatch(TermPatchProtocol):
     def __init__(self, *, index: int, block: torch.nn.Module, terms: tuple[ImagePromptTerm, ...], base=None):
         self.index = index
         self.block = block  # the model's own DoubleStreamBlock i (shared, never copied)
@@ -81,18 +82,3 @@ class DoubleBlockPatch:
 
     def stacked_with(self, term: ImagePromptTerm) -> "DoubleBlockPatch":
         return DoubleBlockPatch(index=self.index, block=self.block, terms=(*self.terms, term), base=self.base)
-
-    def to(self, device_or_dtype):
-        if isinstance(device_or_dtype, torch.device):
-            for term in self.terms:
-                term.keep_cached_only_on(device_or_dtype)
-        if hasattr(self.base, "to"):
-            self.base = self.base.to(device_or_dtype)
-        return self
-
-    def models(self) -> list:
-        base_models = self.base.models() if hasattr(self.base, "models") else []
-        return [*{id(term.weights_patcher): term.weights_patcher for term in self.terms}.values(), *base_models]
-
-    def __deepcopy__(self, memo):
-        return self

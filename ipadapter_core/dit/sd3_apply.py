@@ -1,0 +1,75 @@
+"""Putting an image prompt on a ComfyUI SD3 (MMDiT) model: check that adapter, model and embeds fit, then patch a
+clone."""
+
+import torch
+
+from ..adapter import LoadedAdapter
+from ..embeds import ImagePromptEmbeds, check_embeds_fit
+from ..errors import IPAdapterError
+from ..schedule import sigma_range
+from ..unet.passes import add_pass_wrappers
+from .block_patches import check_step_range, patch_every_block
+from .sd3_format import SD3_FILE, SD3AdapterSpec
+from .sd3_patch import JointBlockPatch
+from .sd3_term import TimestepImagePromptTerm
+
+
+def mmdit_joint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The joint blocks of a ComfyUI MMDiT (SD3, SD3.5), or None for a model of another kind."""
+    from comfy.ldm.modules.diffusionmodules.mmdit import JointBlock
+
+    blocks = getattr(diffusion_model, "joint_blocks", None)
+    if blocks is None or not all(isinstance(block, JointBlock) for block in blocks):
+        return None
+    return list(blocks)
+
+
+def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
+    spec = adapter.spec
+    if not isinstance(spec, SD3AdapterSpec):
+        raise IPAdapterError(
+            f"'{adapter.source}' is a {spec.base} IP-Adapter but it was applied to an SD3 model. Load an SD3.5 "
+            f"IP-Adapter ({SD3_FILE}), or apply this one to a {spec.base} model."
+        )
+    if blocks is None:
+        raise IPAdapterError(
+            f"'{adapter.source}' is an SD3.5 IP-Adapter but it was applied to a model that is not SD3 (no MMDiT joint "
+            "blocks). Connect Stable Diffusion 3.5 Large, or load an IP-Adapter made for this model."
+        )
+    if any(block.x_block.x_block_self_attn or block.x_block.scale_mod_only for block in blocks):
+        raise IPAdapterError(
+            f"'{adapter.source}' was made for SD3.5 Large, but this SD3 model has blocks of another kind (MMDiT-X "
+            "self-attention, as in SD3.5 Medium). Connect Stable Diffusion 3.5 Large."
+        )
+    widths = {block.x_block.attn.num_heads * block.x_block.attn.head_dim for block in blocks}
+    head_dims = {block.x_block.attn.head_dim for block in blocks}
+    if len(blocks) != spec.joint_blocks or widths != {spec.hidden_size} or head_dims != {spec.head_dim}:
+        raise IPAdapterError(
+            f"'{adapter.source}' has image-prompt weights for {spec.joint_blocks} joint blocks of width "
+            f"{spec.hidden_size}, but this SD3 model has {len(blocks)} of width {sorted(widths)}. Use the adapter made "
+            f"for this model (SD3.5 Large: 38 blocks of width 2432, {SD3_FILE})."
+        )
+
+
+def apply_sd3_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, *, weight: float, start_at: float, end_at: float):
+    """Return a clone of the ModelPatcher `model` whose joint blocks also attend to the image prompt.
+
+    Several calls stack: every joint block keeps one patch holding all terms. A `dit` replace patch set on a block
+    by another pack is kept, with our image-prompt block as its original block.
+    """
+    check_step_range(start_at=start_at, end_at=end_at)
+    blocks = mmdit_joint_blocks(model.get_model_object("diffusion_model"))
+    check_sd3_fit(adapter, blocks)
+    check_embeds_fit(embeds, adapter.spec, adapter.source)
+    sampling = model.get_model_object("model_sampling")
+    term = TimestepImagePromptTerm(
+        adapter=adapter,
+        weights_patcher=weights_patcher,
+        embeds=embeds,
+        weight=float(weight),
+        sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
+        timestep_of_sigma=sampling.timestep,
+    )
+    patched = patch_every_block(model, blocks, term, JointBlockPatch)
+    add_pass_wrappers(patched)  # which image tokens each chunk gets under every guider, and one sigma per call
+    return patched
