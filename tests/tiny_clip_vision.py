@@ -65,3 +65,22 @@ def tiny_clip_vision(encoder: str, directory, *, seed: int = 0, dtype: torch.dty
         clip_vision.dtype = dtype
     fill_random_(clip_vision.model, seed=seed)
     return clip_vision
+
+
+def tiny_siglip_vision(directory, *, seed: int = 0):
+    """A SigLIP-like `comfy.clip_vision.ClipVisionModel` (model_type siglip_vision_model, as ComfyUI's
+    clip_vision_siglip_384.json): so400m's hidden width 1152 and no image projection, the rest tiny, fp32."""
+    import comfy.clip_vision
+
+    config = {
+        "num_channels": 3, "hidden_act": "gelu_pytorch_tanh", "hidden_size": 1152, "image_size": IMAGE_SIZE,
+        "intermediate_size": 64, "model_type": "siglip_vision_model", "num_attention_heads": 16,
+        "num_hidden_layers": LAYERS, "patch_size": PATCH_SIZE, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    }  # fmt: skip
+    path = Path(directory) / "tiny_siglip_vision.json"
+    path.write_text(json.dumps(config, indent=1))
+    clip_vision = comfy.clip_vision.ClipVisionModel(str(path))
+    clip_vision.model.to(torch.float32)
+    clip_vision.dtype = torch.float32
+    fill_random_(clip_vision.model, seed=seed)
+    return clip_vision

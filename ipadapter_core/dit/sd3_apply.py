@@ -9,6 +9,7 @@ from ..errors import IPAdapterError
 from ..schedule import sigma_range
 from ..unet.passes import add_pass_wrappers
 from .block_patches import check_step_range, patch_every_block
+from .flux_format import FLUX
 from .sd3_format import SD3_FILE, SD3AdapterSpec
 from .sd3_patch import JointBlockPatch
 from .sd3_term import TimestepImagePromptTerm
@@ -27,8 +28,9 @@ def mmdit_joint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
 def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
     spec = adapter.spec
     if not isinstance(spec, SD3AdapterSpec):
+        article = "a" if spec.base == FLUX else "an"  # a Flux, an SD1.5, an SDXL
         raise IPAdapterError(
-            f"'{adapter.source}' is a {spec.base} IP-Adapter but it was applied to an SD3 model. Load an SD3.5 "
+            f"'{adapter.source}' is {article} {spec.base} IP-Adapter but it was applied to an SD3 model. Load an SD3.5 "
             f"IP-Adapter ({SD3_FILE}), or apply this one to a {spec.base} model."
         )
     if blocks is None:
