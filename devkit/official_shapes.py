@@ -1,10 +1,11 @@
-"""Random-valued stand-ins for the official CLIP-based IP-Adapter files: real key names, real shapes, fp16.
+"""Random-valued stand-ins for the official IP-Adapter files: real key names, real shapes, fp16.
 
 Each `OfficialVariant` is one official file family of h94/IP-Adapter with what detection must report for it. The
 shapes come from the real layer widths (`SD15_HIDDEN_SIZES` / `SDXL_HIDDEN_SIZES`) and the projection sizes of the
 reference (research note reference-formats.md §2.3); `IMAGE_PROJ_SHAPES` and `PARAMETER_COUNT` restate that table
 so a test can check the generated files against it. The SD1.5 files (44-98 MB) take about a second each; the SDXL
-ones (700-850 MB) take several seconds and belong in tests marked `slow`.
+ones (700-850 MB) take several seconds and belong in tests marked `slow`. The DiT adapters (XLabs Flux, InstantX
+SD3.5 Large) are at the end: shapes from the pack's own modules built full-size on the meta device.
 """
 
 import contextlib
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tiny_models import SD15_HIDDEN_SIZES, SD15_TEXT_WIDTH, SDXL_HIDDEN_SIZES, SDXL_TEXT_WIDTH, adapter_state_dict
+from tiny_models import SD15_HIDDEN_SIZES, SD15_TEXT_WIDTH, SDXL_HIDDEN_SIZES, SDXL_TEXT_WIDTH, adapter_state_dict, random_parameter
 
 VIT_H, VIT_BIGG = "ViT-H", "ViT-bigG"
 IMAGE_EMBEDS, PENULTIMATE = "image_embeds", "penultimate_hidden_states"
@@ -201,3 +202,47 @@ def with_training_prefixes(flat: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     renamed = {"image_proj": "image_proj_model", "ip_adapter": "adapter_modules"}
     return {renamed[key.partition(".")[0]] + "." + key.partition(".")[2]: value for key, value in flat.items()}
 
+
+
+# --- DiT adapters: XLabs Flux (ip_adapter.safetensors) and InstantX SD3.5 Large (ip-adapter.bin) -------------------
+# The real models' widths: FLUX.1 has 19 double blocks of width 3072, T5 width 4096, CLIP ViT-L image embeds 768,
+# 4 tokens; SD3.5 Large has 38 joint blocks of 38 heads of 64 (2432); the InstantX resampler reads SigLIP so400m's
+# 1152-wide hidden states at width 1280, depth 4, 20 heads, 64 queries, with a 320-wide timestep sinusoid.
+XLABS_FLUX_SHAPE = dict(embedding_dim=768, context_dim=4096, num_tokens=4, hidden_size=3072, double_blocks=19)
+INSTANTX_SD35_LARGE_SHAPE = dict(
+    embedding_dim=1152, resampler_dim=1280, resampler_depth=4, resampler_heads=20, num_tokens=64, timestep_dim=320,
+    hidden_size=2432, head_dim=64, joint_blocks=38,
+)  # fmt: skip
+
+
+def _random_fp16_state_dict(meta_module: torch.nn.Module, *, seed: int) -> dict[str, torch.Tensor]:
+    """Random fp16 tensors under a module's own key names and shapes (the module is built on the meta device, so
+    nothing is allocated twice); one tensor at a time is drawn in fp32."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        key: random_parameter(key, tensor.shape, generator=generator).to(torch.float16)
+        for key, tensor in meta_module.state_dict().items()
+    }
+
+
+def xlabs_flux_official_state_dict(*, seed: int = 31) -> dict[str, torch.Tensor]:
+    """XLabs-AI/flux-ip-adapter's ip_adapter.safetensors: official keys and shapes, random fp16 (about 980 MB)."""
+    from decoupled_ipadapter.models.flux_adapter import FluxIPAdapterModel
+
+    with torch.device("meta"):
+        model = FluxIPAdapterModel(**XLABS_FLUX_SHAPE)
+    return _random_fp16_state_dict(model, seed=seed)
+
+
+def instantx_sd35_official_state_dict(*, seed: int = 32) -> dict[str, torch.Tensor]:
+    """InstantX/SD3.5-Large-IP-Adapter's ip-adapter.bin, flattened: official keys and shapes, random fp16 (about
+    1.6 GB; `write_state_dict(..., path.bin)` nests it as the official file)."""
+    return _random_fp16_state_dict(instantx_sd35_meta_model(), seed=seed)
+
+
+def instantx_sd35_meta_model() -> torch.nn.Module:
+    """The full-size InstantX SD3.5 adapter on the meta device: its shapes, no memory."""
+    from decoupled_ipadapter.models.sd3_adapter import SD3IPAdapterModel
+
+    with torch.device("meta"):
+        return SD3IPAdapterModel(**INSTANTX_SD35_LARGE_SHAPE)
