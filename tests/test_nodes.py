@@ -564,8 +564,8 @@ def test_apply_on_a_dit_model_names_the_adapters_base_and_the_models_kind(nodes,
     assert "SD1.5 checkpoint" in message
     if kind == "Flux":  # supported: the message names the Flux adapter to load instead
         assert "applied to a Flux model" in message and "Load a Flux IP-Adapter" in message, message
-    else:
-        assert f"the model is {kind}" in message and "not supported yet" in message, message
+    else:  # supported: the message names the SD3.5 adapter to load instead
+        assert "applied to an SD3 model" in message and "Load an SD3.5 IP-Adapter" in message, message
 
 
 # --- IPAdapter Combine Embeds ---------------------------------------------------------------------------------------

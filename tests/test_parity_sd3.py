@@ -12,6 +12,7 @@ import types
 
 import pytest
 import torch
+from dit_parity import RELATIVE_TOLERANCE, OneStepSampling, check_parity, halving_block_patch
 from safetensors.torch import save_file
 from tiny_flux import tiny_flux_config, tiny_flux_model
 from tiny_models import nested, tiny_comfy_model
@@ -32,7 +33,6 @@ from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 from decoupled_ipadapter.ipadapter_core.memory import manage
 
-RELATIVE_TOLERANCE = 2e-5
 LATENT = 8  # latent side: 4 × 4 = 16 image tokens after the 2 × 2 patches
 TEXT_TOKENS = 8
 IMAGE_TOKENS = 9  # SigLIP so400m-384 gives 729; any count goes through the resampler
@@ -143,11 +143,7 @@ def image_embeds(generator):
 
 
 def check(case, ours, theirs, plain):
-    error = (ours - theirs).abs().max().item()
-    ip_term = (theirs - plain).abs().max().item()
-    PARITY_ERRORS.append((case, error / ip_term))
-    assert ip_term > 1e-3, "the image prompt must change the output"
-    assert error <= RELATIVE_TOLERANCE * ip_term, f"{case}: |Δ| = {error}, IP term {ip_term}"
+    check_parity(PARITY_ERRORS, case, ours, theirs, plain)
 
 
 def apply(model, adapter, embeds, weight, *, start_at=0.0, end_at=1.0):
@@ -208,9 +204,6 @@ def test_sampler_path_with_cfg_matches_diffusers(sd3, tmp_path):
     """ComfyUI's sampler (sample_custom, one Euler step from σ = 0.6 to 0, which lands on the denoised prediction;
     cfg 2: the batch of cond and uncond rows that calc_cond_batch builds) = diffusers' denoised cond and uncond
     predictions combined the same way."""
-    import comfy.sample
-    import comfy.samplers
-
     model, transformer = sd3
     path = adapter_file(tmp_path, "a", seed=11)
     pipeline = diffusers_load(transformer, path)
@@ -219,27 +212,13 @@ def test_sampler_path_with_cfg_matches_diffusers(sd3, tmp_path):
     generator, x, text, pooled = inputs(12)
     positive, negative, embeds = image_embeds(generator)
     patched = apply(model, adapter, embeds, 1.0)
-    noise = x[:1]
-    conditioning = [[text[:1], {"pooled_output": pooled[:1]}]]
-    negative_conditioning = [[text[1:], {"pooled_output": pooled[1:]}]]
-    sigmas = torch.tensor([0.6, 0.0])
-    latent_format = model.model.latent_format
-    start = torch.randn(noise.shape, generator=generator)  # a non-empty latent (ComfyUI leaves an empty one unshifted)
-
-    def run(patcher):
-        sampler = comfy.samplers.ksampler("euler")
-        out = comfy.sample.sample_custom(
-            patcher, noise, 2.0, sampler, sigmas, conditioning, negative_conditioning, start, disable_pbar=True, seed=0
-        )
-        return latent_format.process_in(out)  # back to the model's space: the denoised prediction
-
-    ours, plain = run(patched), run(model)
-    x_in = 0.6 * noise + 0.4 * latent_format.process_in(start)  # the sampler's noised start at σ = 0.6
+    sampling = OneStepSampling(model, x, text, pooled, generator)
+    ours, plain = sampling.denoised(patched), sampling.denoised(model)
     both = diffusers_denoised(
-        transformer, x_in.expand(2, -1, -1, -1), torch.tensor(0.6), torch.cat([text[:1], text[1:]]),
+        transformer, sampling.model_input(), torch.tensor(0.6), torch.cat([text[:1], text[1:]]),
         torch.cat([pooled[:1], pooled[1:]]), torch.cat([positive, negative]),
     )  # fmt: skip
-    theirs = both[1:] + 2.0 * (both[:1] - both[1:])  # uncond + cfg · (cond − uncond)
+    theirs = sampling.guided(both)
     check("SD3 sampler cfg 2", ours, theirs, plain)
 
 
@@ -263,11 +242,7 @@ def test_other_packs_dit_patch_keeps_working(sd3, tmp_path):
     generator, x, text, pooled = inputs(14)
     _, _, embeds = image_embeds(generator)
     calls = []
-
-    def foreign(args, extra):
-        calls.append(1)
-        out = extra["original_block"](args)
-        return {**out, "img": out["img"] * 0.5}
+    foreign = halving_block_patch(calls)
 
     theirs = model.clone()
     for index in range(CONFIG["depth"]):

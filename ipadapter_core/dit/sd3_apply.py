@@ -31,7 +31,7 @@ def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) 
         article = "a" if spec.base == FLUX else "an"  # a Flux, an SD1.5, an SDXL
         raise IPAdapterError(
             f"'{adapter.source}' is {article} {spec.base} IP-Adapter but it was applied to an SD3 model. Load an SD3.5 "
-            f"IP-Adapter ({SD3_FILE}), or apply this one to a {spec.base} model."
+            f"IP-Adapter ({SD3_FILE}), or apply this one to {article} {spec.base} checkpoint."
         )
     if blocks is None:
         raise IPAdapterError(
