@@ -88,7 +88,7 @@ class StackedProjections(torch.nn.Module):
         self.projections = torch.nn.ModuleList(projections)
 
     def forward(self, embeds, timestep):
-        outputs = [projection(rows, timestep) for projection, rows in zip(self.projections, embeds)]
+        outputs = [projection(rows, timestep) for projection, rows in zip(self.projections, embeds, strict=True)]
         return tuple(tokens for tokens, _ in outputs), tuple(time for _, time in outputs)
 
 
@@ -104,7 +104,7 @@ class StackedProcessors(torch.nn.Module):
         plain = self.processors[0](attn, hidden_states, encoder_hidden_states)  # no ip_hidden_states: plain joint attention
         outputs = [
             processor(attn, hidden_states, encoder_hidden_states, ip_hidden_states=tokens, temb=time)
-            for processor, tokens, time in zip(self.processors, ip_hidden_states, temb)
+            for processor, tokens, time in zip(self.processors, ip_hidden_states, temb, strict=True)
         ]
         image = sum(output[0] for output in outputs) - (len(outputs) - 1) * plain[0]
         return image, plain[1]
