@@ -10,7 +10,7 @@ ComfyUI calls `patches_replace["dit"][("double_block", i)](args, {"original_bloc
 adds to `img` in place, so the query is rebuilt from the block's input (with the block's own modules) before the
 block runs. A patch set on the block by another pack is kept and called in place of the original block.
 
-`to`, `models` and `__deepcopy__` follow the UNet patch's protocol (see unet/patch.py).
+`to`, `models` and `__deepcopy__` are ComfyUI's patch protocol (patch_protocol.py).
 """
 
 from dataclasses import dataclass
@@ -18,15 +18,21 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import rows_for_batch
+from ..patch_protocol import TermsPatch
+from ..term import ImagePromptTerm
 from ..unet.passes import call_sigma, chunk_sides
-from ..unet.patch import ImagePromptTerm
 
 
 @dataclass(frozen=True)
 class DoubleBlock:
-    """What an ImagePromptTerm needs to know of a double block: its number in the adapter file (K'/V' per block)."""
+    """What an ImagePromptTerm needs to know of a double block: its number in the adapter file (K'/V' per block)
+    and the key its per-block weight is found under."""
 
     number: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("double_block", self.number)
 
 
 def flux_image_query(block: torch.nn.Module, img: torch.Tensor, vec) -> torch.Tensor:
@@ -54,7 +60,7 @@ def ip_attention(query: torch.Tensor, image_keys: torch.Tensor, image_values: to
     return optimized_attention(query, keys, values, heads, skip_reshape=True, transformer_options=transformer_options)
 
 
-class DoubleBlockPatch:
+class DoubleBlockPatch(TermsPatch):
     def __init__(self, *, index: int, block: torch.nn.Module, terms: tuple[ImagePromptTerm, ...], base=None):
         self.index = index
         self.block = block  # the model's own DoubleStreamBlock i (shared, never copied)
@@ -81,18 +87,3 @@ class DoubleBlockPatch:
 
     def stacked_with(self, term: ImagePromptTerm) -> "DoubleBlockPatch":
         return DoubleBlockPatch(index=self.index, block=self.block, terms=(*self.terms, term), base=self.base)
-
-    def to(self, device_or_dtype):
-        if isinstance(device_or_dtype, torch.device):
-            for term in self.terms:
-                term.keep_cached_only_on(device_or_dtype)
-        if hasattr(self.base, "to"):
-            self.base = self.base.to(device_or_dtype)
-        return self
-
-    def models(self) -> list:
-        base_models = self.base.models() if hasattr(self.base, "models") else []
-        return [*{id(term.weights_patcher): term.weights_patcher for term in self.terms}.values(), *base_models]
-
-    def __deepcopy__(self, memo):
-        return self
