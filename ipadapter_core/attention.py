@@ -3,8 +3,9 @@
     out = Attn(Q, K_text, V_text) + Σ_terms Attn(Q, K', λ·V')      (= λ · Attn(Q, K', V'): λ folded into V')
 
 computed before `to_out`, with the host layer's heads and softmax scale; each term (one Apply node) has its own
-softmax. `attention(q, k, v)` (or `attention(q, k, v, heads)`) is one of ComfyUI's attention functions (see
-unet/patch.py). With an attention mask a term adds `Attn(Q, K', λ·V') · mask` instead.
+softmax. `attention(q, k, v)` is one of ComfyUI's attention functions (see unet/patch.py), called in the heads
+layout `[B, H, N, D]` (its skip_reshape / skip_output_reshape mode). With an attention mask a term adds
+`Attn(Q, K', λ·V') · mask` instead.
 """
 
 from collections.abc import Callable, Sequence
@@ -16,7 +17,6 @@ from .errors import IPAdapterError
 COND, UNCOND = 0, 1  # index of the image-prompt tokens and of the unconditional tokens in a `[2, T, W]` pair
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-HeadsAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def rows_for_batch(by_side: torch.Tensor, sides: Sequence[int], rows: int) -> torch.Tensor:
@@ -38,43 +38,35 @@ def rows_for_batch(by_side: torch.Tensor, sides: Sequence[int], rows: int) -> to
     return torch.cat([by_side[side].expand(chunk, -1, -1) for side in sides])  # [rows, T, W]
 
 
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """`[B, N, H·D]` -> `[B, H, N, D]` (a view)."""
+    batch, tokens, width = x.shape
+    return x.view(batch, tokens, heads, width // heads).transpose(1, 2)  # [B, H, N, D]
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """`[B, H, N, D]` -> `[B, N, H·D]`."""
+    batch, heads, tokens, dim_head = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * dim_head)  # [B, N, H·D]
+
+
 def image_prompt_attention(
-    q: torch.Tensor,
+    q_heads: torch.Tensor,
     image_keys: torch.Tensor,
     image_values: torch.Tensor,
     sides: Sequence[int],
     attention: Attention,
 ) -> torch.Tensor:
-    """`Attn(Q, K', V')` for a batch whose chunks get the tokens `sides` names. q: `[B, Nq, H·D]`; K'/V': `[2, T, H·D]`."""
-    keys = rows_for_batch(image_keys, sides, q.shape[0])  # [B, T, H·D]
-    values = rows_for_batch(image_values, sides, q.shape[0])  # [B, T, H·D]
-    return attention(q, keys, values)  # [B, Nq, H·D]
-
-
-def summed_image_prompt_attention(
-    q: torch.Tensor,
-    keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    sides: Sequence[int],
-    attention: HeadsAttention,
-    *,
-    heads: int,
-) -> torch.Tensor:
-    """`Σ_i Attn(Q, K'_i, V'_i)` of terms whose K'/V' have the same length, in one attention call: term i's heads
-    sit beside the others' (Q repeated once per term), so each term keeps its own softmax. q: `[B, Nq, H·D]`;
-    each K'_i/V'_i: `[2, T, H·D]`."""
-    if len(keys_values) == 1:
-        keys, values = keys_values[0]
-        return image_prompt_attention(q, keys, values, sides, lambda q, k, v: attention(q, k, v, heads))
-    count = len(keys_values)
-    keys = torch.cat([keys for keys, _ in keys_values], dim=-1)  # [2, T, count·H·D]
-    values = torch.cat([values for _, values in keys_values], dim=-1)  # [2, T, count·H·D]
-    repeated = q.repeat(1, 1, count)  # [B, Nq, count·H·D]
-    out = image_prompt_attention(repeated, keys, values, sides, lambda q, k, v: attention(q, k, v, heads * count))
-    return out.view(q.shape[0], q.shape[1], count, q.shape[2]).sum(dim=2)  # [B, Nq, H·D]
+    """`Attn(Q, K', V')` for a batch whose chunks get the tokens `sides` names, in the heads layout (so all terms of
+    a layer share one split of Q). q_heads: `[B, H, Nq, D]`; K'/V': `[2, T, H·D]`; returns `[B, H, Nq, D]`."""
+    batch, heads = q_heads.shape[:2]
+    keys = split_heads(rows_for_batch(image_keys, sides, batch), heads)  # [B, H, T, D]
+    values = split_heads(rows_for_batch(image_values, sides, batch), heads)  # [B, H, T, D]
+    return attention(q_heads, keys, values)  # [B, H, Nq, D]
 
 
 def masked_image_prompt_attention(
-    q: torch.Tensor,
+    q_heads: torch.Tensor,
     image_keys: torch.Tensor,
     image_values: torch.Tensor,
     sides: Sequence[int],
@@ -82,14 +74,14 @@ def masked_image_prompt_attention(
     *,
     masks: torch.Tensor,
 ) -> torch.Tensor:
-    """`Σ_i Attn(Q, K'_i, V'_i) · mask_i`, masks `[M, Nq, 1]`. With one mask per image (M > 1) every image has its
-    own softmax, as in diffusers' `ip_adapter_masks`; with one mask the images share one softmax."""
+    """`Σ_i Attn(Q, K'_i, V'_i) · mask_i` in the heads layout, masks `[M, Nq, 1]`. With one mask per image (M > 1)
+    every image has its own softmax, as in diffusers' `ip_adapter_masks`; with one mask the images share one."""
     if masks.shape[0] == 1:
-        return image_prompt_attention(q, image_keys, image_values, sides, attention) * masks[0]  # [B, Nq, H·D]
+        return image_prompt_attention(q_heads, image_keys, image_values, sides, attention) * masks[0]  # [B, H, Nq, D]
     tokens = image_keys.shape[1] // masks.shape[0]  # per image
     total = None
     for index, mask in enumerate(masks):
         one_image = slice(index * tokens, (index + 1) * tokens)
-        out = image_prompt_attention(q, image_keys[:, one_image], image_values[:, one_image], sides, attention) * mask
+        out = image_prompt_attention(q_heads, image_keys[:, one_image], image_values[:, one_image], sides, attention) * mask
         total = out if total is None else total.add_(out)
-    return total  # [B, Nq, H·D]
+    return total  # [B, H, Nq, D]

@@ -75,10 +75,10 @@ def test_the_prompt_acts_in_exactly_the_steps_of_its_range_and_computes_nothing_
     attention_sigmas = []
     original = patch.image_attention
 
-    def recording(q, k, v, heads, extra_options):
+    def recording(q, k, v, extra_options):
         assert passes.MODEL_CALL_OPTION in extra_options, "the layer must use the step's decision, not read the sigma"
         attention_sigmas.append(extra_options[passes.MODEL_CALL_OPTION].sigma)
-        return original(q, k, v, heads, extra_options)
+        return original(q, k, v, extra_options)
 
     plain = predictions_at_every_step(sd15, scheduler=scheduler, steps=steps)
     monkeypatch.setattr(patch, "image_attention", recording)

@@ -17,7 +17,7 @@ terms, so another pack's `add()` on a clone changes that clone only.
 
 import torch
 
-from ..attention import masked_image_prompt_attention, summed_image_prompt_attention
+from ..attention import image_prompt_attention, masked_image_prompt_attention, merge_heads, split_heads
 from ..patch_protocol import TermsPatch
 from ..term import ImagePromptTerm
 from .layer_map import CrossAttentionLayer
@@ -35,13 +35,16 @@ def host_attention(q, k, v, extra_options):
     )
 
 
-def image_attention(q, k, v, heads: int, extra_options):
-    """Attn(Q, K', V') with the attention ComfyUI picks for short key sequences (the image tokens): PyTorch's
-    scaled_dot_product_attention where ComfyUI enables it, its basic attention otherwise."""
+def image_attention(q, k, v, extra_options):
+    """Attn(Q, K', V') in the heads layout `[B, H, N, D]`, with the attention ComfyUI picks for short key sequences
+    (the image tokens): PyTorch's scaled_dot_product_attention where ComfyUI enables it, its basic attention otherwise."""
     from comfy.ldm.modules.attention import optimized_attention_for_device
 
     attention = optimized_attention_for_device(q.device, small_input=True)
-    return attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
+    return attention(
+        q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"), skip_reshape=True,
+        skip_output_reshape=True, transformer_options=extra_options,
+    )  # fmt: skip
 
 
 def other_pack_acts_at(kwargs: dict, sigma: float | None) -> bool:
@@ -70,31 +73,24 @@ class LayerPatch(TermsPatch):
         return out
 
     def image_prompt(self, q, terms: list[ImagePromptTerm], extra_options) -> torch.Tensor:
-        """Σ_terms Attn(Q, K', λ·V') (· mask), each term with its own softmax. q: `[B, Nq, H·D]`.
-
-        Terms without a mask whose K'/V' have the same length share one attention call (side by side as heads);
-        a masked term is its own call (one per image when it has a mask per image)."""
+        """Σ_terms Attn(Q, K', λ·V') (· mask), each term its own attention call (its own softmax), Q split into heads
+        once for all of them. q: `[B, Nq, H·D]`."""
         sides = chunk_sides(extra_options)
-        heads = extra_options["n_heads"]
+        q_heads = split_heads(q, extra_options["n_heads"]).contiguous()  # [B, H, Nq, D]
 
-        def attention(q, k, v, heads=heads):
-            return image_attention(q, k, v, heads, extra_options)
+        def attention(q, k, v):
+            return image_attention(q, k, v, extra_options)
 
-        parts = []
-        unmasked_by_length: dict[int, list] = {}
+        total = None
         for term in terms:
             keys, values = term.keys_values(self.layer, q.device, q.dtype)  # [2, T, H·D] each
             if term.mask is None:
-                unmasked_by_length.setdefault(keys.shape[1], []).append((keys, values))
+                term_out = image_prompt_attention(q_heads, keys, values, sides, attention)  # [B, H, Nq, D], new
             else:
                 masks = term.masks(q.shape[1], q.device, q.dtype)  # [M, Nq, 1]
-                parts.append(masked_image_prompt_attention(q, keys, values, sides, attention, masks=masks))
-        for group in unmasked_by_length.values():
-            parts.append(summed_image_prompt_attention(q, group, sides, attention, heads=heads))
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        return total  # [B, Nq, H·D]
+                term_out = masked_image_prompt_attention(q_heads, keys, values, sides, attention, masks=masks)
+            total = term_out if total is None else total.add_(term_out)
+        return merge_heads(total)  # [B, Nq, H·D]
 
     def add(self, callback, **kwargs) -> None:
         """The protocol of cubiq's IPAdapter, InstantID and PuLID packs: they call this on the patch they find on a
