@@ -3,7 +3,9 @@
     out = Attn(Q, K_text, V_text) + Σ_terms Attn(Q, K', λ·V')      (= λ · Attn(Q, K', V'): λ folded into V')
 
 computed before `to_out`, with the host layer's heads and softmax scale; each term (one Apply node) has its own
-softmax. `attention(q, k, v)` is one of ComfyUI's attention functions (see unet/patch.py).
+softmax. `attention(q, k, v)` is one of ComfyUI's attention functions (see unet/patch.py), called in the heads
+layout `[B, H, N, D]` (its skip_reshape / skip_output_reshape mode). With an attention mask a term adds
+`Attn(Q, K', λ·V') · mask` instead.
 """
 
 from collections.abc import Callable, Sequence
@@ -36,14 +38,50 @@ def rows_for_batch(by_side: torch.Tensor, sides: Sequence[int], rows: int) -> to
     return torch.cat([by_side[side].expand(chunk, -1, -1) for side in sides])  # [rows, T, W]
 
 
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """`[B, N, H·D]` -> `[B, H, N, D]` (a view)."""
+    batch, tokens, width = x.shape
+    return x.view(batch, tokens, heads, width // heads).transpose(1, 2)  # [B, H, N, D]
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """`[B, H, N, D]` -> `[B, N, H·D]`."""
+    batch, heads, tokens, dim_head = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * dim_head)  # [B, N, H·D]
+
+
 def image_prompt_attention(
-    q: torch.Tensor,
+    q_heads: torch.Tensor,
     image_keys: torch.Tensor,
     image_values: torch.Tensor,
     sides: Sequence[int],
     attention: Attention,
 ) -> torch.Tensor:
-    """`Attn(Q, K', V')` for a batch whose chunks get the tokens `sides` names. q: `[B, Nq, H·D]`; K'/V': `[2, T, H·D]`."""
-    keys = rows_for_batch(image_keys, sides, q.shape[0])  # [B, T, H·D]
-    values = rows_for_batch(image_values, sides, q.shape[0])  # [B, T, H·D]
-    return attention(q, keys, values)  # [B, Nq, H·D]
+    """`Attn(Q, K', V')` for a batch whose chunks get the tokens `sides` names, in the heads layout (so all terms of
+    a layer share one split of Q). q_heads: `[B, H, Nq, D]`; K'/V': `[2, T, H·D]`; returns `[B, H, Nq, D]`."""
+    batch, heads = q_heads.shape[:2]
+    keys = split_heads(rows_for_batch(image_keys, sides, batch), heads)  # [B, H, T, D]
+    values = split_heads(rows_for_batch(image_values, sides, batch), heads)  # [B, H, T, D]
+    return attention(q_heads, keys, values)  # [B, H, Nq, D]
+
+
+def masked_image_prompt_attention(
+    q_heads: torch.Tensor,
+    image_keys: torch.Tensor,
+    image_values: torch.Tensor,
+    sides: Sequence[int],
+    attention: Attention,
+    *,
+    masks: torch.Tensor,
+) -> torch.Tensor:
+    """`Σ_i Attn(Q, K'_i, V'_i) · mask_i` in the heads layout, masks `[M, Nq, 1]`. With one mask per image (M > 1)
+    every image has its own softmax, as in diffusers' `ip_adapter_masks`; with one mask the images share one."""
+    if masks.shape[0] == 1:
+        return image_prompt_attention(q_heads, image_keys, image_values, sides, attention) * masks[0]  # [B, H, Nq, D]
+    tokens = image_keys.shape[1] // masks.shape[0]  # per image
+    total = None
+    for index, mask in enumerate(masks):
+        one_image = slice(index * tokens, (index + 1) * tokens)
+        out = image_prompt_attention(q_heads, image_keys[:, one_image], image_values[:, one_image], sides, attention) * mask
+        total = out if total is None else total.add_(out)
+    return total  # [B, H, Nq, D]

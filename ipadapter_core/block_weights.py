@@ -7,7 +7,8 @@
   each of its blocks; "mid" takes a number or a list of one. **Anything not named gets 0.** Stricter than diffusers:
   a block without attentions in this model (or a misspelt one) is refused, where diffusers ignores it.
 - The index form `"3:1.0, 6:0.5"` (items separated by commas or new lines): cubiq's transformer index t
-  (`unet/blocks.py`), one weight for every cross-attention layer of that module; indexes not named get 0.
+  (`unet/blocks.py`), one weight for every cross-attention layer of that module; indexes not named get 0. On Flux,
+  the same form over the double blocks (`parse_double_block_weights`).
 
 Every value is multiplied by `weight`. A blank text means "no per-block map" (None).
 """
@@ -112,7 +113,12 @@ def number(value, where: str) -> float:
 
 def index_factors(text: str, modules: Sequence[TransformerModule]) -> dict[int, float]:
     """Module index → value, from `"t:v, t:v"`."""
-    factors = {module.index: 0.0 for module in modules}
+    return indexed_values(text, count=len(modules), what="transformer index")
+
+
+def indexed_values(text: str, *, count: int, what: str) -> dict[int, float]:
+    """Index 0..count-1 → value from `"i:v, i:v"` (commas or new lines between items); indexes not named get 0."""
+    factors = dict.fromkeys(range(count), 0.0)
     given = set()
     for item in (item.strip() for item in re.split(r"[,\n]", text)):
         if not item:
@@ -127,13 +133,50 @@ def index_factors(text: str, modules: Sequence[TransformerModule]) -> dict[int, 
             raise _Problem(f'"{item}" has no number after the colon') from None
         if not math.isfinite(value):
             raise _Problem(f'"{item}" is not a finite weight')
-        if index >= len(modules):
-            raise _Problem(f"this model has no transformer index {index} (its indexes are 0–{len(modules) - 1})")
+        if index >= count:
+            raise _Problem(f"this model has no {what} {index} (its indexes are 0–{count - 1})")
         if index in given:
             raise _Problem(f"index {index} is given twice")
         given.add(index)
         factors[index] = value
     return factors
+
+
+def check_block_weights_text(text: str) -> None:
+    """What can be checked before the model is known (ComfyUI's queue-time validation): the text is blank, a JSON
+    dict of the parts "down", "mid", "up", or "index:weight" items. Which blocks exist is checked when the node runs."""
+    stripped = text.strip()
+    try:
+        if not stripped:
+            return
+        if stripped.startswith(("{", "[")):
+            for key in json_object(stripped):
+                if key not in PARTS:
+                    raise _Problem(f'"{key}" is not a part of the UNet (the keys are "down", "mid" and "up")')
+        else:
+            indexed_values(stripped, count=10**6, what="index")
+    except _Problem as problem:
+        raise IPAdapterError(
+            f'block_weights "{text}": {problem}. Write a diffusers scale dict such as {{"up": {{"block_0": [0.0, 1.0, '
+            '0.0]}}} or indexes with weights such as "3:1.0, 6:0.5", or leave it empty.'
+        ) from None
+
+
+def parse_double_block_weights(text: str, *, count: int, weight: float) -> dict[int, float] | None:
+    """Flux: `"i:v, j:u"` over the double blocks 0..count-1 (weight × v; blocks not named get 0), or None if blank."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    try:
+        if stripped.startswith(("{", "[")):
+            raise _Problem("a diffusers scale dict names UNet blocks, and a Flux model has none")
+        factors = indexed_values(stripped, count=count, what="double block")
+    except _Problem as problem:
+        raise IPAdapterError(
+            f'block_weights "{text}": {problem}. On Flux, give double-block indexes 0–{count - 1} with weights, such '
+            'as "0:1.0, 5:0.5", or leave it empty.'
+        ) from None
+    return {index: weight * factor for index, factor in factors.items()}
 
 
 def valid_examples(modules: Sequence[TransformerModule]) -> str:

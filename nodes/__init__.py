@@ -2,7 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from .apply import ApplyIPAdapter
+from .apply import ApplyIPAdapter, ApplyIPAdapterAdvanced
 from .clip_scores import CLIPScores
 from .combine import CombineEmbeds
 from .embeds_files import LoadEmbeds, SaveEmbeds
@@ -15,6 +15,7 @@ NODES = [
     LoadIPAdapter,
     EncodeImage,
     ApplyIPAdapter,
+    ApplyIPAdapterAdvanced,
     CombineEmbeds,
     LoadOpenCLIPVision,
     LoadOpenCLIPModel,

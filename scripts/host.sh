@@ -163,6 +163,13 @@ case "$HOST_VERSION" in
 esac
 ID="${HOST_VERSION//./_}"
 STAMP="$("inputs_$ID" | sha256sum | cut -c1-16)"
+# One build at a time per host: a second caller (another checkout sharing this .host, `make test` beside `make demo`)
+# waits here, then finds the stamp the first one wrote, instead of removing the host under it.
+mkdir -p "$REPO/.host"
+if command -v flock > /dev/null; then
+  exec 9> "$REPO/.host/.build-lock-$ID"
+  flock 9
+fi
 if [[ -f "$HOST/stamp" && "$(cat "$HOST/stamp")" == "$STAMP" ]]; then
   echo "COMFYUI_DIR=$HOST/ComfyUI"
   echo "COMFYUI_PYTHON=$HOST/venv/bin/python"

@@ -73,6 +73,7 @@ def pytest_terminal_summary(terminalreporter):
     for module, label in (
         ("test_parity_diffusers", "UNet parity with diffusers"),
         ("test_parity_flux", "XLabs Flux parity with diffusers (|Δ| / max|IP term|)"),
+        ("test_parity_controls", "controls parity with diffusers (|Δ| / max|IP term|)"),
         ("test_parity_sd3", "InstantX SD3.5 parity with diffusers (|Δ| / max|IP term|)"),
         ("test_formats_detection", "projection parity with diffusers"),
     ):

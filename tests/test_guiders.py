@@ -119,3 +119,17 @@ def test_perp_neg_negative_pass_gets_the_unconditional_tokens_like_its_empty_pas
     perp_neg = helpers.custom_sample(perp_neg_guider(models[IMAGE], texts, cfg=4.0, neg_scale=1.0, negative=EMPTY))
     cfg = helpers.custom_sample(cfg_guider(models[IMAGE], texts, cfg=4.0, negative=EMPTY))
     assert close(perp_neg, cfg)
+
+
+def test_a_negative_pass_on_a_second_model_gets_the_unconditional_tokens(setup):
+    """DualModelGuider (later ComfyUI versions) runs the negative pass on a second model, with a copy of the guider's
+    negative list that is found by its uuids: with the same patched model for both passes it is CFGGuider."""
+    from comfy_extras import nodes_custom_sampler
+
+    if not hasattr(nodes_custom_sampler, "DualModelGuider"):
+        pytest.skip("this ComfyUI has no DualModelGuider")
+    models, texts = setup
+    guider = nodes_custom_sampler.DualModelGuider.execute(
+        model=models[IMAGE], positive=texts[POSITIVE], cfg=4.0, model_negative=models[IMAGE], negative=texts[NEGATIVE]
+    ).result[0]
+    assert close(helpers.custom_sample(guider), helpers.custom_sample(cfg_guider(models[IMAGE], texts, cfg=4.0)))

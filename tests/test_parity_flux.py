@@ -233,3 +233,49 @@ def test_adapter_and_model_families_must_match(flux, tmp_path):
     deeper = tiny_flux_model(tiny_flux_config(double_blocks=3, single_blocks=1), seed=2)
     with pytest.raises(IPAdapterError, match="2 double blocks of width 256, but this Flux model has 3"):
         apply_flux_image_prompt(deeper, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+
+
+def test_double_block_weights_match_diffusers_per_block_scales(flux, tmp_path):
+    """block_weights "0:1.0, 1:0.5" on Flux = diffusers with each double block's processor scale set alone (× weight);
+    a block weighted 0 gets no patch."""
+    model, transformer = flux
+    pipeline = with_adapters(transformer, [adapter_file(tmp_path, "a", seed=18)])
+    adapter = load_adapter(str(tmp_path / "a" / "ip_adapter.safetensors"))
+    generator, x, text, pooled = inputs(19)
+    positive, negative = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
+    embeds = make_embeds(positive, negative, clip_output="image_embeds")
+    sigma = torch.tensor(0.7)
+    plain = comfy_denoised(model, x, sigma, text, pooled, [1, 0])
+    from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
+
+    FluxIPAdapterMixin.set_ip_adapter_scale(pipeline, 1.0)
+    for text_weights, scales in (("0:1.0, 1:0.5", [0.8, 0.4]), ("1:1", [0.0, 0.8])):
+        for index, scale in enumerate(scales):
+            transformer.attn_processors[f"transformer_blocks.{index}.attn.processor"].scale = [scale]
+        patched = apply_flux_image_prompt(
+            model, adapter, manage(adapter).weights_patcher, embeds, weight=0.8, start_at=0.0, end_at=1.0, block_weights=text_weights
+        )
+        dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+        assert sorted(dit) == [("double_block", index) for index, scale in enumerate(scales) if scale != 0]
+        ours = comfy_denoised(patched, x, sigma, text, pooled, [1, 0])
+        theirs = diffusers_denoised(transformer, x, sigma, text, pooled, [torch.stack([negative, positive])])
+        check(f"Flux block_weights {text_weights}", ours, theirs, plain)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"weight_type": "style transfer"}, "weight_type 'style transfer'"),
+        ({"embeds_scaling": "K+V"}, "embeds_scaling 'K\\+V'"),
+        ({"attn_mask": torch.ones(1, 64, 64)}, "attn_mask"),
+        ({"block_weights": '{"up": {"block_0": 1.0}}'}, "a Flux model has none"),
+        ({"block_weights": "2:1.0"}, "no double block 2"),
+    ],
+)
+def test_unet_only_options_are_refused_on_flux_with_what_it_takes(flux, tmp_path, options, named):
+    model, _ = flux
+    adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=20) / "ip_adapter.safetensors"))
+    embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
+    with pytest.raises(IPAdapterError, match=named) as refused:
+        apply_flux_image_prompt(model, adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0, **options)
+    assert "double-block" in str(refused.value)

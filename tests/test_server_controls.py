@@ -4,8 +4,8 @@ One API-format workflow with the core loaders (CheckpointLoaderSimple, CLIPVisio
 our four nodes, ControlNetApplyAdvanced twice, KSampler, VAEDecode and SaveImage runs on local stand-ins with the
 official SD1.5 shapes. Removing any one of the three controls changes the picture; λ = 0 gives the very picture of
 the graph without our nodes; the same patched model samples twice in a row (the second time not from ComfyUI's
-cache) to the same picture, and a batch of 2 runs; a bad file name and a
-mismatched image encoder give clear errors, and the next prompt still runs.
+cache) to the same picture, and a batch of 2 runs; a bad file name and a mismatched image encoder give clear errors,
+and the next prompt still runs.
 """
 
 import io

@@ -4,14 +4,15 @@ embeds fit, then patch a clone."""
 import torch
 
 from ..adapter import LoadedAdapter
+from ..block_weights import parse_double_block_weights
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
 from ..schedule import sigma_range
+from ..term import ImagePromptTerm
+from ..weight_types import LayerControl
 from ..unet.passes import add_pass_wrappers
-from ..unet.patch import ImagePromptTerm
-from .block_patches import check_step_range, patch_every_block
 from .flux_format import FluxAdapterSpec
-from .patch import DoubleBlockPatch
+from .patch import DoubleBlock, DoubleBlockPatch
 from .sd3_apply import apply_sd3_image_prompt, mmdit_joint_blocks
 from .sd3_format import SD3AdapterSpec
 
@@ -38,6 +39,17 @@ def is_dit_application(model, adapter: LoadedAdapter) -> bool:
     )
 
 
+def is_sd3_application(model, adapter: LoadedAdapter) -> bool:
+    """An SD3.5 adapter file, or an SD3 (MMDiT) model: the SD3 path, which refuses what does not fit."""
+    return isinstance(adapter.spec, SD3AdapterSpec) or mmdit_joint_blocks(model.get_model_object("diffusion_model")) is not None
+
+
+def apply_dit_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, **options):
+    """The SD3 path for an SD3.5 adapter or an SD3 model, the Flux path otherwise (see is_dit_application)."""
+    apply = apply_sd3_image_prompt if is_sd3_application(model, adapter) else apply_flux_image_prompt
+    return apply(model, adapter, weights_patcher, embeds, **options)
+
+
 def check_flux_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
     spec = adapter.spec
     if not isinstance(spec, FluxAdapterSpec):
@@ -59,16 +71,53 @@ def check_flux_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None)
         )
 
 
-def apply_flux_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, *, weight: float, start_at: float, end_at: float):
+def check_flux_options(*, weight_type: str, embeds_scaling: str, attn_mask, composition_embeds) -> None:
+    """The Apply (advanced) options the XLabs reference has no counterpart for on Flux are refused, not ignored."""
+    refused = [
+        f"weight_type '{weight_type}' (UNet blocks)" * (weight_type != "linear"),
+        f"embeds_scaling '{embeds_scaling}'" * (embeds_scaling != "V only"),
+        "attn_mask" * (attn_mask is not None),
+        "composition_embeds" * (composition_embeds is not None),
+    ]
+    refused = [item for item in refused if item]
+    if refused:
+        raise IPAdapterError(
+            f"The Flux IP-Adapter does not take {', '.join(refused)}. On Flux use weight_type linear, embeds_scaling "
+            '"V only", no mask and no composition embeds; per-block weights go in block_weights as double-block '
+            'indexes with weights, such as "0:1.0, 5:0.5".'
+        )
+
+
+def apply_flux_image_prompt(
+    model,
+    adapter: LoadedAdapter,
+    weights_patcher,
+    embeds: ImagePromptEmbeds,
+    *,
+    weight: float,
+    start_at: float,
+    end_at: float,
+    weight_type: str = "linear",
+    embeds_scaling: str = "V only",
+    block_weights: str = "",
+    attn_mask=None,
+    composition_embeds: ImagePromptEmbeds | None = None,
+    composition_weight: float = 1.0,
+):
     """Return a clone of the ModelPatcher `model` whose double blocks also attend to the image prompt.
 
-    Several calls stack: every double block keeps one patch holding all terms. A `dit` replace patch set on a block
-    by another pack is kept and runs in place of the original block, inside ours.
+    λ is `weight`, or per double block `block_weights` ("i:v": weight × v, blocks not named get 0 and no patch);
+    `composition_weight` has no use here. Several calls stack: every double block keeps one patch holding all
+    terms. A `dit` replace patch set on a block by another pack is kept and runs in place of the original block,
+    inside ours.
     """
-    check_step_range(start_at=start_at, end_at=end_at)
+    if not 0.0 <= start_at <= end_at <= 1.0:
+        raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
+    check_flux_options(weight_type=weight_type, embeds_scaling=embeds_scaling, attn_mask=attn_mask, composition_embeds=composition_embeds)
     blocks = flux_double_blocks(model.get_model_object("diffusion_model"))
     check_flux_fit(adapter, blocks)
     check_embeds_fit(embeds, adapter.spec, adapter.source)
+    per_block = parse_double_block_weights(block_weights, count=len(blocks), weight=float(weight))
     sampling = model.get_model_object("model_sampling")
     term = ImagePromptTerm(
         adapter=adapter,
@@ -76,18 +125,20 @@ def apply_flux_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embe
         embeds=embeds,
         weight=float(weight),
         sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
+        controls=None if per_block is None else {DoubleBlock(index).key: LayerControl(weight=w) for index, w in per_block.items()},
     )
-    patched = patch_every_block(model, blocks, term, DoubleBlockPatch)
+    patched = model.clone()
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    for index, block in enumerate(blocks):
+        key = ("double_block", index)
+        previous = existing.get(key)
+        if isinstance(previous, DoubleBlockPatch):
+            new_patch = previous.stacked_with(term)
+        elif term.layer_weight(DoubleBlock(index)) == 0:
+            continue  # nothing of ours acts in this block: it stays as it was
+        else:
+            new_patch = DoubleBlockPatch(index=index, block=block, terms=(term,), base=previous)
+        patched.set_model_patch_replace(new_patch, "dit", "double_block", index)
     add_pass_wrappers(patched)  # which image tokens each chunk gets under every guider, and one sigma per call
     return patched
 
-
-def is_sd3_application(model, adapter: LoadedAdapter) -> bool:
-    """An SD3.5 adapter file, or an SD3 (MMDiT) model: the SD3 path, which refuses what does not fit."""
-    return isinstance(adapter.spec, SD3AdapterSpec) or mmdit_joint_blocks(model.get_model_object("diffusion_model")) is not None
-
-
-def apply_dit_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, *, weight: float, start_at: float, end_at: float):
-    """The SD3 path for an SD3.5 adapter or an SD3 model, the Flux path otherwise (see is_dit_application)."""
-    apply = apply_sd3_image_prompt if is_sd3_application(model, adapter) else apply_flux_image_prompt
-    return apply(model, adapter, weights_patcher, embeds, weight=weight, start_at=start_at, end_at=end_at)

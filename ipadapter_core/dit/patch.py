@@ -10,7 +10,7 @@ ComfyUI calls `patches_replace["dit"][("double_block", i)](args, {"original_bloc
 adds to `img` in place, so the query is rebuilt from the block's input (with the block's own modules) before the
 block runs. A patch set on the block by another pack is kept and called in place of the original block.
 
-`to`, `models` and `__deepcopy__` (block_patches.TermPatchProtocol) follow the UNet patch's protocol (see unet/patch.py).
+`to`, `models` and `__deepcopy__` are ComfyUI's patch protocol (patch_protocol.py).
 """
 
 from dataclasses import dataclass
@@ -18,16 +18,21 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import rows_for_batch
+from ..patch_protocol import TermsPatch
+from ..term import ImagePromptTerm
 from ..unet.passes import call_sigma, chunk_sides
-from ..unet.patch import ImagePromptTerm
-from .block_patches import TermPatchProtocol
 
 
 @dataclass(frozen=True)
 class DoubleBlock:
-    """What an ImagePromptTerm needs to know of a double block: its number in the adapter file (K'/V' per block)."""
+    """What an ImagePromptTerm needs to know of a double block: its number in the adapter file (K'/V' per block)
+    and the key its per-block weight is found under."""
 
     number: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("double_block", self.number)
 
 
 def flux_image_query(block: torch.nn.Module, img: torch.Tensor, vec) -> torch.Tensor:
@@ -55,7 +60,7 @@ def ip_attention(query: torch.Tensor, image_keys: torch.Tensor, image_values: to
     return optimized_attention(query, keys, values, heads, skip_reshape=True, transformer_options=transformer_options)
 
 
-class DoubleBlockPatch(TermPatchProtocol):
+class DoubleBlockPatch(TermsPatch):
     def __init__(self, *, index: int, block: torch.nn.Module, terms: tuple[ImagePromptTerm, ...], base=None):
         self.index = index
         self.block = block  # the model's own DoubleStreamBlock i (shared, never copied)

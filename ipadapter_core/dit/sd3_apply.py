@@ -8,7 +8,6 @@ from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
 from ..schedule import sigma_range
 from ..unet.passes import add_pass_wrappers
-from .block_patches import check_step_range, patch_every_block
 from .flux_format import FLUX
 from .sd3_format import SD3_FILE, SD3AdapterSpec
 from .sd3_patch import JointBlockPatch
@@ -53,13 +52,66 @@ def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) 
         )
 
 
-def apply_sd3_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, *, weight: float, start_at: float, end_at: float):
-    """Return a clone of the ModelPatcher `model` whose joint blocks also attend to the image prompt.
+def check_sd3_options(*, weight_type: str, embeds_scaling: str, block_weights: str, attn_mask, composition_embeds) -> None:
+    """The Apply (advanced) options are refused on SD3, not ignored: the InstantX reference has none of them."""
+    refused = [
+        f"weight_type '{weight_type}'" * (weight_type != "linear"),
+        f"embeds_scaling '{embeds_scaling}'" * (embeds_scaling != "V only"),
+        f'block_weights "{block_weights}"' * bool(block_weights.strip()),
+        "attn_mask" * (attn_mask is not None),
+        "composition_embeds" * (composition_embeds is not None),
+    ]
+    refused = [item for item in refused if item]
+    if refused:
+        raise IPAdapterError(
+            f"The SD3.5 IP-Adapter does not take {', '.join(refused)}. On SD3 use weight_type linear, embeds_scaling "
+            '"V only", empty block_weights, no mask and no composition embeds.'
+        )
+
+
+def patch_every_joint_block(model, blocks: list[torch.nn.Module], term: TimestepImagePromptTerm):
+    """A clone of `model` whose `("double_block", i)` dit replace patch holds `term`: added to our patch already
+    there (stacked Apply nodes), or wrapping another pack's patch (`base`)."""
+    patched = model.clone()
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    for index, block in enumerate(blocks):
+        previous = existing.get(("double_block", index))
+        if isinstance(previous, JointBlockPatch):
+            new_patch = previous.stacked_with(term)
+        else:
+            new_patch = JointBlockPatch(index=index, block=block, terms=(term,), base=previous)
+        patched.set_model_patch_replace(new_patch, "dit", "double_block", index)
+    return patched
+
+
+def apply_sd3_image_prompt(
+    model,
+    adapter: LoadedAdapter,
+    weights_patcher,
+    embeds: ImagePromptEmbeds,
+    *,
+    weight: float,
+    start_at: float,
+    end_at: float,
+    weight_type: str = "linear",
+    embeds_scaling: str = "V only",
+    block_weights: str = "",
+    attn_mask=None,
+    composition_embeds: ImagePromptEmbeds | None = None,
+    composition_weight: float = 1.0,
+):
+    """Return a clone of the ModelPatcher `model` whose joint blocks also attend to the image prompt (λ = weight;
+    the advanced options are refused, `composition_weight` has no use here).
 
     Several calls stack: every joint block keeps one patch holding all terms. A `dit` replace patch set on a block
     by another pack is kept, with our image-prompt block as its original block.
     """
-    check_step_range(start_at=start_at, end_at=end_at)
+    if not 0.0 <= start_at <= end_at <= 1.0:
+        raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
+    check_sd3_options(
+        weight_type=weight_type, embeds_scaling=embeds_scaling, block_weights=block_weights, attn_mask=attn_mask,
+        composition_embeds=composition_embeds,
+    )  # fmt: skip
     blocks = mmdit_joint_blocks(model.get_model_object("diffusion_model"))
     check_sd3_fit(adapter, blocks)
     check_embeds_fit(embeds, adapter.spec, adapter.source)
@@ -72,6 +124,6 @@ def apply_sd3_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embed
         sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
         timestep_of_sigma=sampling.timestep,
     )
-    patched = patch_every_block(model, blocks, term, JointBlockPatch)
+    patched = patch_every_joint_block(model, blocks, term)
     add_pass_wrappers(patched)  # which image tokens each chunk gets under every guider, and one sigma per call
     return patched

@@ -14,14 +14,14 @@ QK-norm). ComfyUI calls `patches_replace["dit"][("double_block", i)](args, {"ori
 A patch another pack set on the block first is kept: it is called with our image-prompt block as its
 `original_block`. Where no term acts (λ = 0, outside the step range) the original block runs unchanged.
 
-`to`, `models` and `__deepcopy__` (block_patches.TermPatchProtocol) follow the UNet patch's protocol (see unet/patch.py).
+`to`, `models` and `__deepcopy__` are ComfyUI's patch protocol (patch_protocol.py).
 """
 
 import torch
 
 from ..attention import rows_for_batch
+from ..patch_protocol import TermsPatch
 from ..unet.passes import call_sigma, chunk_sides
-from .block_patches import TermPatchProtocol
 from .sd3_term import TimestepImagePromptTerm
 
 
@@ -77,7 +77,7 @@ def joint_block_with_image_prompt(block, args: dict, terms: list, *, number: int
     return {"txt": context, "img": x_block.post_attention(x_attn, *x_intermediates)}
 
 
-class JointBlockPatch(TermPatchProtocol):
+class JointBlockPatch(TermsPatch):
     def __init__(self, *, index: int, block: torch.nn.Module, terms: tuple[TimestepImagePromptTerm, ...], base=None):
         self.index = index
         self.block = block  # the model's own JointBlock i (shared, never copied)

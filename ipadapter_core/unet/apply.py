@@ -1,13 +1,20 @@
 """Putting an image prompt on a ComfyUI model: check that adapter, model and embeds fit, then patch a clone."""
 
+import torch
+
 from ..adapter import LoadedAdapter
 from ..detection import BASE_OF_LAYER_COUNT
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
+from ..embeds_scaling import EMBEDS_SCALINGS
 from ..errors import IPAdapterError
+from ..masks import mask_batch
 from ..schedule import sigma_range
+from ..term import ImagePromptTerm
+from ..weight_types import layer_controls
+from .blocks import unet_transformer_modules
 from .layer_map import CrossAttentionLayer, cross_attention_layers, is_unet
 from .passes import add_pass_wrappers
-from .patch import ImagePromptTerm, LayerPatch, copy_patches_on_clone, is_layer_patch
+from .patch import LayerPatch, copy_patches_on_clone, is_layer_patch
 
 EXAMPLE_FILE = {"SD1.5": "ip-adapter_sd15.safetensors", "SDXL": "ip-adapter_sdxl_vit-h.safetensors"}
 
@@ -48,19 +55,63 @@ def check_model_is_unet(adapter: LoadedAdapter, model) -> None:
     )
 
 
-def apply_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, *, weight: float, start_at: float, end_at: float):
+def check_mask_fits(mask: torch.Tensor, embeds: ImagePromptEmbeds, composition_embeds: ImagePromptEmbeds | None) -> torch.Tensor:
+    """The attention mask as `[M, H, W]`: one mask for the whole image prompt, or one per reference image."""
+    masks = mask_batch(mask)
+    images = {embeds.image_count} | ({composition_embeds.image_count} if composition_embeds is not None else set())
+    if masks.shape[0] == 1 or images == {masks.shape[0]}:
+        return masks
+    counts = " and ".join(str(count) for count in sorted(images))
+    raise IPAdapterError(
+        f"attn_mask holds {masks.shape[0]} masks but the embeds hold {counts} reference images. Give one mask (it "
+        "applies to the whole image prompt), or one mask per reference image (each image then acts only in its own "
+        "mask), in the same order as the images."
+    )
+
+
+def apply_image_prompt(
+    model,
+    adapter: LoadedAdapter,
+    weights_patcher,
+    embeds: ImagePromptEmbeds,
+    *,
+    weight: float,
+    start_at: float,
+    end_at: float,
+    weight_type: str = "linear",
+    embeds_scaling: str = "V only",
+    block_weights: str = "",
+    attn_mask: torch.Tensor | None = None,
+    composition_embeds: ImagePromptEmbeds | None = None,
+    composition_weight: float = 1.0,
+):
     """Return a clone of the ModelPatcher `model` whose cross-attention layers also attend to the image prompt.
 
-    Several calls stack: every layer keeps one patch holding all terms (summed, each with its own softmax). A replace
-    patch set on a layer by another pack is kept and called for the text attention, not dropped; a pack that comes
-    later and calls `add()` on the patch it finds (cubiq's protocol) adds its callback to ours.
+    Every layer's λ, whose image tokens it reads and the precise swap come from `weight_type` and `block_weights`
+    (weight_types.py); a layer whose λ is 0 gets no patch from this call (it costs nothing). Several calls stack:
+    every layer keeps one patch holding all terms (summed, each with its own softmax). A replace patch set on a
+    layer by another pack is kept and called for the text attention, not dropped; a pack that comes later and calls
+    `add()` on the patch it finds (cubiq's protocol) adds its callback to ours.
     """
     if not 0.0 <= start_at <= end_at <= 1.0:
         raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
+    if embeds_scaling not in EMBEDS_SCALINGS:
+        raise IPAdapterError(f"Unknown embeds_scaling '{embeds_scaling}'; use one of: {', '.join(EMBEDS_SCALINGS)}.")
     check_model_is_unet(adapter, model)
-    layers = cross_attention_layers(model.get_model_object("diffusion_model"))
+    diffusion_model = model.get_model_object("diffusion_model")
+    layers = cross_attention_layers(diffusion_model)
     check_adapter_fits_model(adapter, layers)
     check_embeds_fit(embeds, adapter.spec, adapter.source)
+    if composition_embeds is not None:
+        check_embeds_fit(composition_embeds, adapter.spec, adapter.source)
+    masks = check_mask_fits(attn_mask, embeds, composition_embeds) if attn_mask is not None else None
+    controls = layer_controls(
+        unet_transformer_modules(diffusion_model),
+        weight_type=weight_type,
+        weight=float(weight),
+        composition_weight=float(composition_weight),
+        block_weights=block_weights,
+    )
     sampling = model.get_model_object("model_sampling")
     term = ImagePromptTerm(
         adapter=adapter,
@@ -68,6 +119,10 @@ def apply_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: I
         embeds=embeds,
         weight=float(weight),
         sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
+        controls=controls,
+        embeds_scaling=embeds_scaling,
+        composition_embeds=composition_embeds,
+        mask=masks,
     )
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
@@ -75,6 +130,8 @@ def apply_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: I
         previous = existing.get(layer.key, existing.get(layer.key[:2]))
         if is_layer_patch(previous):
             new_patch = previous.stacked_with(term)
+        elif term.layer_weight(layer) == 0:
+            continue  # nothing of ours acts here: ComfyUI's own attention (or the other pack's patch) stays
         else:
             new_patch = LayerPatch(layer=layer, terms=(term,), base=previous)
         for key in (layer.key, layer.block_key):  # both keys other packs look up on SD1.5: see layer_map

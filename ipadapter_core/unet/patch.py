@@ -5,73 +5,25 @@ One `LayerPatch` per cross-attention layer holds the image-prompt terms of every
 the text attention instead of ComfyUI's optimized_attention), and the callbacks other packs added to it later
 through the `add(callback, **kwargs)` protocol of cubiq's IPAdapter, InstantID and PuLID packs.
 
-Per call: the text attention, then each term that acts at this layer and step (λ ≠ 0, sigma in range: a Python
-decision, see passes.py) adds `Attn(Q, K', λ·V')` with the tokens of each chunk's side, then the added callbacks.
+Per call: the text attention, then each term that acts at this layer and step (its λ here ≠ 0, sigma in range: a
+Python decision, see passes.py) adds `Attn(Q, K', λ·V')` (times its mask, if it has one) with the tokens of each
+chunk's side, then the added callbacks.
 
-Patch objects follow ComfyUI's protocol: `__call__(q, k, v, extra_options)` returns the attention output before
-`to_out`; `to(device)` is called when the model is loaded or offloaded (the term caches on other devices are
-dropped); `models()` hands the adapter weights' ModelPatcher to ComfyUI's memory management. Stacking builds a new `LayerPatch` (`stacked_with`); every clone of a
-patched model gets its own LayerPatch objects (`copy_patches_for_clone`, an ON_CLONE callback), sharing the terms,
-so another pack's `add()` on a clone changes that clone only; `__deepcopy__` returns the patch itself, so
-`ModelPatcher.clone()` (which deep-copies model_options in 0.3.75) copies no weights.
+`__call__(q, k, v, extra_options)` returns the attention output before `to_out`; `to`, `models` and `__deepcopy__`
+are ComfyUI's patch protocol (patch_protocol.py). Stacking builds a new `LayerPatch` (`stacked_with`); every clone
+of a patched model gets its own LayerPatch objects (`copy_patches_for_clone`, an ON_CLONE callback), sharing the
+terms, so another pack's `add()` on a clone changes that clone only.
 """
 
 import torch
 
-from ..adapter import LoadedAdapter
-from ..attention import image_prompt_attention
-from ..embeds import ImagePromptEmbeds
-from ..schedule import SigmaRange
+from ..attention import image_prompt_attention, masked_image_prompt_attention, merge_heads, split_heads
+from ..patch_protocol import TermsPatch
+from ..term import ImagePromptTerm
 from .layer_map import CrossAttentionLayer
 from .passes import call_sigma, chunk_sides
 
 CLONE_CALLBACK_KEY = "decoupled_ipadapter"
-
-
-class ImagePromptTerm:
-    """One Apply node's contribution: an adapter, its embeds, λ and the step range. The image tokens are projected
-    once per device and dtype, K'/V' computed once per layer and device and dtype: not per step."""
-
-    def __init__(self, *, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, weight: float, sigmas: SigmaRange):
-        self.adapter = adapter
-        self.weights_patcher = weights_patcher  # ModelPatcher over adapter.model, shared by every term of this file
-        self.embeds = embeds
-        self.weight = weight
-        self.sigmas = sigmas
-        self._tokens: dict[tuple, torch.Tensor] = {}
-        self._keys_values: dict[tuple, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    def layer_weight(self, layer: CrossAttentionLayer) -> float:
-        """λ at this layer (one value for every layer today)."""
-        return self.weight
-
-    def acts_at(self, layer: CrossAttentionLayer, sigma: float | None) -> bool:
-        return self.layer_weight(layer) != 0 and self.sigmas.contains(sigma)
-
-    def keys_values(self, layer: CrossAttentionLayer, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """K' and λ·V' of `layer` as `[2 (cond, uncond), T, hidden]` (Attn(Q, K', λV') = λ·Attn(Q, K', V'))."""
-        per_layer = self._keys_values.setdefault((device, dtype), {})
-        if layer.number not in per_layer:
-            with torch.no_grad():
-                keys, values = self.adapter.model.layer(layer.number)(self.tokens(device, dtype))
-            per_layer[layer.number] = (keys, values * self.layer_weight(layer))
-        return per_layer[layer.number]
-
-    def tokens(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """The projected image tokens `[2 (cond, uncond), N·T, C]`: the N images of the prompt side by side."""
-        if (device, dtype) not in self._tokens:
-            projection = self.adapter.model.image_proj
-            with torch.no_grad():
-                both = torch.cat([self.embeds.positive, self.embeds.negative]).to(device=device, dtype=dtype)
-                tokens = projection(both)  # [2N, T, C]
-            images = self.embeds.image_count
-            self._tokens[(device, dtype)] = tokens.reshape(2, images * tokens.shape[1], tokens.shape[2])  # [2, N·T, C]
-        return self._tokens[(device, dtype)]
-
-    def keep_cached_only_on(self, device: torch.device) -> None:
-        """Drop the tokens and K'/V' held on other devices (the model moved): memory is freed where it left."""
-        self._tokens = {key: value for key, value in self._tokens.items() if key[0] == device}
-        self._keys_values = {key: value for key, value in self._keys_values.items() if key[0] == device}
 
 
 def host_attention(q, k, v, extra_options):
@@ -84,14 +36,15 @@ def host_attention(q, k, v, extra_options):
 
 
 def image_attention(q, k, v, extra_options):
-    """Attn(Q, K', V') with the attention ComfyUI picks for short key sequences (the image tokens): PyTorch's
-    scaled_dot_product_attention where ComfyUI enables it, its basic attention otherwise."""
+    """Attn(Q, K', V') in the heads layout `[B, H, N, D]`, with the attention ComfyUI picks for short key sequences
+    (the image tokens): PyTorch's scaled_dot_product_attention where ComfyUI enables it, its basic attention otherwise."""
     from comfy.ldm.modules.attention import optimized_attention_for_device
 
     attention = optimized_attention_for_device(q.device, small_input=True)
     return attention(
-        q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options
-    )
+        q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"), skip_reshape=True,
+        skip_output_reshape=True, transformer_options=extra_options,
+    )  # fmt: skip
 
 
 def other_pack_acts_at(kwargs: dict, sigma: float | None) -> bool:
@@ -101,7 +54,7 @@ def other_pack_acts_at(kwargs: dict, sigma: float | None) -> bool:
     return kwargs["sigma_end"] <= sigma <= kwargs["sigma_start"]
 
 
-class LayerPatch:
+class LayerPatch(TermsPatch):
     def __init__(self, *, layer: CrossAttentionLayer, terms: tuple[ImagePromptTerm, ...], base=None, added=()):
         self.layer = layer
         self.terms = terms
@@ -120,18 +73,24 @@ class LayerPatch:
         return out
 
     def image_prompt(self, q, terms: list[ImagePromptTerm], extra_options) -> torch.Tensor:
-        """Σ_terms Attn(Q, K', λ·V'), each term its own attention call (its own softmax). q: `[B, Nq, H·D]`."""
+        """Σ_terms Attn(Q, K', λ·V') (· mask), each term its own attention call (its own softmax), Q split into heads
+        once for all of them. q: `[B, Nq, H·D]`."""
         sides = chunk_sides(extra_options)
+        q_heads = split_heads(q, extra_options["n_heads"]).contiguous()  # [B, H, Nq, D]
 
         def attention(q, k, v):
             return image_attention(q, k, v, extra_options)
 
         total = None
         for term in terms:
-            image_keys, image_values = term.keys_values(self.layer, q.device, q.dtype)
-            term_out = image_prompt_attention(q, image_keys, image_values, sides, attention)  # [B, Nq, H·D], a new tensor
+            keys, values = term.keys_values(self.layer, q.device, q.dtype)  # [2, T, H·D] each
+            if term.mask is None:
+                term_out = image_prompt_attention(q_heads, keys, values, sides, attention)  # [B, H, Nq, D], new
+            else:
+                masks = term.masks(q.shape[1], q.device, q.dtype)  # [M, Nq, 1]
+                term_out = masked_image_prompt_attention(q_heads, keys, values, sides, attention, masks=masks)
             total = term_out if total is None else total.add_(term_out)
-        return total
+        return merge_heads(total)  # [B, Nq, H·D]
 
     def add(self, callback, **kwargs) -> None:
         """The protocol of cubiq's IPAdapter, InstantID and PuLID packs: they call this on the patch they find on a
@@ -143,21 +102,6 @@ class LayerPatch:
 
     def copy(self) -> "LayerPatch":
         return LayerPatch(layer=self.layer, terms=self.terms, base=self.base, added=self.added)
-
-    def to(self, device_or_dtype):
-        if isinstance(device_or_dtype, torch.device):
-            for term in self.terms:
-                term.keep_cached_only_on(device_or_dtype)
-        if hasattr(self.base, "to"):
-            self.base = self.base.to(device_or_dtype)
-        return self
-
-    def models(self) -> list:
-        base_models = self.base.models() if hasattr(self.base, "models") else []
-        return [*{id(term.weights_patcher): term.weights_patcher for term in self.terms}.values(), *base_models]
-
-    def __deepcopy__(self, memo):
-        return self
 
 
 def is_layer_patch(patch) -> bool:

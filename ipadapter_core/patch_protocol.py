@@ -1,0 +1,31 @@
+"""What ComfyUI asks of the patch objects that hold image-prompt terms, for both patch mechanisms (unet/, dit/).
+
+- `to(device)` when the model is loaded or offloaded: each term drops its caches on other devices, and another
+  pack's patch kept inside ours (`base`) is moved too.
+- `models()`: the ModelPatchers of the adapter weights (and the kept patch's), so ComfyUI's memory management loads
+  them with the diffusion model.
+- `__deepcopy__` returns the patch itself: `ModelPatcher.clone()` deep-copies model_options on some hosts, and a
+  clone must copy no weights.
+"""
+
+import torch
+
+
+class TermsPatch:
+    terms: tuple  # the ImagePromptTerms, one per Apply node stacked on the model
+    base: object  # another pack's patch kept inside ours, or None
+
+    def to(self, device_or_dtype):
+        if isinstance(device_or_dtype, torch.device):
+            for term in self.terms:
+                term.keep_cached_only_on(device_or_dtype)
+        if hasattr(self.base, "to"):
+            self.base = self.base.to(device_or_dtype)
+        return self
+
+    def models(self) -> list:
+        base_models = self.base.models() if hasattr(self.base, "models") else []
+        return [*{id(term.weights_patcher): term.weights_patcher for term in self.terms}.values(), *base_models]
+
+    def __deepcopy__(self, memo):
+        return self

@@ -1,0 +1,110 @@
+"""One Apply node's image prompt, as every patch mechanism (UNet attn2, Flux double blocks) reads it.
+
+An `ImagePromptTerm` holds the adapter, the embeds, the step range and, per layer, a `LayerControl` (λ, whose
+image tokens the layer reads, the precise swap). It caches, per device and dtype, the projected image tokens (once
+per embeds) and each layer's K'/V' (once per layer, not per step), with the layer's λ and the embeds scaling already
+folded in: `Attn(Q, K', s·V') = s·Attn(Q, K', V')`. A term with an attention mask also caches the mask brought to
+each query count.
+
+A layer is anything with a `number` (the adapter file's K'/V' layer) and a `key` (what `controls` is keyed by).
+"""
+
+from collections.abc import Mapping
+
+import torch
+
+from .adapter import LoadedAdapter
+from .attention import COND, UNCOND
+from .embeds import ImagePromptEmbeds
+from .embeds_scaling import scale_image_kv
+from .masks import downsample_mask
+from .schedule import SigmaRange
+from .weight_types import LayerControl
+
+UNPATCHED = LayerControl(weight=0.0)
+
+
+class ImagePromptTerm:
+    def __init__(
+        self,
+        *,
+        adapter: LoadedAdapter,
+        weights_patcher,
+        embeds: ImagePromptEmbeds,
+        weight: float,
+        sigmas: SigmaRange,
+        controls: Mapping[tuple, LayerControl] | None = None,
+        embeds_scaling: str = "V only",
+        composition_embeds: ImagePromptEmbeds | None = None,
+        mask: torch.Tensor | None = None,
+    ):
+        self.adapter = adapter
+        self.weights_patcher = weights_patcher  # ModelPatcher over adapter.model, shared by every term of this file
+        self.embeds = embeds
+        self.weight = weight
+        self.sigmas = sigmas
+        self.controls = controls  # layer key → LayerControl; None: every layer λ = weight, the main embeds
+        self.embeds_scaling = embeds_scaling
+        self.composition_embeds = composition_embeds or embeds
+        self.mask = mask  # [M, H, W] in 0..1, or None: the whole picture
+        self._tokens: dict[tuple, torch.Tensor] = {}
+        self._keys_values: dict[tuple, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def control(self, layer) -> LayerControl:
+        if self.controls is None:
+            return LayerControl(weight=self.weight)
+        return self.controls.get(layer.key, UNPATCHED)
+
+    def layer_weight(self, layer) -> float:
+        return self.control(layer).weight
+
+    def acts_at(self, layer, sigma: float | None) -> bool:
+        return self.layer_weight(layer) != 0 and self.sigmas.contains(sigma)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.adapter.spec.num_tokens
+
+    def keys_values(self, layer, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """K' and s·V' of `layer`, `[2 (cond, uncond), N·T, hidden]`, for the layer's λ and the embeds scaling.
+
+        Under the precise swap the unconditional side holds the image prompt's K'/V' and the conditional side zeros,
+        whose attention is exactly 0 (uniform weights over zero values)."""
+        per_layer = self._keys_values.setdefault((device, dtype), {})
+        if layer.number not in per_layer:
+            control = self.control(layer)
+            with torch.no_grad():
+                keys, values = self.adapter.model.layer(layer.number)(self.tokens(device, dtype, embeds=control.embeds))
+                keys, values, scale = scale_image_kv(keys, values, weight=control.weight, embeds_scaling=self.embeds_scaling)
+                values = values * scale
+                if control.swap_cond_uncond:
+                    keys, values = (torch.stack([torch.zeros_like(x[COND]), x[COND]]) for x in (keys, values))  # [2, N·T, hidden]
+            per_layer[layer.number] = (keys, values)
+        return per_layer[layer.number]
+
+    def tokens(self, device: torch.device, dtype: torch.dtype, *, embeds: str = "main") -> torch.Tensor:
+        """The projected image tokens `[2 (cond, uncond), N·T, C]` of the main or the composition embeds: the N
+        images of the prompt side by side."""
+        if (embeds, device, dtype) not in self._tokens:
+            source = self.composition_embeds if embeds == "composition" else self.embeds
+            projection = self.adapter.model.image_proj
+            with torch.no_grad():
+                both = torch.cat([source.positive, source.negative]).to(device=device, dtype=dtype)
+                tokens = projection(both)  # [2N, T, C]
+            images = source.image_count
+            self._tokens[(embeds, device, dtype)] = tokens.reshape(2, images * tokens.shape[1], tokens.shape[2])  # [2, N·T, C]
+        return self._tokens[(embeds, device, dtype)]
+
+    def masks(self, queries: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The attention mask at a layer with `queries` queries: `[M, queries, 1]`, one row per mask."""
+        if (queries, device, dtype) not in self._masks:
+            small = downsample_mask(self.mask, queries=queries)  # [M, queries]
+            self._masks[(queries, device, dtype)] = small.to(device=device, dtype=dtype).unsqueeze(-1)  # [M, queries, 1]
+        return self._masks[(queries, device, dtype)]
+
+    def keep_cached_only_on(self, device: torch.device) -> None:
+        """Drop the tokens, K'/V' and masks held on other devices (the model moved): memory is freed where it left."""
+        self._tokens = {key: value for key, value in self._tokens.items() if key[1] == device}
+        self._keys_values = {key: value for key, value in self._keys_values.items() if key[0] == device}
+        self._masks = {key: value for key, value in self._masks.items() if key[1] == device}
