@@ -126,3 +126,15 @@ def test_apply_refuses_a_unet_adapter_on_an_sd3_model(sd3_nodes, tmp_path):
     embeds = make_embeds(torch.randn(1, 1024), torch.zeros(1, 1024), clip_output="image_embeds")
     with pytest.raises(IPAdapterError, match="Apply IPAdapter: 'sd15.safetensors' is an SD1.5 IP-Adapter but it was applied to an SD3 model"):
         run(sd3_nodes["apply"], model=tiny_sd3_model(CONFIG, seed=1), ipadapter=sd15, embeds=embeds, weight=1.0, start_at=0.0, end_at=1.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [({"weight_type": "style transfer"}, "weight_type 'style transfer'"), ({"block_weights": "0:1.0"}, 'block_weights "0:1.0"')],
+)
+def test_apply_refuses_the_advanced_options_on_sd3(sd3_adapter, options, named):
+    from decoupled_ipadapter.ipadapter_core.dit.apply import apply_dit_image_prompt
+
+    model = tiny_sd3_model(CONFIG, seed=1)
+    with pytest.raises(IPAdapterError, match=f"The SD3.5 IP-Adapter does not take {named}"):
+        apply_dit_image_prompt(model, sd3_adapter.adapter, sd3_adapter.weights_patcher, sd3_embeds(), weight=1.0, start_at=0.0, end_at=1.0, **options)
