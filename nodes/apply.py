@@ -14,7 +14,7 @@ from .types import EmbedsType, IPAdapterType
 def common_inputs() -> list:
     """model, ipadapter, embeds, weight, start_at, end_at: the first inputs of both Apply nodes."""
     return [
-        io.Model.Input("model", tooltip="The diffusion model (SD1.5, SDXL or Flux, matching the adapter)."),
+        io.Model.Input("model", tooltip="The diffusion model (SD1.5, SDXL, Flux or SD3.5 Large, matching the adapter)."),
         IPAdapterType.Input("ipadapter", tooltip="The adapter from Load IPAdapter."),
         EmbedsType.Input("embeds", tooltip="Image-prompt embeds from IPAdapter Encode Image or Combine Embeds."),
         io.Float.Input(

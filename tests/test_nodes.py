@@ -57,6 +57,7 @@ def nodes(comfy_host):
         "load": loader.LoadIPAdapter,
         "encode": encode.EncodeImage,
         "apply": apply.ApplyIPAdapter,
+        "apply_advanced": apply.ApplyIPAdapterAdvanced,
         "combine": combine.CombineEmbeds,
         "load_openclip_vision": openclip_loader.LoadOpenCLIPVision,
         "load_openclip": openclip_loader.LoadOpenCLIPModel,

@@ -4,7 +4,9 @@ The workflow runs on random stand-in models (devkit/standins.py; generated once,
 at 64x64 pixels and 2 steps.
 """
 
+import json
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -26,15 +28,8 @@ from workflow_checks import api_workflow, shrunk
 
 pytestmark = pytest.mark.server
 
-OUR_NODES = (
-    "DecoupledIPAdapterLoader",
-    "DecoupledIPAdapterEncode",
-    "DecoupledIPAdapterApply",
-    "DecoupledIPAdapterCombineEmbeds",
-    "DecoupledIPAdapterOpenCLIPVisionLoader",
-    "DecoupledIPAdapterOpenCLIPLoader",
-    "DecoupledIPAdapterCLIPScores",
-)
+GOLDEN_SCHEMA = Path(__file__).resolve().parent / "golden" / "node_schema.json"
+OUR_NODES = tuple(node["node_id"] for node in json.loads(GOLDEN_SCHEMA.read_text()))  # every node the pack registers
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MISSING_ADAPTER = "no-such-adapter_sd15.safetensors"
 
@@ -76,7 +71,8 @@ def test_pack_loads_and_every_node_is_documented():
                     options = spec[1] if len(spec) > 1 else {}
                     assert options.get("tooltip", "").strip(), f"{node}.{name} has no tooltip"
                 tooltips = schema.get("output_tooltips") or []
-                assert len(tooltips) == len(schema["output"]) > 0, node
+                assert len(tooltips) == len(schema["output"]), node
+                assert schema["output"] or schema["output_node"], f"{node} has no output and is not an output node"
                 assert all(tip and tip.strip() for tip in tooltips), f"{node} has an output without a tooltip"
             raise LeaveTheBlock
     assert process.poll() is not None, "the server still runs after its block ended with an exception"
@@ -139,3 +135,35 @@ def test_an_invalid_option_of_our_nodes_is_refused_when_queued(standin_server, r
     target["inputs"][input_name] = value
     message = prompt_error(standin_server, prompt)
     assert message.startswith(REJECTED) and f"'{value}'" in message and input_name in message, message
+
+
+def advanced_prompt(reference_name: str, *, seed: int, **options) -> dict:
+    """The example workflow with Apply IPAdapter (advanced) in place of Apply IPAdapter."""
+    prompt = example_prompt(image=reference_name, size=64, steps=2, seed=seed)
+    (apply,) = nodes_of_class(prompt, "DecoupledIPAdapterApply")
+    apply["class_type"] = "DecoupledIPAdapterApplyAdvanced"
+    apply["inputs"].update({"weight_type": "linear", "embeds_scaling": "V only", "block_weights": "", **options})
+    return prompt
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"weight_type": "style transfer strong"}, "'style transfer strong' is not an option of weight_type"),
+        ({"embeds_scaling": "V+K"}, "'V+K' is not an option of embeds_scaling"),
+        ({"block_weights": "{'up': 1}"}, "block_weights \"{'up': 1}\": it is not valid JSON"),
+    ],
+)
+def test_advanced_options_the_text_refutes_are_refused_when_queued(standin_server, reference_name, options, expected):
+    message = prompt_error(standin_server, advanced_prompt(reference_name, seed=4, **options))
+    assert message.startswith(REJECTED) and expected in message, message
+
+
+def test_advanced_style_transfer_runs_and_a_missing_block_is_reported_by_the_node(standin_server, reference_name):
+    style = run_to_png(standin_server, advanced_prompt(reference_name, seed=5, weight_type="style transfer"))
+    assert_png(style, 64)
+    message = prompt_error(standin_server, advanced_prompt(reference_name, seed=5, block_weights='{"down": {"block_3": 1.0}}'))
+    assert not message.startswith(REJECTED), message
+    assert 'Apply IPAdapter (advanced): block_weights "{\"down\": {\"block_3\": 1.0}}": "down" has no "block_3"' in message, message
+    assert "Write a diffusers scale dict such as" in message
+    assert_png(run_to_png(standin_server, advanced_prompt(reference_name, seed=6, block_weights='{"up": {"block_1": 1.0}}')), 64)

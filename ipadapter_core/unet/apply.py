@@ -49,9 +49,9 @@ def check_model_is_unet(adapter: LoadedAdapter, model) -> None:
     base = adapter.spec.base
     raise IPAdapterError(
         f"'{adapter.source}' is an {base} IP-Adapter, but the model is {kind} (diffusion model "
-        f"{type(diffusion_model).__name__}), which has no UNet cross-attention blocks: this pack patches SD1.5 and "
-        f"SDXL UNets, and DiT models such as Flux and SD3 are not supported yet. Connect an {base} checkpoint to "
-        "the model input."
+        f"{type(diffusion_model).__name__}), which has no UNet cross-attention blocks. SD1.5 and SDXL adapters "
+        f"patch SD1.5 and SDXL UNets; Flux and SD3.5 Large models take their own IP-Adapters (XLabs Flux, InstantX "
+        f"SD3.5), and other model kinds are not supported. Connect an {base} checkpoint to the model input."
     )
 
 
