@@ -157,8 +157,9 @@ MISSING_MODELS = """async () => {
     const rows = [];
     for (const button of document.querySelectorAll('[data-testid="missing-model-copy-url"]')) {
         const file = firstLine(button.parentElement);
+        // up to the folder's heading: past this row and the rows above it in the same folder (file names)
         let group = button.parentElement;
-        while (group && firstLine(group) === file) group = group.parentElement;
+        while (group && /\.(safetensors|sft|bin|pth|pt|ckpt)$/.test(firstLine(group))) group = group.parentElement;
         const before = copied.length;
         button.click();
         await pause(150);
