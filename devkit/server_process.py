@@ -23,7 +23,8 @@ from comfy_client import ComfyClient, ComfyError
 REPO = Path(__file__).resolve().parents[1]
 PACK_LINK = "decoupled-ipadapter"
 # Model folders passed to ComfyUI from a models directory, where present (ComfyUI's layout).
-MODEL_FOLDERS = ("checkpoints", "clip_vision", "ipadapter", "controlnet", "loras", "vae", "embeddings")
+MODEL_FOLDERS = ("checkpoints", "clip_vision", "ipadapter", "controlnet", "loras", "vae", "embeddings",
+                 "diffusion_models", "text_encoders")  # fmt: skip
 
 
 def free_port() -> int:

@@ -1,18 +1,21 @@
 """Stand-in model files: the official key names and shapes, random values, built from ComfyUI's own model classes.
 
 They let the example workflow run through ComfyUI's stock loaders (CheckpointLoaderSimple, CLIPVisionLoader,
-ControlNetLoader) and the pack's Load IPAdapter on a machine without the real downloads. Pictures made with them
+ControlNetLoader, UNETLoader, CLIPLoader, VAELoader) and the pack's Load IPAdapter on a machine without the real downloads. Pictures made with them
 are noise: they check the pipeline, not the quality.
 
     python devkit/standins.py [--dir DIR]
 
 DIR defaults to $DECOUPLED_IPADAPTER_STANDINS, else ${XDG_CACHE_HOME:-~/.cache}/decoupled-ipadapter/standins,
-and gets ComfyUI's models layout (checkpoints/, clip_vision/, ipadapter/, controlnet/). `--groups` picks the files:
-demo (the default: what the demo and the server tests use), workflows (the other SD1.5 files the example workflows
-name), sdxl (a full-size SDXL base checkpoint, written tensor by tensor, and its adapter). Needs the ComfyUI host:
+and gets ComfyUI's models layout (checkpoints/, clip_vision/, ipadapter/, controlnet/, diffusion_models/,
+text_encoders/, vae/). `--groups` picks the files: demo (the default: what the demo and the server tests use),
+workflows (the other SD1.5 files the example workflows name), sdxl (a full-size SDXL base checkpoint, written tensor
+by tensor, and its adapter), flux (a FLUX.1-shaped transformer with 2 double blocks, CLIP-L text, ViT-L/14, the
+16-channel VAE, an XLabs adapter; see FLUX_MODEL below). Needs the ComfyUI host:
 COMFYUI_DIR names its folder (default: the repo's .host/ComfyUI), and this script must run with the host's Python.
 Every file is written under a temporary name, renamed, and recorded in a stamp file; a second run finds them and
-does nothing. demo: about 4 GB of fp16 files, 40-90 s on two CPU cores; workflows: 3.2 GB more; sdxl: 7.7 GB more.
+does nothing. demo: about 4 GB of fp16 files, 40-90 s on two CPU cores; workflows: 3.2 GB more; sdxl: 7.7 GB more;
+flux: 2.7 GB more, about 80 s.
 """
 
 import argparse
@@ -50,8 +53,22 @@ WORKFLOW_FILES = (FINETUNE_CHECKPOINT, IPADAPTER_PLUS, CONTROLNET_PTH, T2I_ADAPT
 SDXL_CHECKPOINT = "checkpoints/sd_xl_base_1.0.safetensors"
 IPADAPTER_PLUS_SDXL = "ipadapter/ip-adapter-plus_sdxl_vit-h.safetensors"
 SDXL_FILES = (SDXL_CHECKPOINT, IPADAPTER_PLUS_SDXL)
-GROUPS = {"demo": FILES, "workflows": WORKFLOW_FILES, "sdxl": SDXL_FILES}
-ALL_FILES = FILES + WORKFLOW_FILES + SDXL_FILES
+# Flux under FLUX.1-dev's file names. ComfyUI 0.3.75 takes Flux's 24 heads as given, so the transformer has FLUX.1's
+# full width (3072) but 2 double and 1 single block (about 0.7 B parameters), and its text input is 768 wide: CLIP-L's
+# output, so a stand-in clip_l text encoder alone conditions it (CLIPLoader). A real T5-XXL (4.7 B parameters, always
+# built at full size by ComfyUI) is too big for CPU tests: the t5xxl file is a placeholder that only makes the name
+# exist in the text_encoders folder (tests/workflow_checks.py swaps the workflow's DualCLIPLoader for CLIPLoader).
+FLUX_MODEL = "diffusion_models/flux1-dev.safetensors"
+FLUX_CLIP_L = "text_encoders/clip_l.safetensors"
+FLUX_T5XXL = "text_encoders/t5xxl_fp16.safetensors"
+FLUX_VAE = "vae/ae.safetensors"
+CLIP_VISION_L = "clip_vision/clip_vision_l.safetensors"
+XLABS_IPADAPTER = "ipadapter/flux-ip-adapter.safetensors"
+FLUX_FILES = (FLUX_MODEL, FLUX_CLIP_L, FLUX_T5XXL, FLUX_VAE, CLIP_VISION_L, XLABS_IPADAPTER)
+FLUX_DOUBLE_BLOCKS, FLUX_SINGLE_BLOCKS, FLUX_HEADS = 2, 1, 24
+CLIP_L_WIDTH = 768
+GROUPS = {"demo": FILES, "workflows": WORKFLOW_FILES, "sdxl": SDXL_FILES, "flux": FLUX_FILES}
+ALL_FILES = FILES + WORKFLOW_FILES + SDXL_FILES + FLUX_FILES
 
 def default_dir() -> Path:
     if os.environ.get("DECOUPLED_IPADAPTER_STANDINS"):
@@ -101,7 +118,8 @@ def is_complete(directory: Path, groups=("demo",)) -> bool:
 def ensure(directory: Path | None = None, *, python: str = sys.executable, comfyui_dir: Path | None = None,
            groups=("demo",)) -> Path:  # fmt: skip
     """The stand-in folder with the files of `groups` ("demo": the demo's and the server tests'; "workflows": the
-    other SD1.5 files the example workflows name; "sdxl": a full-size SDXL checkpoint and its adapter), generated
+    other SD1.5 files the example workflows name; "sdxl": a full-size SDXL checkpoint and its adapter; "flux": the
+    Flux workflow's files), generated
     first if incomplete: in a child process (it needs several GB of memory for a while) that prints its progress
     to this process's output."""
     directory = Path(directory or default_dir())
@@ -177,12 +195,80 @@ def _state_dict_for_saving(model, **parts) -> dict:
     return model.state_dict_for_saving(**parts)
 
 
-def _clip_vision():
+def _clip_vision(config_name: str = "clip_vision_config_h.json", *, seed: int = 4):
     import comfy.clip_vision
 
-    config = Path(comfy.clip_vision.__file__).with_name("clip_vision_config_h.json")
+    config = Path(comfy.clip_vision.__file__).with_name(config_name)
     encoder = comfy.clip_vision.ClipVisionModel(str(config))
-    return _half(_randomised(encoder.model, seed=4).state_dict())
+    return _half(_randomised(encoder.model, seed=seed).state_dict())
+
+
+def flux_standin_config() -> dict:
+    """The Flux stand-in's configuration (ComfyUI's Flux parameters): FLUX.1's widths, few blocks, CLIP-L text."""
+    import tiny_flux
+
+    config = tiny_flux.tiny_flux_config(
+        double_blocks=FLUX_DOUBLE_BLOCKS, single_blocks=FLUX_SINGLE_BLOCKS, heads=FLUX_HEADS
+    )
+    return {**config, "context_in_dim": CLIP_L_WIDTH}
+
+
+def _flux_model():
+    """The transformer as flux1-dev.safetensors stores it (no prefix), built by ComfyUI's Flux model config and
+    checked with ComfyUI's own detection."""
+    import comfy.model_detection
+    import comfy.supported_models
+    import tiny_flux
+    import torch
+
+    model_config = tiny_flux.flux_model_config(flux_standin_config())
+    model_config.set_inference_dtype(torch.float16, None)
+    model = model_config.get_model({}, device=torch.device("cpu"))
+    weights = _half(_randomised(model.diffusion_model, seed=51).state_dict())
+    detected = comfy.model_detection.model_config_from_unet(weights, "")
+    if not isinstance(detected, comfy.supported_models.Flux) or detected.unet_config["depth"] != FLUX_DOUBLE_BLOCKS:
+        raise RuntimeError(f"standins: ComfyUI detects the Flux stand-in as {type(detected).__name__}")
+    return weights
+
+
+def _clip_l_text():
+    """clip_l.safetensors: CLIP ViT-L/14's text encoder under the keys of the released file (`text_model.`,
+    `text_projection.weight`)."""
+    import comfy.sd1_clip
+    import torch
+
+    encoder = _randomised(comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float16), seed=52)
+    prefix = "transformer."
+    return _half({key[len(prefix):]: value for key, value in encoder.state_dict().items() if key.startswith(prefix)})
+
+
+def _t5xxl_placeholder():
+    """Not a T5-XXL: one small tensor, so the file name exists for ComfyUI's file lists; loading it is not intended."""
+    import torch
+
+    return {"decoupled_ipadapter.placeholder": torch.zeros(1, dtype=torch.float16)}
+
+
+def _flux_vae():
+    """ae.safetensors: the 16-channel KL autoencoder without quant convs (the layout of FLUX.1's ae)."""
+    import comfy.ldm.models.autoencoder
+
+    ddconfig = {**SD_VAE, "z_channels": 16}
+    vae = _randomised(comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=ddconfig, embed_dim=16), seed=53)
+    quant_convs = ("quant_conv.", "post_quant_conv.")
+    return _half({key: value for key, value in vae.state_dict().items() if not key.startswith(quant_convs)})
+
+
+def _xlabs_ipadapter():
+    """An XLabs Flux IP-Adapter for the Flux stand-in: its width and double blocks, random values, fp16."""
+    import pack_import  # noqa: F401  (tiny_flux builds it with the pack's own module)
+    import tiny_flux
+    import torch
+
+    config = flux_standin_config()
+    return tiny_flux.xlabs_adapter_state_dict(
+        hidden_size=config["hidden_size"], double_blocks=config["depth"], seed=54, dtype=torch.float16
+    )
 
 
 def _ipadapter(variant: str = "ip-adapter_sd15"):
@@ -306,6 +392,12 @@ WRITERS = {
     T2I_ADAPTER_PTH: _saved_pth(_t2i_adapter),
     SDXL_CHECKPOINT: _write_sdxl_checkpoint,
     IPADAPTER_PLUS_SDXL: _saved_safetensors(lambda: _ipadapter("ip-adapter-plus_sdxl_vit-h")),
+    FLUX_MODEL: _saved_safetensors(_flux_model),
+    FLUX_CLIP_L: _saved_safetensors(_clip_l_text),
+    FLUX_T5XXL: _saved_safetensors(_t5xxl_placeholder),
+    FLUX_VAE: _saved_safetensors(_flux_vae),
+    CLIP_VISION_L: _saved_safetensors(lambda: _clip_vision("clip_vision_config_vitl.json", seed=55)),
+    XLABS_IPADAPTER: _saved_safetensors(_xlabs_ipadapter),
 }
 
 
@@ -343,7 +435,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", type=Path, default=default_dir(), help="where to write them (default: %(default)s)")
     parser.add_argument("--groups", nargs="+", choices=sorted(GROUPS), default=["demo"],
                         help="which files: demo (default), workflows (the example workflows' other SD1.5 files), "
-                        "sdxl (a full-size SDXL checkpoint, 6.9 GB, and its adapter)")  # fmt: skip
+                        "sdxl (a full-size SDXL checkpoint, 6.9 GB, and its adapter), "
+                        "flux (a FLUX.1-shaped transformer and the Flux workflow's other files, 2.7 GB)")  # fmt: skip
     options = parser.parse_args(argv)
     if is_complete(options.dir, options.groups):
         print(f"[standins] ready in {options.dir}")

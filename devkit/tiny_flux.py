@@ -22,19 +22,24 @@ def tiny_flux_config(*, double_blocks: int = 2, single_blocks: int = 2, heads: i
     )  # fmt: skip
 
 
-def tiny_flux_model(config: dict, *, seed: int = 0):
-    """A ComfyUI ModelPatcher over a tiny Flux (fp32, CPU), built by ComfyUI's own Flux model config."""
-    import comfy.model_patcher
-    import comfy.supported_models
-
+def flux_model_config(config: dict):
+    """ComfyUI's Flux model config (comfy.supported_models.Flux) for Flux parameters `config`."""
     import dataclasses
 
+    import comfy.supported_models
     from comfy.ldm.flux.model import FluxParams
 
     unet_config = dict(config)
     if "txt_ids_dims" in {field.name for field in dataclasses.fields(FluxParams)}:
         unet_config["txt_ids_dims"] = []  # newer hosts: FLUX.1 has no text position ids (as their detection sets)
-    model_config = comfy.supported_models.Flux(unet_config)
+    return comfy.supported_models.Flux(unet_config)
+
+
+def tiny_flux_model(config: dict, *, seed: int = 0):
+    """A ComfyUI ModelPatcher over a tiny Flux (fp32, CPU), built by ComfyUI's own Flux model config."""
+    import comfy.model_patcher
+
+    model_config = flux_model_config(config)
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, device=torch.device("cpu"))
     fill_random_(model.diffusion_model, seed=seed)

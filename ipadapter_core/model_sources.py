@@ -77,6 +77,35 @@ MODEL_SOURCES = (
         )
     ),
     ModelSource(
+        "clip_vision", "clip_vision_l.safetensors",
+        "https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/model.safetensors",
+        "[openai/clip-vit-large-patch14](https://huggingface.co/openai/clip-vit-large-patch14) (CLIP ViT-L/14; "
+        "ComfyUI reads its vision half)",
+    ),
+    ModelSource(
+        "ipadapter", "flux-ip-adapter.safetensors",
+        "https://huggingface.co/XLabs-AI/flux-ip-adapter/resolve/main/ip_adapter.safetensors",
+        "[XLabs-AI/flux-ip-adapter](https://huggingface.co/XLabs-AI/flux-ip-adapter) (v2: "
+        "[XLabs-AI/flux-ip-adapter-v2](https://huggingface.co/XLabs-AI/flux-ip-adapter-v2))",
+    ),
+    ModelSource(
+        "diffusion_models", "flux1-dev.safetensors",
+        "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",
+        "[black-forest-labs/FLUX.1-dev](https://huggingface.co/black-forest-labs/FLUX.1-dev) (gated: accept its "
+        "licence on the page first)",
+    ),
+    ModelSource(
+        "vae", "ae.safetensors", "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors",
+        "[black-forest-labs/FLUX.1-dev](https://huggingface.co/black-forest-labs/FLUX.1-dev)",
+    ),
+    *(
+        ModelSource(
+            "text_encoders", name, f"https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/{name}",
+            "[comfyanonymous/flux_text_encoders](https://huggingface.co/comfyanonymous/flux_text_encoders)",
+        )
+        for name in ("t5xxl_fp16.safetensors", "clip_l.safetensors")
+    ),
+    ModelSource(
         "controlnet", "control_v11p_sd15_canny.pth",
         "https://huggingface.co/lllyasviel/ControlNet-v1-1/resolve/main/control_v11p_sd15_canny.pth",
         "[lllyasviel/ControlNet-v1-1](https://huggingface.co/lllyasviel/ControlNet-v1-1)",

@@ -58,12 +58,22 @@ IPADAPTER_PLUS_SD15 = model_source("ipadapter", "ip-adapter-plus_sd15.safetensor
 IPADAPTER_PLUS_SDXL = model_source("ipadapter", "ip-adapter-plus_sdxl_vit-h.safetensors")
 CONTROLNET_CANNY = model_source("controlnet", "control_v11p_sd15_canny.pth")
 T2I_CANNY = model_source("controlnet", "t2iadapter_canny_sd15v2.pth")
+FLUX_DEV = model_source("diffusion_models", "flux1-dev.safetensors")
+T5XXL = model_source("text_encoders", "t5xxl_fp16.safetensors")
+CLIP_L = model_source("text_encoders", "clip_l.safetensors")
+FLUX_VAE = model_source("vae", "ae.safetensors")
+VIT_L = model_source("clip_vision", "clip_vision_l.safetensors")
+IPADAPTER_FLUX = model_source("ipadapter", "flux-ip-adapter.safetensors")
 # The loader inputs that name a model file: (node type, input) -> models sub-folder.
 MODEL_INPUTS = {
     ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
     ("CLIPVisionLoader", "clip_name"): "clip_vision",
     ("DecoupledIPAdapterLoader", "ipadapter_name"): "ipadapter",
     ("ControlNetLoader", "control_net_name"): "controlnet",
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders",
+    ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("VAELoader", "vae_name"): "vae",
 }
 
 REFERENCE = "ipadapter_reference.png"  # the name scripts/demo.py uploads its reference picture under
@@ -339,9 +349,37 @@ def save_and_load_embeds() -> Graph:
     return graph
 
 
+def flux_xlabs() -> Graph:
+    graph = Graph("16_flux_xlabs", "FLUX.1-dev with the XLabs IP-Adapter",
+                  "FLUX.1-dev guided by the reference through XLabs' Flux IP-Adapter (CLIP ViT-L/14), λ 0.7, cfg 1",
+                  (FLUX_DEV, T5XXL, CLIP_L, FLUX_VAE, VIT_L, IPADAPTER_FLUX), (REFERENCE,),
+                  "Flux runs at cfg 1 with its guidance in **FluxGuidance** (3.5): the negative prompt is not used. "
+                  "Apply IPAdapter patches FLUX.1's 19 double blocks. XLabs' v2 file (also named "
+                  "`ip_adapter.safetensors`, in XLabs-AI/flux-ip-adapter-v2) loads the same way: save it under "
+                  "another name, e.g. `flux-ip-adapter-v2.safetensors`, and pick it in Load IPAdapter. Encode Image "
+                  "needs CLIP ViT-L/14 (another encoder is refused with a message).")  # fmt: skip
+    unet = graph.add("UNETLoader", 0, unet_name=FLUX_DEV.name, weight_dtype="default")
+    text = graph.add("DualCLIPLoader", 0, title="Load Text Encoders (T5-XXL + CLIP-L)", clip_name1=T5XXL.name,
+                     clip_name2=CLIP_L.name, type="flux", device="default")  # fmt: skip
+    vae = graph.add("VAELoader", 0, vae_name=FLUX_VAE.name)
+    vision = graph.add("CLIPVisionLoader", 0, title="Load CLIP Vision (ViT-L/14)", clip_name=VIT_L.name)
+    reference = graph.add("LoadImage", 0, title="Reference Image", image=REFERENCE)
+    adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=IPADAPTER_FLUX.name)
+    embeds = _encode(graph, adapter, vision, reference)
+    model = graph.add("DecoupledIPAdapterApply", 2, model=unet, ipadapter=adapter, embeds=embeds, weight=0.7,
+                      start_at=0.0, end_at=1.0)  # fmt: skip
+    pos = graph.add("CLIPTextEncode", 2, title="Positive Prompt", text="a photograph of a cat in a garden", clip=text)
+    neg = graph.add("CLIPTextEncode", 2, title="Negative Prompt (unused at cfg 1)", text="", clip=text)
+    guided = graph.add("FluxGuidance", 2, conditioning=pos, guidance=3.5)
+    latent = graph.add("EmptySD3LatentImage", 2, width=1024, height=1024, batch_size=1)
+    _sample_and_save(graph, model, guided, neg, latent, vae, prefix="ipadapter_flux", steps=20, cfg=1.0,
+                     sampler="euler", scheduler="simple")  # fmt: skip
+    return graph
+
+
 GRAPHS = (image_prompt_only, image_and_text_prompt, lambda_comparison, with_controlnet, with_t2i_adapter,
           image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint, unified_loader,
-          save_and_load_embeds)  # fmt: skip
+          save_and_load_embeds, flux_xlabs)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -105,6 +105,26 @@ SHRINK = """([sizeInputs, size, steps, seedOffset]) => {
     window.app.graph.setDirtyCanvas(true, true);
 }"""
 
+SWAP_NODES = """([nodeType, standinType, copied, fixed]) => {
+    // Each node of nodeType becomes a new standinType node: widgets from `copied` (its widget <- the old node's)
+    // and `fixed` (values), the old node's first output's links moved to the new node's first output.
+    const graph = window.app.graph;
+    const linkOf = id => graph.links.get ? graph.links.get(id) : graph.links[id];
+    for (const old of graph.nodes.filter(node => node.type === nodeType)) {
+        const node = window.LiteGraph.createNode(standinType);
+        graph.add(node);
+        node.pos = [old.pos[0], old.pos[1]];
+        for (const widget of node.widgets || []) {
+            if (widget.name in copied) widget.value = old.widgets.find(w => w.name === copied[widget.name]).value;
+            if (widget.name in fixed) widget.value = fixed[widget.name];
+        }
+        const targets = (old.outputs[0].links || []).map(linkOf).map(link => [link.target_id, link.target_slot]);
+        graph.remove(old);
+        for (const [target, slot] of targets) node.connect(0, graph.getNodeById(target), slot);
+    }
+    graph.setDirtyCanvas(true, true);
+}"""
+
 QUEUE = "async () => { await window.app.queuePrompt(0, 1); }"
 
 FIT_VIEW = """() => {
@@ -137,8 +157,9 @@ MISSING_MODELS = """async () => {
     const rows = [];
     for (const button of document.querySelectorAll('[data-testid="missing-model-copy-url"]')) {
         const file = firstLine(button.parentElement);
+        // up to the folder's heading: past this row and the rows above it in the same folder (file names)
         let group = button.parentElement;
-        while (group && firstLine(group) === file) group = group.parentElement;
+        while (group && /\.(safetensors|sft|bin|pth|pt|ckpt)$/.test(firstLine(group))) group = group.parentElement;
         const before = copied.length;
         button.click();
         await pause(150);

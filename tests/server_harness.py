@@ -41,7 +41,7 @@ def comfy_server(*, models_dir: Path | None = None, extra_custom_nodes=(), start
 
 
 def standin_models(groups=("demo",)) -> Path:
-    """The stand-in models folder with the files of `groups` (devkit/standins.py: "demo", "workflows", "sdxl";
+    """The stand-in models folder with the files of `groups` (devkit/standins.py: "demo", "workflows", "sdxl", "flux";
     generated on first use, a minute or more, then cached)."""
     return standins.ensure(comfyui_dir=require_host(), groups=groups)
 

@@ -34,6 +34,7 @@ from workflow_checks import (
     build_workflows,
     editor_workflow,
     input_files,
+    on_standins,
     shrunk,
     validation_errors,
 )
@@ -50,7 +51,9 @@ def test_every_workflow_exists_in_both_formats_with_the_same_nodes():
         server_nodes = {str(node["id"]): node["type"] for node in editor["nodes"] if node["type"] != "MarkdownNote"}
         assert server_nodes == {key: node["class_type"] for key, node in api_workflow(name).items()}, name
         notes = [node for node in editor["nodes"] if node["type"] == "MarkdownNote"]
-        assert len(notes) == 1 and "models/checkpoints/" in notes[0]["widgets_values"][0], name
+        files = {f"models/{entry['directory']}/{entry['name']}" for node in editor["nodes"]
+                 for entry in node["properties"].get("models", [])}  # fmt: skip
+        assert len(notes) == 1 and files and all(f"`{file}`" in notes[0]["widgets_values"][0] for file in files), name
 
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".bin", ".pth", ".pt", ".ckpt")
@@ -165,9 +168,12 @@ def test_the_pack_templates_are_listed_and_served(sd15_server):
 
 
 def validate_and_run(server, name: str) -> None:
+    """The workflow validates as written and as the stand-ins run it (workflow_checks.on_standins), and runs."""
     prompt = shrunk(api_workflow(name))
-    errors = validation_errors(prompt, object_info(server))
+    info = object_info(server)
+    errors = validation_errors(prompt, info) + validation_errors(on_standins(prompt), info)
     assert not errors, f"{name}:\n" + "\n".join(errors)
+    prompt = on_standins(prompt)
     entry = run_prompt(server, prompt)
     saved = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
     images = {node_id: entry["outputs"].get(node_id, {}).get("images", []) for node_id in saved}

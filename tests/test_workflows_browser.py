@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from browser import FIT_VIEW, LOAD_AND_INSPECT, MISSING_MODELS, QUEUE, SETTINGS, SHRINK, frontend_page, playwright_driver
+from browser import FIT_VIEW, LOAD_AND_INSPECT, MISSING_MODELS, QUEUE, SETTINGS, SHRINK, SWAP_NODES, frontend_page, playwright_driver
 from server_harness import PACK_LINK, comfy_server, standin_models
 from workflow_checks import (
     SD15_WORKFLOWS,
     SIZE_INPUTS,
     SMALL_SIZE,
     SMALL_STEPS,
+    STANDIN_SWAP,
     WORKFLOW_NAMES,
     api_workflow,
     editor_workflow,
@@ -73,6 +74,7 @@ def _history_ids(server) -> set[str]:
 
 def _queue_from_the_frontend(server, page, name: str, *, timeout: float = 600.0) -> dict:
     page.evaluate(SHRINK, [{kind: list(names) for kind, names in SIZE_INPUTS.items()}, SMALL_SIZE, SMALL_STEPS, 1])
+    page.evaluate(SWAP_NODES, list(STANDIN_SWAP))  # what workflow_checks.on_standins does to the API prompt
     before = _history_ids(server)
     with page.expect_response(lambda response: response.url.endswith("/api/prompt")) as answer:
         page.evaluate(QUEUE)
