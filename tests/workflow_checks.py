@@ -19,9 +19,9 @@ if str(SCRIPTS) not in sys.path:
 
 import build_workflows  # noqa: E402  (scripts/)
 
-SDXL_WORKFLOW = "08_sdxl_vit_h"
+SDXL_WORKFLOWS = ("08_sdxl_vit_h", "13_sdxl_style_transfer", "14_sdxl_style_and_composition")
 WORKFLOW_NAMES = tuple(build().name for build in build_workflows.GRAPHS)
-SD15_WORKFLOWS = tuple(name for name in WORKFLOW_NAMES if name != SDXL_WORKFLOW)
+SD15_WORKFLOWS = tuple(name for name in WORKFLOW_NAMES if name not in SDXL_WORKFLOWS)
 SMALL_SIZE, SMALL_STEPS = 64, 2
 SIZE_INPUTS = {"EmptyLatentImage": ("width", "height"), "ImageScale": ("width", "height")}
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
@@ -83,6 +83,23 @@ def shrunk(prompt: dict, *, size: int = SMALL_SIZE, steps: int = SMALL_STEPS) ->
             node["inputs"][name] = size
         if node["class_type"] == "KSampler":
             node["inputs"]["steps"] = steps
+    return prompt
+
+
+def node_ids(prompt: dict, class_type: str) -> list[str]:
+    """The ids of a prompt's nodes of `class_type`, in the prompt's order."""
+    return [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+
+
+def with_inputs(prompt: dict, changes: dict) -> dict:
+    """A copy of `prompt` with node id -> {input: value} set; a value of None removes that (optional) input."""
+    prompt = json.loads(json.dumps(prompt))
+    for node_id, inputs in changes.items():
+        for name, value in inputs.items():
+            if value is None:
+                del prompt[node_id]["inputs"][name]
+            else:
+                prompt[node_id]["inputs"][name] = value
     return prompt
 
 
