@@ -141,6 +141,12 @@ def _encode(graph: Graph, adapter, vision, image, *, crop="center") -> Node:
     return graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=image, crop=crop)
 
 
+def _second_reference(graph: Graph, adapter, *, title: str) -> Node:
+    """The second reference picture, encoded with the image encoder _sd15_base loaded."""
+    picture = graph.add("LoadImage", 0, title=title, image=SECOND_REFERENCE)
+    return _encode(graph, adapter, graph.nodes[1], picture)
+
+
 def _prompts(graph: Graph, ckpt: Node, positive: str, negative: str = NEGATIVE_TEXT):
     pos = graph.add("CLIPTextEncode", 2, title="Positive Prompt", text=positive, clip=ckpt[1])
     neg = graph.add("CLIPTextEncode", 2, title="Negative Prompt", text=negative, clip=ckpt[1])
@@ -290,9 +296,7 @@ def two_references() -> Graph:
                   (SD15, VIT_H, IPADAPTER_PLUS_SD15), (REFERENCE, SECOND_REFERENCE),
                   "`average` blends the two; `concat` keeps both sets of tokens side by side (one softmax over them).")  # fmt: skip
     ckpt, adapter, _, embeds = _sd15_base(graph, ipadapter=IPADAPTER_PLUS_SD15)
-    vision = graph.nodes[1]
-    second = graph.add("LoadImage", 0, title="Second Reference Image", image=SECOND_REFERENCE)
-    second_embeds = _encode(graph, adapter, vision, second)
+    second_embeds = _second_reference(graph, adapter, title="Second Reference Image")
     combined = graph.add("DecoupledIPAdapterCombineEmbeds", 1, embeds_1=embeds, embeds_2=second_embeds, method="average")
     _text_to_image(graph, ckpt, _apply(graph, ckpt, adapter, combined, weight=0.7), prefix="ipadapter_two_references")
     return graph
@@ -349,6 +353,97 @@ def save_and_load_embeds() -> Graph:
     return graph
 
 
+def _apply_advanced(graph: Graph, model, adapter, embeds, *, weight, weight_type, composition_weight=1.0,
+                    block_weights="", embeds_scaling="V only", **links) -> Node:
+    """Apply IPAdapter (advanced); `links`: its optional sockets (attn_mask, composition_embeds)."""
+    return graph.add("DecoupledIPAdapterApplyAdvanced", 2, model=model, ipadapter=adapter, embeds=embeds,
+                     weight=weight, start_at=0.0, end_at=1.0, weight_type=weight_type, embeds_scaling=embeds_scaling,
+                     block_weights=block_weights, composition_weight=composition_weight, **links)  # fmt: skip
+
+
+def _sdxl_text_to_image(graph: Graph, ckpt, model, *, positive: str, prefix: str) -> None:
+    _text_to_image(graph, ckpt, model, positive=positive, size=1024, prefix=prefix, cfg=6.0, sampler="dpmpp_2m",
+                   scheduler="karras")  # fmt: skip
+
+
+# InstantStyle's style module, up_blocks.0.attentions.1 of SDXL, as block_weights: diffusers' scale dict, the index
+STYLE_BLOCK_WEIGHTS = ('{"up": {"block_0": [0.0, 1.0, 0.0]}}', "6:1.0")
+
+
+def sdxl_style_transfer() -> Graph:
+    graph = Graph("13_sdxl_style_transfer", "SDXL style transfer",
+                  "the reference's style, the text's content: weight_type `style transfer` feeds the image prompt "
+                  "to SDXL's style layer only (InstantStyle)",
+                  (SDXL, VIT_H, IPADAPTER_PLUS_SDXL), (REFERENCE,),
+                  "**Apply IPAdapter (advanced)**, `weight_type` = `style transfer`: only one cross-attention module "
+                  "reads the image prompt, SDXL's `up_blocks.0.attentions.1` (transformer index 6), the one "
+                  "InstantStyle found to carry style (colour, material, atmosphere). Every other layer is the plain model, "
+                  "so the picture's content comes from the text. The same map written by hand: `block_weights` "
+                  f"`{STYLE_BLOCK_WEIGHTS[0]}` (diffusers' scale dict) or `{STYLE_BLOCK_WEIGHTS[1]}` (the index), with weight_type "
+                  "`linear`. Raise `weight` for more style; `strong style transfer` gives every "
+                  "layer but the composition one (index 3) the image prompt, which brings some of the reference's "
+                  "content back.")  # fmt: skip
+    ckpt, adapter, reference, embeds = _sd15_base(graph, SDXL, ipadapter=IPADAPTER_PLUS_SDXL)
+    reference.title = "Style Reference"
+    model = _apply_advanced(graph, ckpt[0], adapter, embeds, weight=1.0, weight_type="style transfer")
+    _sdxl_text_to_image(graph, ckpt, model, positive="a cat sitting on a wooden table, best quality, high quality",
+                        prefix="ipadapter_sdxl_style")  # fmt: skip
+    return graph
+
+
+def sdxl_style_and_composition() -> Graph:
+    graph = Graph("14_sdxl_style_and_composition", "SDXL style and composition",
+                  "one reference gives the style, another the composition (layout): weight_type "
+                  "`style and composition`, composition_weight for the second",
+                  (SDXL, VIT_H, IPADAPTER_PLUS_SDXL), (REFERENCE, SECOND_REFERENCE),
+                  "**Apply IPAdapter (advanced)**, `weight_type` = `style and composition`: SDXL's style module "
+                  "(`up_blocks.0.attentions.1`, index 6) reads `embeds` (the style reference) at `weight`; its "
+                  "composition module (`down_blocks.2.attentions.1`, index 3) reads `composition_embeds` (the "
+                  "composition reference) at `composition_weight`; no other layer reads an image. Without "
+                  "composition_embeds both modules read the one reference. Lower `composition_weight` to loosen the "
+                  "layout, raise `weight` for more style.")  # fmt: skip
+    ckpt, adapter, reference, style = _sd15_base(graph, SDXL, ipadapter=IPADAPTER_PLUS_SDXL)
+    reference.title = "Style Reference"
+    composition = _second_reference(graph, adapter, title="Composition Reference")
+    model = _apply_advanced(graph, ckpt[0], adapter, style, weight=1.0, weight_type="style and composition",
+                            composition_weight=0.8, composition_embeds=composition)  # fmt: skip
+    _sdxl_text_to_image(graph, ckpt, model, positive="best quality, high quality", prefix="ipadapter_sdxl_style_composition")
+    return graph
+
+
+def _half_masks(graph: Graph, *, size=512) -> tuple[Node, Node]:
+    """(left, right): masks of the picture's left and right halves, from core mask nodes."""
+    empty = graph.add("SolidMask", 0, title="Empty mask", value=0.0, width=size, height=size)
+    half = graph.add("SolidMask", 0, title="Half-width mask", value=1.0, width=size // 2, height=size)
+    left = graph.add("MaskComposite", 1, title="Left half", destination=empty, source=half, x=0, y=0, operation="add")
+    right = graph.add("InvertMask", 1, title="Right half", mask=left)
+    return left, right
+
+
+def regional_two_references() -> Graph:
+    graph = Graph("15_regional_two_references", "Two references, one per half of the picture",
+                  "each reference acts in its own region: two Apply IPAdapter nodes, chained, each with an "
+                  "attn_mask (left half, right half)",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE, SECOND_REFERENCE),
+                  "The masks come from core nodes: **Create Solid Mask** (0 everywhere) plus a half-width one (1) "
+                  "make the left half (**Combine Masks**, add), **Invert Mask** the right. A mask is resized to each "
+                  "layer's grid, so only its shape counts; keep its aspect that of the picture. Paint your own "
+                  "regions instead (Load Image's mask, MaskEditor), soft edges allowed. The two Apply nodes are "
+                  "chained: each adds its own image prompt where its mask is 1; the text prompt acts everywhere.")  # fmt: skip
+    ckpt, adapter, reference, left_embeds = _sd15_base(graph)
+    reference.title = "Left Reference"
+    right_embeds = _second_reference(graph, adapter, title="Right Reference")
+    left, right = _half_masks(graph)
+    model = ckpt[0]
+    for side, embeds, mask in (("left", left_embeds, left), ("right", right_embeds, right)):
+        model = graph.add("DecoupledIPAdapterApply", 2, title=f"Apply IPAdapter ({side} half)", model=model,
+                          ipadapter=adapter, embeds=embeds, weight=0.7, start_at=0.0, end_at=1.0,
+                          attn_mask=mask)[0]  # fmt: skip
+    _text_to_image(graph, ckpt, model, positive="two animals side by side in a meadow, best quality, high quality",
+                   prefix="ipadapter_regional")  # fmt: skip
+    return graph
+
+
 def flux_xlabs() -> Graph:
     graph = Graph("16_flux_xlabs", "FLUX.1-dev with the XLabs IP-Adapter",
                   "FLUX.1-dev guided by the reference through XLabs' Flux IP-Adapter (CLIP ViT-L/14), λ 0.7, cfg 1",
@@ -379,7 +474,8 @@ def flux_xlabs() -> Graph:
 
 GRAPHS = (image_prompt_only, image_and_text_prompt, lambda_comparison, with_controlnet, with_t2i_adapter,
           image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint, unified_loader,
-          save_and_load_embeds, flux_xlabs)  # fmt: skip
+          save_and_load_embeds, sdxl_style_transfer, sdxl_style_and_composition, regional_two_references,
+          flux_xlabs)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------

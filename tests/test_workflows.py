@@ -5,15 +5,17 @@
 - /api/workflow_templates lists the pack with every editor-format workflow, and the files are served.
 - Every API-format workflow validates against /object_info (classes, inputs, link types, value ranges, combo
   lists: the model file names must be the stand-ins' official names) and runs to the end on a real server with
-  the stand-ins at 64x64 and 2 steps (the SDXL one: tests/test_workflows_sdxl.py); embeds it saves are in the
+  the stand-ins at 64x64 and 2 steps (the SDXL ones: tests/test_workflows_sdxl.py); embeds it saves are in the
   output folder, in our format, with the prompt that made them. Their file nodes refuse a missing adapter file or a
   file that is not our embeds when the prompt is queued, with the message that says what to do.
+- The regional workflow's picture changes when either reference or the masks are left out.
 """
 
 import io
 import json
 import re
 
+import numpy
 import pytest
 from PIL import Image
 from server_harness import (
@@ -35,9 +37,13 @@ from workflow_checks import (
     editor_workflow,
     input_files,
     on_standins,
+    node_ids,
     shrunk,
     validation_errors,
+    with_inputs,
 )
+
+REGIONAL_WORKFLOW = "15_regional_two_references"
 
 
 def test_committed_workflows_are_what_the_generator_writes():
@@ -186,6 +192,20 @@ def validate_and_run(server, name: str) -> None:
             check_saved_embeds(server, prompt, entry["outputs"].get(node_id, {}).get("embeds", []), name)
 
 
+def saved_picture(server, prompt: dict) -> numpy.ndarray:
+    """Runs `prompt` (one SaveImage) and returns its picture as `[H, W, 3]` uint8."""
+    entry = run_prompt(server, prompt)
+    (save,) = node_ids(prompt, "SaveImage")
+    (image,) = entry["outputs"][save]["images"]
+    return numpy.asarray(Image.open(io.BytesIO(server.client.fetch(image))).convert("RGB"))
+
+
+def assert_differs(picture: numpy.ndarray, others: dict, name: str) -> None:
+    """`picture` differs from each of `others` (label -> picture): what the label leaves out changes the result."""
+    same = [label for label, other in others.items() if numpy.array_equal(picture, other)]
+    assert not same, f"{name}: the same picture without {same}"
+
+
 def check_saved_embeds(server, prompt: dict, saved: list, name: str) -> None:
     """One embeds file per Save Embeds run, in the output folder: it loads as our embeds, from the stand-in
     ip-adapter_sd15 with ViT-H, and carries the prompt that made it."""
@@ -208,6 +228,23 @@ def check_saved_embeds(server, prompt: dict, saved: list, name: str) -> None:
 @pytest.mark.parametrize("name", SD15_WORKFLOWS)
 def test_api_workflow_validates_and_runs(sd15_server, name):
     validate_and_run(sd15_server, name)
+
+
+@pytest.mark.server
+def test_regional_references_each_act_in_their_masks(sd15_server):
+    """15_regional_two_references: the picture differs from each reference alone (the other Apply left out) and from
+    the two references unmasked, so both image prompts and both masks reach the sampler."""
+    prompt = shrunk(api_workflow(REGIONAL_WORKFLOW))
+    (sampler,) = node_ids(prompt, "KSampler")
+    left, right = node_ids(prompt, "DecoupledIPAdapterApply")
+    base_model = prompt[left]["inputs"]["model"]
+    regional = saved_picture(sd15_server, prompt)
+    others = {
+        "the right reference": with_inputs(prompt, {sampler: {"model": [left, 0]}}),
+        "the left reference": with_inputs(prompt, {right: {"model": base_model}}),
+        "the masks": with_inputs(prompt, {left: {"attn_mask": None}, right: {"attn_mask": None}}),
+    }
+    assert_differs(regional, {label: saved_picture(sd15_server, other) for label, other in others.items()}, REGIONAL_WORKFLOW)
 
 
 @pytest.mark.server

@@ -8,7 +8,7 @@ page's own code. The prompt the front-end makes from it (app.graphToPrompt) must
 file, and the links and widget values it would save must equal the file's. Then the graph is shrunk in the page
 (64x64, 2 steps), queued from the front-end (app.queuePrompt) and must finish on the stand-ins without error. A
 screenshot of each lands in tests-output/screenshots/<name>.png. A broken workflow shows that these checks fail.
-The SDXL workflow gets the same checks in tests/test_workflows_sdxl.py (a server of its own).
+The SDXL workflows get the same checks in tests/test_workflows_sdxl.py (a server of their own).
 """
 
 import json

@@ -19,10 +19,10 @@ if str(SCRIPTS) not in sys.path:
 
 import build_workflows  # noqa: E402  (scripts/)
 
-SDXL_WORKFLOW = "08_sdxl_vit_h"
+SDXL_WORKFLOWS = ("08_sdxl_vit_h", "13_sdxl_style_transfer", "14_sdxl_style_and_composition")
 FLUX_WORKFLOW = "16_flux_xlabs"
 WORKFLOW_NAMES = tuple(build().name for build in build_workflows.GRAPHS)
-SD15_WORKFLOWS = tuple(name for name in WORKFLOW_NAMES if name not in (SDXL_WORKFLOW, FLUX_WORKFLOW))
+SD15_WORKFLOWS = tuple(name for name in WORKFLOW_NAMES if name not in (*SDXL_WORKFLOWS, FLUX_WORKFLOW))
 SMALL_SIZE, SMALL_STEPS = 64, 2
 SIZE_INPUTS = {"EmptyLatentImage": ("width", "height"), "EmptySD3LatentImage": ("width", "height"),
                "ImageScale": ("width", "height")}  # fmt: skip
@@ -102,6 +102,23 @@ def on_standins(prompt: dict) -> dict:
         if node["class_type"] == node_type:
             node["class_type"] = standin_type
             node["inputs"] = {**{name: node["inputs"][source] for name, source in copied.items()}, **fixed}
+    return prompt
+
+
+def node_ids(prompt: dict, class_type: str) -> list[str]:
+    """The ids of a prompt's nodes of `class_type`, in the prompt's order."""
+    return [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+
+
+def with_inputs(prompt: dict, changes: dict) -> dict:
+    """A copy of `prompt` with node id -> {input: value} set; a value of None removes that (optional) input."""
+    prompt = json.loads(json.dumps(prompt))
+    for node_id, inputs in changes.items():
+        for name, value in inputs.items():
+            if value is None:
+                del prompt[node_id]["inputs"][name]
+            else:
+                prompt[node_id]["inputs"][name] = value
     return prompt
 
 
