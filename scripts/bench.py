@@ -1,14 +1,16 @@
 """Benchmark: what the image prompt costs, side by side with the plain model in the same run; loading, encoding, RAM.
 
 Run with `make bench` (the host's Python, COMFYUI_DIR set); `--parts` picks sections, `--quick` runs the stacking
-section alone with fewer pairs. Prints tables and writes bench-results/bench.json. All models have random weights.
+section alone, 3 rounds. Prints each section's table when it is measured and keeps bench-results/bench.json up to
+date. All models have random weights. On a 2-core CPU the sampling sections take minutes each, longer when other
+jobs share the machine (the load average is printed at the start and the end).
 
 - stacking: a full-size SD1.5 UNet, 128×128 pixels (16×16 latent), KSampler euler, "normal", 6 steps, cfg 5.
   Cases: plain, one adapter (ip-adapter_sd15's shapes), four Apply nodes stacked. `--repeats` rounds (default 7);
   in each round every case runs once, one after the other, so drift and other load on the machine hit all cases
   alike; a one-step run of each case first (loading, K'/V', kernels) is not counted. Whole-sample ratio: median
   wall time of the run, patched / plain. Per-step ratio: the sampler calls back after each step's model
-  evaluation; a run's time per step is (last callback − first callback) / 5, the steps after the first, so the
+  evaluation; a run's time per step is (last callback − first callback) / 5: the steps after the first, so the
   once-per-run costs (sampler setup, projecting the image tokens, K'/V' at the first step) are left out; its
   median over rounds, patched / plain.
 - end_at: four stacked adapters (four times the signal of one, above the timing noise) with end_at = 0.3, in the
@@ -23,8 +25,8 @@ section alone with fewer pairs. Prints tables and writes bench-results/bench.jso
   Summed over the 70 layers for weight_type "linear" and "style transfer".
 - flux: the XLabs Flux adapter's per-step overhead, per step as above (3 steps), cfg 1 (one pass per step): on the tiny
   Flux of the tests (devkit/tiny_flux.py) and on a full-width Flux (FLUX.1's 24 heads of 128, width 3072) with one
-  double and two single blocks, FLUX.1's 19 : 38 ratio: a whole FLUX.1 (12B parameters, 48 GB in fp32) does not fit
-  this machine, and the overhead per step of the model scales with its blocks alike. 128×128 pixels (64 image
+  double and two single blocks, FLUX.1's 19 : 38 ratio of patched to unpatched blocks: a whole FLUX.1 (12B
+  parameters, 48 GB in fp32) does not fit this machine. 128×128 pixels (64 image
   tokens) and 8 text tokens, FLUX.1's 8 : 1 ratio of image to text tokens at 1024² with 512 text tokens.
 - loading: warm load time of official-shape adapter files; encode: CLIP ViT-H throughput; peak RAM.
 SD3.5 has no section: its adapter is not in the pack yet.
