@@ -1,8 +1,35 @@
-"""Benchmark: what the image prompt costs per sampling step, loading and encoding times, peak memory.
+"""Benchmark: what the image prompt costs, side by side with the plain model in the same run; loading, encoding, RAM.
 
-Run with `make bench` (the host's Python, COMFYUI_DIR set). Prints a table and writes bench-results/bench.json.
-On the CPU: a full-size SD1.5-shaped UNet (random weights) at a small latent. With a CUDA device: SD1.5 at 512×512
-and SDXL at 1024×1024 in fp16. Every case is timed side by side with the plain model in the same run.
+Run with `make bench` (the host's Python, COMFYUI_DIR set); `--parts` picks sections, `--quick` runs the stacking
+section alone, 3 rounds. Prints each section's table when it is measured and keeps bench-results/bench.json up to
+date. All models have random weights. On a 2-core CPU the sampling sections take minutes each, longer when other
+jobs share the machine (the load average is printed at the start and the end).
+
+- stacking: a full-size SD1.5 UNet, 128×128 pixels (16×16 latent), KSampler euler, "normal", 6 steps, cfg 5.
+  Cases: plain, one adapter (ip-adapter_sd15's shapes), four Apply nodes stacked. `--repeats` rounds (default 7);
+  in each round every case runs once, one after the other, so drift and other load on the machine hit all cases
+  alike; a one-step run of each case first (loading, K'/V', kernels) is not counted. Whole-sample ratio: median
+  wall time of the run, patched / plain. Per-step ratio: the sampler calls back after each step's model
+  evaluation; a run's time per step is (last callback − first callback) / 5: the steps after the first, so the
+  once-per-run costs (sampler setup, projecting the image tokens, K'/V' at the first step) are left out; its
+  median over rounds, patched / plain.
+- end_at: four stacked adapters (four times the signal of one, above the timing noise) with end_at = 0.3, in the
+  same rounds: its added time over plain as a fraction of the full-range stack's added time, per sample and per
+  step, next to the share of steps whose sigma lies in the range.
+- cache (only when asked for): one adapter with K'/V' recomputed on every layer call, what the once-per-run cache
+  saves.
+- style: SDXL's 70 cross-attention layers at their real widths and token counts (1024² pixels, 128² latent, cfg
+  batch 2, 77 text tokens, ip-adapter_sdxl_vit-h's 4 image tokens). The real apply function patches a full-size SDXL
+  UNet built on the meta device (no weights: the patches read only the adapter's); every patch it sets is timed
+  against ComfyUI's plain attention with torch.utils.benchmark on real tensors; a layer without a patch costs 0.
+  Summed over the 70 layers for weight_type "linear" and "style transfer".
+- flux: the XLabs Flux adapter's per-step overhead, per step as above (3 steps), cfg 1 (one pass per step): on the tiny
+  Flux of the tests (devkit/tiny_flux.py) and on a full-width Flux (FLUX.1's 24 heads of 128, width 3072) with one
+  double and two single blocks, FLUX.1's 19 : 38 ratio of patched to unpatched blocks: a whole FLUX.1 (12B
+  parameters, 48 GB in fp32) does not fit this machine. 128×128 pixels (64 image
+  tokens) and 8 text tokens, FLUX.1's 8 : 1 ratio of image to text tokens at 1024² with 512 text tokens.
+- loading: warm load time of official-shape adapter files; encode: CLIP ViT-H throughput; peak RAM.
+SD3.5 has no section: its adapter is not in the pack yet.
 """
 
 import argparse
@@ -25,6 +52,13 @@ sys.path.insert(0, str(REPO / "devkit"))
 import repo_paths  # noqa: E402,F401  (devkit/ and tools/ on sys.path)
 from model_configs import SD15_UNET, SDXL_UNET  # noqa: E402
 
+PARTS = ("stacking", "end_at", "style", "flux", "loading", "encode", "cache")
+DEFAULT_PARTS = PARTS[:-1]  # "cache" (K'/V' recomputed per call) on request
+SD15_SIZE = 128  # pixels: a 16×16 latent
+SD15_STEPS = 6
+FLUX_STEPS = 3
+SDXL_LATENT = 128  # 1024² pixels
+
 
 def start_host():
     sys.path.insert(0, os.environ["COMFYUI_DIR"])
@@ -37,7 +71,8 @@ def start_host():
     import comfy.model_management  # noqa: F401
 
 
-def unet(base: str, device, dtype):
+def unet(base: str, device, dtype, *, weights: bool = True):
+    """A full-size SD1.5 or SDXL ModelPatcher with random weights, or (weights=False) built on the meta device."""
     import comfy.model_patcher
     import comfy.supported_models
     from tiny_models import fill_random_
@@ -45,6 +80,10 @@ def unet(base: str, device, dtype):
     config_class = comfy.supported_models.SD15 if base == "SD1.5" else comfy.supported_models.SDXL
     model_config = config_class(dict(SD15_UNET if base == "SD1.5" else SDXL_UNET))
     model_config.set_inference_dtype(dtype, None)
+    if not weights:
+        with torch.device("meta"):
+            model = model_config.get_model({}, device=torch.device("meta"))
+        return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
     model = model_config.get_model({}, device=torch.device("cpu"))
     fill_random_(model.diffusion_model, seed=0)
     model.diffusion_model.to(dtype)
@@ -72,54 +111,60 @@ def embeds_for(spec, images: int):
     return make_embeds(positive, torch.randn(1, 257, spec.embedding_dim, generator=generator), clip_output=spec.clip_output)
 
 
-def conditioning(base: str, batch: int, size: int, seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    width = 768 if base == "SD1.5" else 2048
-    extra = {} if base == "SD1.5" else {"pooled_output": torch.randn(1, 1280, generator=generator), "width": size, "height": size}
-    return [[torch.randn(1, 77, width, generator=generator), extra]]
+def sd15_conditioning(seed: int):
+    return [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(seed)), {}]]
 
 
-def one_run_seconds_per_step(model, *, base: str, size: int, batch: int, steps: int) -> float:
-    """Wall time of one KSampler step (euler, cfg 5: a conditional and an unconditional pass), one run."""
+def sample_seconds(model, *, latent_shape, positive, negative, steps: int, cfg: float) -> tuple[float, float | None]:
+    """One KSampler run (euler, "normal"): its wall time, and the mean time of its steps after the first, from the
+    sampler's step callbacks (each comes after the step's model evaluation), or None for a one-step run."""
     import comfy.model_management
     import comfy.sample
 
-    latent = torch.zeros(batch, 4, size // 8, size // 8)  # [B, 4, h, w]
-    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    latent = torch.zeros(latent_shape)
+    noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(0))
+    stamps = []
+
+    def stamp(step, denoised, x, total_steps):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
     comfy.model_management.soft_empty_cache()
     start = time.perf_counter()
-    comfy.sample.sample(
-        model, noise, steps, 5.0, "euler", "normal", conditioning(base, batch, size, 1),
-        conditioning(base, batch, size, 2), latent, seed=0, disable_pbar=True,
-    )  # fmt: skip
+    comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent, seed=0, callback=stamp, disable_pbar=True)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    seconds = time.perf_counter() - start
+    return seconds, (stamps[-1] - stamps[0]) / (steps - 1) if steps > 1 else None
 
 
-def side_by_side(variants, *, repeats: int, **run) -> dict[str, float]:
-    """Median s/step of each (label, model, recompute) variant, the runs interleaved so drift hits all alike.
-    The first round warms up (loading, K'/V', kernels) and is not counted."""
-    times = {label: [] for label, _, _ in variants}
+def interleaved_times(variants, *, repeats: int, run) -> dict:
+    """{label: {"sample_s": [...], "step_s": [...]}}, one entry per round: every round runs each (label, model) once,
+    one after the other, so drift and other load hit all alike. A one-step run of each first (loading, K'/V',
+    kernels) is not counted."""
+    times = {label: {"sample_s": [], "step_s": []} for label, _ in variants}
     for round_index in range(repeats + 1):
-        for label, model, recompute in variants:
-            with recomputing_keys_values() if recompute else contextlib.nullcontext():
-                seconds = one_run_seconds_per_step(model, **run)
+        for label, model in variants:
+            with recomputing_keys_values() if label.endswith("K'/V' per call") else contextlib.nullcontext():
+                sample_s, step_s = run(model, 1 if round_index == 0 else None)
             if round_index:
-                times[label].append(seconds)
-    return {label: statistics.median(values) for label, values in times.items()}
+                times[label]["sample_s"].append(sample_s)
+                times[label]["step_s"].append(step_s)
+        print(f"  round {round_index}/{repeats} done", file=sys.stderr, flush=True)
+    return times
 
 
 @contextlib.contextmanager
 def recomputing_keys_values():
-    """K'/V' recomputed on every layer call: what the once-per-run cache saves."""
-    from decoupled_ipadapter.ipadapter_core.unet.patch import ImagePromptTerm
+    """K'/V' recomputed on every layer call (the cache emptied before each look-up): what the once-per-run cache saves."""
+    from decoupled_ipadapter.ipadapter_core.term import ImagePromptTerm
 
     original = ImagePromptTerm.keys_values
 
-    def uncached(self, number, device, dtype):
-        self.forget_keys_values()
-        return original(self, number, device, dtype)
+    def uncached(self, *args, **kwargs):
+        self._keys_values.clear()
+        return original(self, *args, **kwargs)
 
     ImagePromptTerm.keys_values = uncached
     try:
@@ -128,84 +173,157 @@ def recomputing_keys_values():
         ImagePromptTerm.keys_values = original
 
 
-# SD1.5's cross-attention layers in checkpoint order: (attention width, latent downscale of the block).
-SD15_LAYERS = tuple(zip(
-    (320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 1280),
-    (1, 1, 2, 2, 4, 4, 4, 4, 4, 2, 2, 2, 1, 1, 1, 8),
-))  # fmt: skip
+def acting_fraction(model, steps: int) -> float:
+    """The share of the sampler's steps whose sigma lies in the range of the first patch's last term."""
+    import comfy.samplers
+
+    patch = next(iter(model.model_options["transformer_options"]["patches_replace"]["attn2"].values()))
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)[:-1]
+    return sum(patch.terms[-1].sigmas.contains(float(sigma)) for sigma in sigmas) / steps
 
 
-def attention_cost(device, dtype, size: int, directory: Path) -> list[dict]:
-    """The image prompt's own cost in one SD1.5 UNet evaluation (cfg batch of 2), summed over the 16 layers: the
-    patched attn2 call minus ComfyUI's plain attention, timed per layer with torch.utils.benchmark (low noise)."""
-    from torch.utils import benchmark
-
-    from decoupled_ipadapter.ipadapter_core.unet.layer_map import CrossAttentionLayer
-    from decoupled_ipadapter.ipadapter_core.unet.patch import ImagePromptTerm, LayerPatch, host_attention
-    from decoupled_ipadapter.ipadapter_core.schedule import SigmaRange
-
-    rows = []
-    for label, variant in (("base", "ip-adapter_sd15"), ("plus", "ip-adapter-plus_sd15"), ("full-face", "ip-adapter-full-face_sd15")):
-        managed = official_adapter(variant, directory)[0]
-        term = ImagePromptTerm(adapter=managed.adapter, weights_patcher=managed.weights_patcher,
-                               embeds=embeds_for(managed.adapter.spec, 1), weight=0.7,
-                               sigmas=SigmaRange(start=1e9, end=0.0, always=True))  # fmt: skip
-        plain_total = patched_total = 0.0
-        for index, (width, downscale) in enumerate(SD15_LAYERS):
-            tokens = (size // 8 // downscale) ** 2
-            q = torch.randn(2, tokens, width, device=device, dtype=dtype)  # [B, Nq, H·D]
-            k = torch.randn(2, 77, width, device=device, dtype=dtype)  # [B, 77, H·D]
-            options = {"n_heads": 8, "attn_precision": None, "cond_or_uncond": [1, 0], "sigmas": torch.ones(2, device=device)}
-            layer = CrossAttentionLayer(number=2 * index + 1, key=("input", 0, 0), hidden_size=width, context_dim=768)
-            patch = LayerPatch(layer=layer, terms=(term,))
-            with torch.no_grad():
-                patch(q, k, k, options)  # K'/V' computed once, as in a sampling run
-                measure = {"plain": lambda: host_attention(q, k, k, options), "patched": lambda: patch(q, k, k, options)}
-                seconds = {name: benchmark.Timer("f()", globals={"f": f}).blocked_autorange(min_run_time=0.3).median
-                           for name, f in measure.items()}  # fmt: skip
-            plain_total += seconds["plain"]
-            patched_total += seconds["patched"]
-        rows.append({"case": label, "tokens": managed.adapter.spec.num_tokens, "latent": f"{size // 8}x{size // 8}",
-                     "plain_attn2_s": plain_total, "image_prompt_s": patched_total - plain_total})  # fmt: skip
-    return rows
-
-
-def step_cases(base: str, device, dtype, size: int, steps: int, repeats: int, directory: Path):
+def sd15_cases(parts, device, repeats: int, directory: Path) -> dict:
+    """The stacking, end_at and cache sections, in the same interleaved rounds."""
     from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
 
-    model = unet(base, device, dtype)
-    suffix = "sd15" if base == "SD1.5" else "sdxl_vit-h"
-    adapters = {name: official_adapter(f"{prefix}_{suffix}", directory)[0] for name, prefix in
-                (("base", "ip-adapter"), ("plus", "ip-adapter-plus"))}  # fmt: skip
-    if base == "SD1.5":
-        adapters["full-face"] = official_adapter("ip-adapter-full-face_sd15", directory)[0]
+    model = unet("SD1.5", device, torch.float32)
+    managed = official_adapter("ip-adapter_sd15", directory)[0]
+    embeds = embeds_for(managed.adapter.spec, 1)
 
-    def patched(names, images=1):
+    def stacked(count: int, end_at: float = 1.0):
         result = model
-        for name in names:
-            managed = adapters[name]
-            embeds = embeds_for(managed.adapter.spec, images)
-            result = apply_image_prompt(result, managed.adapter, managed.weights_patcher, embeds, weight=0.7, start_at=0.0, end_at=1.0)
+        for _ in range(count):
+            result = apply_image_prompt(result, managed.adapter, managed.weights_patcher, embeds, weight=0.7, start_at=0.0, end_at=end_at)
         return result
 
-    cases = [
-        ("base (4 tokens)", ["base"], 1),
-        ("plus (16 tokens)", ["plus"], 1),
-        *([("full-face (257 tokens)", ["full-face"], 1)] if "full-face" in adapters else []),
-        ("4 adapters stacked", ["base"] * 4, 1),
-        ("batch 4, base", ["base"], 4),
-    ]
-    rows = []
-    for label, names, batch in cases:
-        variants = [("plain", model, False), ("adapter", patched(names), False), ("recomputed", patched(names), True)]
-        median = side_by_side(variants, repeats=repeats, base=base, size=size, batch=batch, steps=steps)
-        rows.append({
-            "base": base, "case": label, "batch": batch, "latent": f"{size // 8}x{size // 8}",
-            "plain_s_per_step": median["plain"], "adapter_s_per_step": median["adapter"],
-            "overhead": median["adapter"] / median["plain"] - 1,
-            "recomputed_kv_s_per_step": median["recomputed"], "recomputed_overhead": median["recomputed"] / median["plain"] - 1,
-        })  # fmt: skip
-    return rows
+    wanted = {"stacking": ("one adapter", "four stacked"), "end_at": ("four stacked", "four stacked, end_at 0.3"),
+              "cache": ("one adapter", "one adapter, K'/V' per call")}  # fmt: skip
+    build = {"one adapter": lambda: stacked(1), "four stacked": lambda: stacked(4),
+             "four stacked, end_at 0.3": lambda: stacked(4, end_at=0.3), "one adapter, K'/V' per call": lambda: stacked(1)}  # fmt: skip
+    labels = [label for label in build if any(label in wanted[part] for part in parts if part in wanted)]
+    variants = [("plain", model), *((label, build[label]()) for label in labels)]
+    latent_shape = (1, 4, SD15_SIZE // 8, SD15_SIZE // 8)  # [B, 4, h, w]
+
+    def run(patched, steps):
+        return sample_seconds(patched, latent_shape=latent_shape, positive=sd15_conditioning(1),
+                              negative=sd15_conditioning(2), steps=steps or SD15_STEPS, cfg=5.0)  # fmt: skip
+
+    times = interleaved_times(variants, repeats=repeats, run=run)
+    whole = {label: statistics.median(runs["sample_s"]) for label, runs in times.items()}
+    step = {label: statistics.median(runs["step_s"]) for label, runs in times.items()}
+    result = {"setup": f"SD1.5 full size, {SD15_SIZE}x{SD15_SIZE} px, euler {SD15_STEPS} steps, cfg 5, "
+                       f"{repeats} interleaved rounds, medians", "times": times}  # fmt: skip
+    result["cases"] = [
+        {"case": label, "sample_s": whole[label], "whole_sample_ratio": whole[label] / whole["plain"],
+         "step_s": step[label], "per_step_ratio": step[label] / step["plain"]}
+        for label in whole
+    ]  # fmt: skip
+    if "end_at" in parts:
+        added_full = whole["four stacked"] - whole["plain"]
+        added_end = whole["four stacked, end_at 0.3"] - whole["plain"]
+        step_full = step["four stacked"] - step["plain"]
+        step_end = step["four stacked, end_at 0.3"] - step["plain"]
+        result["end_at"] = {
+            "case": "four stacked", "added_full_range_s": added_full, "added_end_at_0.3_s": added_end,
+            "fraction": added_end / added_full if added_full > 0 else None,
+            "per_step_fraction": step_end / step_full if step_full > 0 else None,
+            "steps_in_range": acting_fraction(dict(variants)["four stacked, end_at 0.3"], SD15_STEPS),
+        }  # fmt: skip
+    return result
+
+
+def timed_median(function) -> float:
+    from torch.utils import benchmark
+
+    return benchmark.Timer("f()", globals={"f": function}).blocked_autorange(min_run_time=0.2).median
+
+
+def sdxl_layer_tokens(diffusion_model) -> dict:
+    """Layer key → query tokens at a SDXL_LATENT² latent: input/output levels 1 and 2 (the levels with
+    transformers) sit at 1/2 and 1/4 of the latent side, the middle block at 1/4."""
+    from decoupled_ipadapter.ipadapter_core.unet.layer_map import cross_attention_layers
+
+    downscale_of_width = {640: 2, 1280: 4}  # SDXL: level 1 has width 640, level 2 and the middle 1280
+    return {layer.key: (SDXL_LATENT // downscale_of_width[layer.hidden_size]) ** 2 for layer in cross_attention_layers(diffusion_model)}
+
+
+def style_costs(device, directory: Path) -> dict:
+    """The image prompt's cost in one SDXL UNet evaluation (cfg batch 2), summed over the 70 layers: every patch the
+    real apply function set, timed against ComfyUI's plain attention; layers without a patch add 0."""
+    from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
+    from decoupled_ipadapter.ipadapter_core.unet.patch import host_attention
+
+    model = unet("SDXL", device, torch.float32, weights=False)
+    managed = official_adapter("ip-adapter_sdxl_vit-h", directory)[0]
+    embeds = embeds_for(managed.adapter.spec, 1)
+    tokens = sdxl_layer_tokens(model.get_model_object("diffusion_model"))
+    generator = torch.Generator().manual_seed(0)
+    plain_seconds = {}
+    result = {"setup": f"SDXL's 70 layers, {SDXL_LATENT}x{SDXL_LATENT} latent, cfg batch 2, 77 text tokens", "layers": len(tokens)}
+    for weight_type in ("linear", "style transfer"):
+        patched = apply_image_prompt(model, managed.adapter, managed.weights_patcher, embeds, weight=0.7, start_at=0.0,
+                                     end_at=1.0, weight_type=weight_type)  # fmt: skip
+        attn2 = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+        patches = {key: attn2[key] for key in tokens if key in attn2}
+        added = 0.0
+        for key, patch in patches.items():
+            width = patch.layer.hidden_size
+            q = torch.randn(2, tokens[key], width, generator=generator)  # [B, Nq, H·D]
+            k = torch.randn(2, 77, width, generator=generator)  # [B, 77, H·D]
+            options = {"n_heads": width // 64, "attn_precision": None, "cond_or_uncond": [1, 0], "sigmas": torch.ones(2)}
+            with torch.no_grad():
+                patch(q, k, k, options)  # K'/V' computed once, as in a sampling run
+                if key not in plain_seconds:
+                    plain_seconds[key] = timed_median(lambda: host_attention(q, k, k, options))
+                added += timed_median(lambda: patch(q, k, k, options)) - plain_seconds[key]
+        result[weight_type] = {"patched_layers": len(patches), "added_s": added,
+                               "lowest_resolution_only": all(tokens[key] == min(tokens.values()) for key in patches)}  # fmt: skip
+    result["plain_attn2_s"] = sum(plain_seconds.values())
+    result["style_over_linear"] = result["style transfer"]["added_s"] / result["linear"]["added_s"]
+    return result
+
+
+def flux_case(label: str, config: dict, repeats: int, directory: Path) -> dict:
+    """Per-step overhead of one XLabs adapter on a Flux built from `config` (cfg 1, one pass per step)."""
+    from safetensors.torch import save_file
+    from tiny_flux import FLUX_POOLED_WIDTH, FLUX_TEXT_WIDTH, tiny_flux_model, xlabs_adapter_state_dict
+
+    from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+    from decoupled_ipadapter.ipadapter_core.dit.apply import apply_flux_image_prompt
+    from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
+    from decoupled_ipadapter.ipadapter_core.memory import manage
+
+    model = tiny_flux_model(config, seed=0)
+    path = directory / "flux-ip-adapter.safetensors"
+    save_file(xlabs_adapter_state_dict(hidden_size=config["hidden_size"], double_blocks=config["depth"], seed=3), str(path))
+    managed = manage(load_adapter(str(path)))
+    embeds = make_embeds(torch.randn(1, FLUX_POOLED_WIDTH, generator=torch.Generator().manual_seed(5)),
+                         torch.zeros(1, FLUX_POOLED_WIDTH), clip_output="image_embeds")  # fmt: skip
+    patched = apply_flux_image_prompt(model, managed.adapter, managed.weights_patcher, embeds, weight=0.7, start_at=0.0, end_at=1.0)
+    generator = torch.Generator().manual_seed(1)
+    positive = [[torch.randn(1, 8, FLUX_TEXT_WIDTH, generator=generator),
+                 {"pooled_output": torch.randn(1, FLUX_POOLED_WIDTH, generator=generator), "guidance": 3.5}]]  # fmt: skip
+
+    def run(flux, steps):
+        return sample_seconds(flux, latent_shape=(1, 16, SD15_SIZE // 8, SD15_SIZE // 8), positive=positive,
+                              negative=positive, steps=steps or FLUX_STEPS, cfg=1.0)  # fmt: skip
+
+    times = interleaved_times([("plain", model), ("adapter", patched)], repeats=repeats, run=run)
+    step = {label: statistics.median(runs["step_s"]) for label, runs in times.items()}
+    parameters = sum(parameter.numel() for parameter in model.model.diffusion_model.parameters())
+    path.unlink()
+    return {"case": label, "parameters_m": parameters / 1e6, "plain_s_per_step": step["plain"],
+            "adapter_s_per_step": step["adapter"], "per_step_ratio": step["adapter"] / step["plain"], "times": times}  # fmt: skip
+
+
+def flux_costs(repeats: int, directory: Path) -> list[dict]:
+    from tiny_flux import tiny_flux_config
+
+    setup = f"{SD15_SIZE}x{SD15_SIZE} px (64 image tokens), 8 text tokens, cfg 1, euler {FLUX_STEPS} steps, {repeats} rounds"
+    rows = [flux_case("tiny Flux (2 double, 2 single, 2 heads)", tiny_flux_config(), repeats, directory)]
+    full_width = tiny_flux_config(double_blocks=1, single_blocks=2, heads=24)
+    rows.append(flux_case("full-width Flux (1 double, 2 single, 24 heads)", full_width, repeats, directory))
+    return [{**row, "setup": setup} for row in rows]
 
 
 def loading_times(directory: Path, variants):
@@ -248,74 +366,106 @@ def peak_ram_gib() -> float:
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (CUDA), torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    load = " load average %.2f %.2f %.2f," % os.getloadavg()
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads,{load} torch {torch.__version__}"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds of the sampling sections")
     parser.add_argument("--output", type=Path, default=REPO / "bench-results" / "bench.json")
-    parser.add_argument("--parts", default="loading,steps,attention,encode", help="comma-separated subset to run")
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--quick", action="store_true", help="the stacking section alone, 3 rounds")
     options = parser.parse_args()
+    parts = {"stacking"} if options.quick else set(options.parts.split(","))
+    repeats = 3 if options.quick else options.repeats
+    if parts - set(PARTS):
+        parser.error(f"unknown parts {sorted(parts - set(PARTS))}; use {','.join(PARTS)}")
     start_host()
     import comfy.model_management
 
     device = comfy.model_management.get_torch_device()
-    cuda = device.type == "cuda"
-    parts = set(options.parts.split(","))
-    results = {"machine": machine(), "steps": [], "loading": [], "attention": []}
+    results = {"machine": machine()}
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {results['machine']}", flush=True)
+
+    def finished(key: str, value, render_section) -> None:
+        """Print a section's table as soon as it is measured and keep the JSON up to date (a long run that is
+        stopped keeps what it measured)."""
+        results[key] = value
+        print("\n".join(render_section(value)), flush=True)
+        options.output.write_text(json.dumps(results, indent=2))
+
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
+        # the short sections first, the long SD1.5 sampling rounds after them
         if "loading" in parts:
-            results["loading"] = loading_times(directory, ["ip-adapter_sd15", "ip-adapter-plus_sdxl_vit-h"])
-        if "steps" in parts and cuda:
-            torch.cuda.reset_peak_memory_stats()
-            results["steps"] += step_cases("SD1.5", device, torch.float16, 512, options.steps, options.repeats, directory)
-            results["steps"] += step_cases("SDXL", device, torch.float16, 1024, options.steps, options.repeats, directory)
-            results["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        elif "steps" in parts:
-            results["steps"] += step_cases("SD1.5", device, torch.float32, 256, options.steps, options.repeats, directory)
-        if "attention" in parts:
-            results["attention"] = attention_cost(device, torch.float16 if cuda else torch.float32, 512 if cuda else 256, directory)
+            finished("loading", loading_times(directory, ["ip-adapter_sd15", "ip-adapter-plus_sdxl_vit-h"]), render_loading)
+        if "style" in parts:
+            finished("style", style_costs(device, directory), render_style)
+        if "flux" in parts:
+            finished("flux", flux_costs(repeats, directory), render_flux)
+        if parts & {"stacking", "end_at", "cache"}:
+            finished("sd15", sd15_cases(parts, device, repeats, directory), render_sd15)
     results["peak_ram_gib"] = peak_ram_gib()
     # Last: ComfyUI's CLIP vision keeps fp16 weights on a CPU and casts them per layer, which costs far more memory
     # than the sampling above; measured after it so both peaks are reported.
     if "encode" in parts:
-        results["encode"] = encode_throughput(device)
+        finished("encode", encode_throughput(device), render_encode)
         results["peak_ram_with_encode_gib"] = peak_ram_gib()
-    options.output.parent.mkdir(parents=True, exist_ok=True)
+    results["machine_after"] = machine()
     options.output.write_text(json.dumps(results, indent=2))
-    print(render(results))
-    print(f"\nJSON: {options.output}")
-
-
-def render(results) -> str:
-    lines = [f"machine: {results['machine']}", "", "| model | case | batch | latent | plain s/step | with adapter | overhead | K'/V' per call | overhead |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for row in results["steps"]:
-        lines.append(
-            f"| {row['base']} | {row['case']} | {row['batch']} | {row['latent']} | {row['plain_s_per_step']:.3f} | "
-            f"{row['adapter_s_per_step']:.3f} | {row['overhead']:+.1%} | {row['recomputed_kv_s_per_step']:.3f} | "
-            f"{row['recomputed_overhead']:+.1%} |"
-        )
-    plain_step = {row["case"].split(" ")[0]: row["plain_s_per_step"] for row in results["steps"] if row["batch"] == 1}
-    lines += ["", "image-prompt cost per UNet evaluation (16 layers, cfg batch 2), timed per layer:", "",
-              "| case | tokens | latent | plain attn2 s | image prompt s | share of a plain step |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for row in results.get("attention", []):
-        share = f"{row['image_prompt_s'] / plain_step[row['case']]:.2%}" if row["case"] in plain_step else "(steps not run)"
-        lines.append(f"| {row['case']} | {row['tokens']} | {row['latent']} | {row['plain_attn2_s']:.4f} | {row['image_prompt_s']:.4f} | {share} |")
-    lines += ["", "| file | MB | warm load s |", "|---|---|---|"]
-    lines += [f"| {row['file']} | {row['megabytes']:.0f} | {row['warm_load_s']:.3f} |" for row in results["loading"]]
-    encode = results.get("encode")
-    if encode:
-        lines += ["", f"encode: {encode['images']} images in {encode['seconds']:.2f} s = {encode['images_per_s']:.1f} images/s ({encode['encoder']})"]
-    lines.append(
-        f"peak RAM: {results['peak_ram_gib']:.2f} GiB before encoding"
-        + (f", {results['peak_ram_with_encode_gib']:.2f} GiB after" if encode else "")
-        + (f"; peak VRAM: {results['peak_vram_gib']:.2f} GiB" if "peak_vram_gib" in results else "")
+    print(
+        f"\npeak RAM: {results['peak_ram_gib']:.2f} GiB before encoding"
+        + (f", {results['peak_ram_with_encode_gib']:.2f} GiB after" if "encode" in results else "")
     )
-    return "\n".join(lines)
+    print(f"machine at the end: {results['machine_after']}")
+    print(f"JSON: {options.output}")
+
+
+def render_sd15(sd15) -> list[str]:
+    lines = ["", f"SD1.5: {sd15['setup']}", "",
+             "| case | sample s | whole-sample ratio (patched/plain) | s/step | per-step ratio |", "|---|---|---|---|---|"]  # fmt: skip
+    for row in sd15["cases"]:
+        lines.append(f"| {row['case']} | {row['sample_s']:.3f} | {row['whole_sample_ratio']:.4f} | {row['step_s']:.3f} | {row['per_step_ratio']:.4f} |")
+    if "end_at" in sd15:
+        end = sd15["end_at"]
+
+        def share(value):
+            return f"{value:.0%}" if value is not None else "n/a (no added time measured)"
+
+        lines += ["", f"end_at 0.3 ({end['case']}): added {end['added_end_at_0.3_s']:+.3f} s per sample vs {end['added_full_range_s']:+.3f} s "
+                  f"over the full range = {share(end['fraction'])}; per step: {share(end['per_step_fraction'])}; "
+                  f"steps in range: {end['steps_in_range']:.0%}"]  # fmt: skip
+    return lines
+
+
+def render_style(style) -> list[str]:
+    lines = ["", f"style transfer: {style['setup']}; plain attn2 total {style['plain_attn2_s']:.4f} s", "",
+             "| weight_type | patched layers | image prompt s per UNet evaluation |", "|---|---|---|"]  # fmt: skip
+    for weight_type in ("linear", "style transfer"):
+        row = style[weight_type]
+        note = " (all at the lowest resolution)" if row["lowest_resolution_only"] and weight_type != "linear" else ""
+        lines.append(f"| {weight_type} | {row['patched_layers']} of {style['layers']}{note} | {row['added_s']:.4f} |")
+    lines.append(f"style transfer / linear: {style['style_over_linear']:.3f}")
+    return lines
+
+
+def render_flux(rows) -> list[str]:
+    lines = ["", f"flux: {rows[0]['setup']}", "",
+             "| model | parameters | plain s/step | with adapter | per-step ratio |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {row['case']} | {row['parameters_m']:.0f} M | {row['plain_s_per_step']:.4f} | {row['adapter_s_per_step']:.4f} | "
+              f"{row['per_step_ratio']:.3f} |" for row in rows]  # fmt: skip
+    return lines
+
+
+def render_loading(rows) -> list[str]:
+    return ["", "| file | MB | warm load s |", "|---|---|---|",
+            *(f"| {row['file']} | {row['megabytes']:.0f} | {row['warm_load_s']:.3f} |" for row in rows)]  # fmt: skip
+
+
+def render_encode(encode) -> list[str]:
+    return ["", f"encode: {encode['images']} images in {encode['seconds']:.2f} s = {encode['images_per_s']:.1f} images/s ({encode['encoder']})"]
 
 
 if __name__ == "__main__":
