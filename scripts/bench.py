@@ -15,7 +15,9 @@ jobs share the machine (the load average is printed at the start and the end).
   median over rounds, patched / plain.
 - end_at: four stacked adapters (four times the signal of one, above the timing noise) with end_at = 0.3, in the
   same rounds: its added time over plain as a fraction of the full-range stack's added time, per sample and per
-  step, next to the share of steps whose sigma lies in the range.
+  step, next to the share of steps whose sigma lies in the range, and the image prompt's own time measured inside
+  the patch (every `LayerPatch.image_prompt` call timed), end_at 0.3 against the full range: that figure is not
+  lost in the run-to-run noise of whole samples.
 - cache (only when asked for): one adapter with K'/V' recomputed on every layer call, what the once-per-run cache
   saves.
 - style: SDXL's 70 cross-attention layers at their real widths and token counts (1024² pixels, 128² latent, cfg
@@ -143,16 +145,42 @@ def interleaved_times(variants, *, repeats: int, run) -> dict:
     """{label: {"sample_s": [...], "step_s": [...]}}, one entry per round: every round runs each (label, model) once,
     one after the other, so drift and other load hit all alike. A one-step run of each first (loading, K'/V',
     kernels) is not counted."""
-    times = {label: {"sample_s": [], "step_s": []} for label, _ in variants}
+    times = {label: {"sample_s": [], "step_s": [], "image_prompt_s": []} for label, _ in variants}
     for round_index in range(repeats + 1):
         for label, model in variants:
             with recomputing_keys_values() if label.endswith("K'/V' per call") else contextlib.nullcontext():
-                sample_s, step_s = run(model, 1 if round_index == 0 else None)
+                with timing_image_prompt() as image_prompt_s:
+                    sample_s, step_s = run(model, 1 if round_index == 0 else None)
             if round_index:
                 times[label]["sample_s"].append(sample_s)
                 times[label]["step_s"].append(step_s)
+                times[label]["image_prompt_s"].append(sum(image_prompt_s))
         print(f"  round {round_index}/{repeats} done", file=sys.stderr, flush=True)
     return times
+
+
+@contextlib.contextmanager
+def timing_image_prompt():
+    """The wall time of every `LayerPatch.image_prompt` call (the image attention of all terms, K'/V' where they are
+    computed, masks): the patch's own work, timed inside the run, so it is not lost in the whole run's noise."""
+    from decoupled_ipadapter.ipadapter_core.unet.patch import LayerPatch
+
+    original = LayerPatch.image_prompt
+    durations = []
+
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = original(self, *args, **kwargs)
+        if out.is_cuda:
+            torch.cuda.synchronize()
+        durations.append(time.perf_counter() - start)
+        return out
+
+    LayerPatch.image_prompt = timed
+    try:
+        yield durations
+    finally:
+        LayerPatch.image_prompt = original
 
 
 @contextlib.contextmanager
@@ -211,11 +239,13 @@ def sd15_cases(parts, device, repeats: int, directory: Path) -> dict:
     times = interleaved_times(variants, repeats=repeats, run=run)
     whole = {label: statistics.median(runs["sample_s"]) for label, runs in times.items()}
     step = {label: statistics.median(runs["step_s"]) for label, runs in times.items()}
+    inside = {label: statistics.median(runs["image_prompt_s"]) for label, runs in times.items()}
     result = {"setup": f"SD1.5 full size, {SD15_SIZE}x{SD15_SIZE} px, euler {SD15_STEPS} steps, cfg 5, "
                        f"{repeats} interleaved rounds, medians", "times": times}  # fmt: skip
     result["cases"] = [
         {"case": label, "sample_s": whole[label], "whole_sample_ratio": whole[label] / whole["plain"],
-         "step_s": step[label], "per_step_ratio": step[label] / step["plain"]}
+         "step_s": step[label], "per_step_ratio": step[label] / step["plain"], "image_prompt_s": inside[label],
+         "image_prompt_share": inside[label] / whole["plain"]}
         for label in whole
     ]  # fmt: skip
     if "end_at" in parts:
@@ -227,6 +257,7 @@ def sd15_cases(parts, device, repeats: int, directory: Path) -> dict:
             "case": "four stacked", "added_full_range_s": added_full, "added_end_at_0.3_s": added_end,
             "fraction": added_end / added_full if added_full > 0 else None,
             "per_step_fraction": step_end / step_full if step_full > 0 else None,
+            "image_prompt_fraction": inside["four stacked, end_at 0.3"] / inside["four stacked"],
             "steps_in_range": acting_fraction(dict(variants)["four stacked, end_at 0.3"], SD15_STEPS),
         }  # fmt: skip
     return result
@@ -425,9 +456,11 @@ def main():
 
 def render_sd15(sd15) -> list[str]:
     lines = ["", f"SD1.5: {sd15['setup']}", "",
-             "| case | sample s | whole-sample ratio (patched/plain) | s/step | per-step ratio |", "|---|---|---|---|---|"]  # fmt: skip
+             "| case | sample s | whole-sample ratio (patched/plain) | s/step | per-step ratio | image prompt s (inside the patch) | its share of a plain sample |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in sd15["cases"]:
-        lines.append(f"| {row['case']} | {row['sample_s']:.3f} | {row['whole_sample_ratio']:.4f} | {row['step_s']:.3f} | {row['per_step_ratio']:.4f} |")
+        lines.append(f"| {row['case']} | {row['sample_s']:.3f} | {row['whole_sample_ratio']:.4f} | {row['step_s']:.3f} | {row['per_step_ratio']:.4f} | "
+                     f"{row['image_prompt_s']:.3f} | {row['image_prompt_share']:.2%} |")  # fmt: skip
     if "end_at" in sd15:
         end = sd15["end_at"]
 
@@ -436,7 +469,8 @@ def render_sd15(sd15) -> list[str]:
 
         lines += ["", f"end_at 0.3 ({end['case']}): added {end['added_end_at_0.3_s']:+.3f} s per sample vs {end['added_full_range_s']:+.3f} s "
                   f"over the full range = {share(end['fraction'])}; per step: {share(end['per_step_fraction'])}; "
-                  f"steps in range: {end['steps_in_range']:.0%}"]  # fmt: skip
+                  f"steps in range: {end['steps_in_range']:.0%}; the image prompt's own time inside the patch: "
+                  f"{end['image_prompt_fraction']:.0%} of the full range's"]  # fmt: skip
     return lines
 
 
