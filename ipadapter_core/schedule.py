@@ -7,6 +7,8 @@ costs no work and no device sync in the attention layers.
 
 from dataclasses import dataclass
 
+from .errors import IPAdapterError
+
 
 @dataclass(frozen=True)
 class SigmaRange:
@@ -20,6 +22,9 @@ class SigmaRange:
 
 
 def sigma_range(percent_to_sigma, *, start_at: float, end_at: float) -> SigmaRange:
+    """The range of `start_at`..`end_at` (fractions of the denoising, 0 <= start_at <= end_at <= 1) in sigmas."""
+    if not 0.0 <= start_at <= end_at <= 1.0:
+        raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
     return SigmaRange(
         start=float(percent_to_sigma(start_at)),
         end=float(percent_to_sigma(end_at)),

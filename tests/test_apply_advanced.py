@@ -157,3 +157,11 @@ def test_blocks_the_model_lacks_are_refused_with_the_node_name_and_an_example(no
     message = str(refused.value)
     assert message.startswith(f'Apply IPAdapter (advanced): block_weights "{block_weights}"')
     assert problem in message and "Write a diffusers scale dict such as" in message
+
+
+@pytest.mark.parametrize("node", [0, 1])
+def test_a_range_that_ends_before_it_starts_is_refused(nodes, tiny, node):
+    _, model, managed = tiny
+    apply = plain_apply if node == 0 else advanced_apply
+    with pytest.raises(IPAdapterError, match=r"start_at \(0.8\) and end_at \(0.2\) must satisfy 0 <= start_at <= end_at <= 1"):
+        apply(nodes, model, managed, image_embeds(49), start_at=0.8, end_at=0.2)

@@ -12,6 +12,7 @@ from ..term import ImagePromptTerm
 from ..weight_types import LayerControl
 from ..unet.passes import add_pass_wrappers
 from .flux_format import FluxAdapterSpec
+from .options import refuse_unet_options
 from .patch import DoubleBlock, DoubleBlockPatch
 from .sd3_apply import apply_sd3_image_prompt, mmdit_joint_blocks
 from .sd3_format import SD3AdapterSpec
@@ -71,23 +72,6 @@ def check_flux_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None)
         )
 
 
-def check_flux_options(*, weight_type: str, embeds_scaling: str, attn_mask, composition_embeds) -> None:
-    """The Apply (advanced) options the XLabs reference has no counterpart for on Flux are refused, not ignored."""
-    refused = [
-        f"weight_type '{weight_type}' (UNet blocks)" * (weight_type != "linear"),
-        f"embeds_scaling '{embeds_scaling}'" * (embeds_scaling != "V only"),
-        "attn_mask" * (attn_mask is not None),
-        "composition_embeds" * (composition_embeds is not None),
-    ]
-    refused = [item for item in refused if item]
-    if refused:
-        raise IPAdapterError(
-            f"The Flux IP-Adapter does not take {', '.join(refused)}. On Flux use weight_type linear, embeds_scaling "
-            '"V only", no mask and no composition embeds; per-block weights go in block_weights as double-block '
-            'indexes with weights, such as "0:1.0, 5:0.5".'
-        )
-
-
 def apply_flux_image_prompt(
     model,
     adapter: LoadedAdapter,
@@ -111,9 +95,12 @@ def apply_flux_image_prompt(
     terms. A `dit` replace patch set on a block by another pack is kept and runs in place of the original block,
     inside ours.
     """
-    if not 0.0 <= start_at <= end_at <= 1.0:
-        raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
-    check_flux_options(weight_type=weight_type, embeds_scaling=embeds_scaling, attn_mask=attn_mask, composition_embeds=composition_embeds)
+    refuse_unet_options(
+        "Flux", weight_type=weight_type, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
+        composition_embeds=composition_embeds, block_weights=None,
+        takes='weight_type linear, embeds_scaling "V only", no mask and no composition embeds; per-block weights go in '
+        'block_weights as double-block indexes with weights, such as "0:1.0, 5:0.5"',
+    )  # fmt: skip
     blocks = flux_double_blocks(model.get_model_object("diffusion_model"))
     check_flux_fit(adapter, blocks)
     check_embeds_fit(embeds, adapter.spec, adapter.source)

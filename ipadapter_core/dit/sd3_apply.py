@@ -9,6 +9,7 @@ from ..errors import IPAdapterError
 from ..schedule import sigma_range
 from ..unet.passes import add_pass_wrappers
 from .flux_format import FLUX
+from .options import refuse_unet_options
 from .sd3_format import SD3_FILE, SD3AdapterSpec
 from .sd3_patch import JointBlockPatch
 from .sd3_term import TimestepImagePromptTerm
@@ -52,23 +53,6 @@ def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) 
         )
 
 
-def check_sd3_options(*, weight_type: str, embeds_scaling: str, block_weights: str, attn_mask, composition_embeds) -> None:
-    """The Apply (advanced) options are refused on SD3, not ignored: the InstantX reference has none of them."""
-    refused = [
-        f"weight_type '{weight_type}'" * (weight_type != "linear"),
-        f"embeds_scaling '{embeds_scaling}'" * (embeds_scaling != "V only"),
-        f'block_weights "{block_weights}"' * bool(block_weights.strip()),
-        "attn_mask" * (attn_mask is not None),
-        "composition_embeds" * (composition_embeds is not None),
-    ]
-    refused = [item for item in refused if item]
-    if refused:
-        raise IPAdapterError(
-            f"The SD3.5 IP-Adapter does not take {', '.join(refused)}. On SD3 use weight_type linear, embeds_scaling "
-            '"V only", empty block_weights, no mask and no composition embeds.'
-        )
-
-
 def patch_every_joint_block(model, blocks: list[torch.nn.Module], term: TimestepImagePromptTerm):
     """A clone of `model` whose `("double_block", i)` dit replace patch holds `term`: added to our patch already
     there (stacked Apply nodes), or wrapping another pack's patch (`base`)."""
@@ -106,11 +90,10 @@ def apply_sd3_image_prompt(
     Several calls stack: every joint block keeps one patch holding all terms. A `dit` replace patch set on a block
     by another pack is kept, with our image-prompt block as its original block.
     """
-    if not 0.0 <= start_at <= end_at <= 1.0:
-        raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
-    check_sd3_options(
-        weight_type=weight_type, embeds_scaling=embeds_scaling, block_weights=block_weights, attn_mask=attn_mask,
-        composition_embeds=composition_embeds,
+    refuse_unet_options(
+        "SD3.5", weight_type=weight_type, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
+        composition_embeds=composition_embeds, block_weights=block_weights,
+        takes='weight_type linear, embeds_scaling "V only", empty block_weights, no mask and no composition embeds',
     )  # fmt: skip
     blocks = mmdit_joint_blocks(model.get_model_object("diffusion_model"))
     check_sd3_fit(adapter, blocks)

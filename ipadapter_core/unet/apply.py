@@ -93,8 +93,6 @@ def apply_image_prompt(
     layer by another pack is kept and called for the text attention, not dropped; a pack that comes later and calls
     `add()` on the patch it finds (cubiq's protocol) adds its callback to ours.
     """
-    if not 0.0 <= start_at <= end_at <= 1.0:
-        raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
     if embeds_scaling not in EMBEDS_SCALINGS:
         raise IPAdapterError(f"Unknown embeds_scaling '{embeds_scaling}'; use one of: {', '.join(EMBEDS_SCALINGS)}.")
     check_model_is_unet(adapter, model)
