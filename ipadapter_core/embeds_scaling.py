@@ -19,12 +19,16 @@ EMBEDS_SCALINGS = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"
 PENALTY_WIDTH = 1280  # the widest attention of SD1.5 and SDXL: layers that wide get no penalty
 
 
+def check_embeds_scaling(embeds_scaling: str) -> None:
+    if embeds_scaling not in EMBEDS_SCALINGS:
+        raise IPAdapterError(f"Unknown embeds_scaling '{embeds_scaling}'; use one of: {', '.join(EMBEDS_SCALINGS)}.")
+
+
 def scale_image_kv(
     keys: torch.Tensor, values: torch.Tensor, *, weight: float, embeds_scaling: str
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(K', V', scale) of one layer for `embeds_scaling`; keys and values `[…, T, C]`."""
-    if embeds_scaling not in EMBEDS_SCALINGS:
-        raise IPAdapterError(f"Unknown embeds_scaling '{embeds_scaling}'; use one of: {', '.join(EMBEDS_SCALINGS)}.")
+    check_embeds_scaling(embeds_scaling)
     if embeds_scaling == "V only":
         return keys, values, weight
     if embeds_scaling == "K+V":

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from .adapter import LoadedAdapter
-from .attention import COND, UNCOND
+from .attention import COND
 from .embeds import ImagePromptEmbeds
 from .embeds_scaling import scale_image_kv
 from .masks import downsample_mask
@@ -45,7 +45,8 @@ class ImagePromptTerm:
         self.sigmas = sigmas
         self.controls = controls  # layer key → LayerControl; None: every layer λ = weight, the main embeds
         self.embeds_scaling = embeds_scaling
-        self.composition_embeds = composition_embeds or embeds
+        self.composition_embeds = composition_embeds  # None: the composition layers read `embeds`
+        self._uniform = LayerControl(weight=weight)
         self.mask = mask  # [M, H, W] in 0..1, or None: the whole picture
         self._tokens: dict[tuple, torch.Tensor] = {}
         self._keys_values: dict[tuple, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -53,7 +54,7 @@ class ImagePromptTerm:
 
     def control(self, layer) -> LayerControl:
         if self.controls is None:
-            return LayerControl(weight=self.weight)
+            return self._uniform
         return self.controls.get(layer.key, UNPATCHED)
 
     def layer_weight(self, layer) -> float:
@@ -61,10 +62,6 @@ class ImagePromptTerm:
 
     def acts_at(self, layer, sigma: float | None) -> bool:
         return self.layer_weight(layer) != 0 and self.sigmas.contains(sigma)
-
-    @property
-    def tokens_per_image(self) -> int:
-        return self.adapter.spec.num_tokens
 
     def keys_values(self, layer, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """K' and s·V' of `layer`, `[2 (cond, uncond), N·T, hidden]`, for the layer's λ and the embeds scaling.
@@ -84,8 +81,10 @@ class ImagePromptTerm:
         return per_layer[layer.number]
 
     def tokens(self, device: torch.device, dtype: torch.dtype, *, embeds: str = "main") -> torch.Tensor:
-        """The projected image tokens `[2 (cond, uncond), N·T, C]` of the main or the composition embeds: the N
-        images of the prompt side by side."""
+        """The projected image tokens `[2 (cond, uncond), N·T, C]` of the main or the composition embeds (the main
+        ones when there are no composition embeds): the N images of the prompt side by side."""
+        if self.composition_embeds is None:
+            embeds = "main"
         if (embeds, device, dtype) not in self._tokens:
             source = self.composition_embeds if embeds == "composition" else self.embeds
             projection = self.adapter.model.image_proj

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import rows_for_batch
+from ..attention import rows_for_batch, split_heads
 from ..patch_protocol import TermsPatch
 from ..term import ImagePromptTerm
 from ..unet.passes import call_sigma, chunk_sides
@@ -54,9 +54,9 @@ def ip_attention(query: torch.Tensor, image_keys: torch.Tensor, image_values: to
     """`Attn(query, K', V')` with ComfyUI's optimized attention. query `[B, H, L, D]`, K'/V' `[B, T, H·D]` -> `[B, L, H·D]`."""
     from comfy.ldm.modules.attention import optimized_attention
 
-    batch, heads, _, head_dim = query.shape
-    keys = image_keys.view(batch, -1, heads, head_dim).transpose(1, 2)  # [B, H, T, D]
-    values = image_values.view(batch, -1, heads, head_dim).transpose(1, 2)  # [B, H, T, D]
+    heads = query.shape[1]
+    keys = split_heads(image_keys, heads)  # [B, H, T, D]
+    values = split_heads(image_values, heads)  # [B, H, T, D]
     return optimized_attention(query, keys, values, heads, skip_reshape=True, transformer_options=transformer_options)
 
 

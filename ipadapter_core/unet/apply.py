@@ -5,7 +5,7 @@ import torch
 from ..adapter import LoadedAdapter
 from ..detection import BASE_OF_LAYER_COUNT
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
-from ..embeds_scaling import EMBEDS_SCALINGS
+from ..embeds_scaling import check_embeds_scaling
 from ..errors import IPAdapterError
 from ..masks import mask_batch
 from ..schedule import sigma_range
@@ -93,8 +93,7 @@ def apply_image_prompt(
     layer by another pack is kept and called for the text attention, not dropped; a pack that comes later and calls
     `add()` on the patch it finds (cubiq's protocol) adds its callback to ours.
     """
-    if embeds_scaling not in EMBEDS_SCALINGS:
-        raise IPAdapterError(f"Unknown embeds_scaling '{embeds_scaling}'; use one of: {', '.join(EMBEDS_SCALINGS)}.")
+    check_embeds_scaling(embeds_scaling)
     check_model_is_unet(adapter, model)
     diffusion_model = model.get_model_object("diffusion_model")
     layers = cross_attention_layers(diffusion_model)
