@@ -11,11 +11,12 @@ and gets ComfyUI's models layout (checkpoints/, clip_vision/, ipadapter/, contro
 text_encoders/, vae/). `--groups` picks the files: demo (the default: what the demo and the server tests use),
 workflows (the other SD1.5 files the example workflows name), sdxl (a full-size SDXL base checkpoint, written tensor
 by tensor, and its adapter), flux (a FLUX.1-shaped transformer with 2 double blocks, CLIP-L text, ViT-L/14, the
-16-channel VAE, an XLabs adapter; see FLUX_MODEL below). Needs the ComfyUI host:
+16-channel VAE, an XLabs adapter; see FLUX_MODEL below), sd3 (an SD3-detected MMDiT checkpoint, SigLIP so400m, an
+InstantX adapter; see SD3_CHECKPOINT below). Needs the ComfyUI host:
 COMFYUI_DIR names its folder (default: the repo's .host/ComfyUI), and this script must run with the host's Python.
 Every file is written under a temporary name, renamed, and recorded in a stamp file; a second run finds them and
 does nothing. demo: about 4 GB of fp16 files, 40-90 s on two CPU cores; workflows: 3.2 GB more; sdxl: 7.7 GB more;
-flux: 2.7 GB more, about 80 s.
+flux: 2.7 GB more, about 80 s; sd3: 1.2 GB more (with flux's clip_l), about 60 s.
 """
 
 import argparse
@@ -67,8 +68,21 @@ XLABS_IPADAPTER = "ipadapter/flux-ip-adapter.safetensors"
 FLUX_FILES = (FLUX_MODEL, FLUX_CLIP_L, FLUX_T5XXL, FLUX_VAE, CLIP_VISION_L, XLABS_IPADAPTER)
 FLUX_DOUBLE_BLOCKS, FLUX_SINGLE_BLOCKS, FLUX_HEADS = 2, 1, 24
 CLIP_L_WIDTH = 768
-GROUPS = {"demo": FILES, "workflows": WORKFLOW_FILES, "sdxl": SDXL_FILES, "flux": FLUX_FILES}
-ALL_FILES = FILES + WORKFLOW_FILES + SDXL_FILES + FLUX_FILES
+# SD3.5 Large under its file names. ComfyUI's MMDiT has as many heads (of 64) as joint blocks, so an SD3.5-detected
+# transformer cannot keep SD3.5 Large's width with few blocks: the checkpoint holds devkit/tiny_sd3.py's MMDiT (3
+# joint blocks, width 192, SD3.5's text, pooled and latent widths) and the 16-channel VAE. The adapter has its width
+# and blocks (and the tests' small resampler); SigLIP so400m is full size (ComfyUI detects it from its 27 layers and
+# 729 positions). The text encoders of the workflow: clip_l (Flux's stand-in) conditions it alone (CLIPLoader, type
+# sd3: ComfyUI pads CLIP-L's output to SD3's widths); clip_g and t5xxl are placeholders (workflow_checks swaps the
+# workflow's TripleCLIPLoader for CLIPLoader).
+SD3_CHECKPOINT = "checkpoints/sd3.5_large.safetensors"
+SD3_CLIP_G = "text_encoders/clip_g.safetensors"
+SIGLIP_VISION = "clip_vision/sigclip_vision_patch14_384.safetensors"
+INSTANTX_IPADAPTER = "ipadapter/ip-adapter.bin"
+SD3_FILES = (SD3_CHECKPOINT, FLUX_CLIP_L, SD3_CLIP_G, FLUX_T5XXL, SIGLIP_VISION, INSTANTX_IPADAPTER)
+SD3_JOINT_BLOCKS = 3
+GROUPS = {"demo": FILES, "workflows": WORKFLOW_FILES, "sdxl": SDXL_FILES, "flux": FLUX_FILES, "sd3": SD3_FILES}
+ALL_FILES = tuple(dict.fromkeys(FILES + WORKFLOW_FILES + SDXL_FILES + FLUX_FILES + SD3_FILES))
 
 def default_dir() -> Path:
     if os.environ.get("DECOUPLED_IPADAPTER_STANDINS"):
@@ -106,7 +120,7 @@ def _names(groups) -> tuple[str, ...]:
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown stand-in group(s) {sorted(unknown)}; known: {sorted(GROUPS)}")
-    return tuple(name for group in groups for name in GROUPS[group])
+    return tuple(dict.fromkeys(name for group in groups for name in GROUPS[group]))
 
 
 def is_complete(directory: Path, groups=("demo",)) -> bool:
@@ -242,8 +256,9 @@ def _clip_l_text():
     return _half({key[len(prefix):]: value for key, value in encoder.state_dict().items() if key.startswith(prefix)})
 
 
-def _t5xxl_placeholder():
-    """Not a T5-XXL: one small tensor, so the file name exists for ComfyUI's file lists; loading it is not intended."""
+def _placeholder():
+    """Not a text encoder (T5-XXL, CLIP-G): one small tensor, so the file name exists for ComfyUI's file lists;
+    loading it is not intended."""
     import torch
 
     return {"decoupled_ipadapter.placeholder": torch.zeros(1, dtype=torch.float16)}
@@ -269,6 +284,34 @@ def _xlabs_ipadapter():
     return tiny_flux.xlabs_adapter_state_dict(
         hidden_size=config["hidden_size"], double_blocks=config["depth"], seed=54, dtype=torch.float16
     )
+
+
+def _sd3_checkpoint():
+    """sd3.5_large.safetensors as ComfyUI saves an SD3 checkpoint without text encoders: the MMDiT
+    (`model.diffusion_model.`) and the VAE (`first_stage_model.`), checked with ComfyUI's own detection."""
+    import comfy.model_detection
+    import comfy.supported_models
+    import tiny_sd3
+
+    model = tiny_sd3.tiny_sd3_model(tiny_sd3.tiny_sd3_config(blocks=SD3_JOINT_BLOCKS), seed=61).model
+    weights = _half(_state_dict_for_saving(model, vae_state_dict=_flux_vae()))
+    detected = comfy.model_detection.model_config_from_unet(weights, "model.diffusion_model.")
+    if not isinstance(detected, comfy.supported_models.SD3) or detected.unet_config["depth"] != SD3_JOINT_BLOCKS:
+        raise RuntimeError(f"standins: ComfyUI detects the SD3 stand-in as {type(detected).__name__}")
+    return weights
+
+
+def _instantx_ipadapter():
+    """An InstantX SD3.5 IP-Adapter for the SD3 stand-in (its width and joint blocks), in the `.bin` layout of the
+    official file (`image_proj` and `ip_adapter` parts), random values, fp16."""
+    import pack_import  # noqa: F401  (tiny_sd3 builds it with the pack's own module)
+    import tiny_models
+    import tiny_sd3
+    import torch
+
+    flat = tiny_sd3.instantx_adapter_state_dict(hidden_size=SD3_JOINT_BLOCKS * tiny_sd3.SD3_HEAD_DIM,
+                                                joint_blocks=SD3_JOINT_BLOCKS, seed=63, dtype=torch.float16)  # fmt: skip
+    return tiny_models.nested(flat)
 
 
 def _ipadapter(variant: str = "ip-adapter_sd15"):
@@ -369,8 +412,8 @@ def _saved_safetensors(build):
 
 
 def _saved_pth(build):
-    """A torch.save'd state dict, as the official .pth ControlNet and T2I-Adapter files are (ComfyUI reads them
-    with torch.load(weights_only=True))."""
+    """A torch.save'd state dict, as the official .pth ControlNet and T2I-Adapter files and InstantX's .bin are
+    (ComfyUI and the pack read them with torch.load(weights_only=True))."""
 
     def write(path: Path) -> None:
         import torch
@@ -394,10 +437,14 @@ WRITERS = {
     IPADAPTER_PLUS_SDXL: _saved_safetensors(lambda: _ipadapter("ip-adapter-plus_sdxl_vit-h")),
     FLUX_MODEL: _saved_safetensors(_flux_model),
     FLUX_CLIP_L: _saved_safetensors(_clip_l_text),
-    FLUX_T5XXL: _saved_safetensors(_t5xxl_placeholder),
+    FLUX_T5XXL: _saved_safetensors(_placeholder),
     FLUX_VAE: _saved_safetensors(_flux_vae),
     CLIP_VISION_L: _saved_safetensors(lambda: _clip_vision("clip_vision_config_vitl.json", seed=55)),
     XLABS_IPADAPTER: _saved_safetensors(_xlabs_ipadapter),
+    SD3_CHECKPOINT: _saved_safetensors(_sd3_checkpoint),
+    SD3_CLIP_G: _saved_safetensors(_placeholder),
+    SIGLIP_VISION: _saved_safetensors(lambda: _clip_vision("clip_vision_siglip_384.json", seed=62)),
+    INSTANTX_IPADAPTER: _saved_pth(_instantx_ipadapter),
 }
 
 
@@ -436,7 +483,8 @@ def main(argv=None) -> int:
     parser.add_argument("--groups", nargs="+", choices=sorted(GROUPS), default=["demo"],
                         help="which files: demo (default), workflows (the example workflows' other SD1.5 files), "
                         "sdxl (a full-size SDXL checkpoint, 6.9 GB, and its adapter), "
-                        "flux (a FLUX.1-shaped transformer and the Flux workflow's other files, 2.7 GB)")  # fmt: skip
+                        "flux (a FLUX.1-shaped transformer and the Flux workflow's other files, 2.7 GB), "
+                        "sd3 (an SD3-detected MMDiT and the SD3.5 workflow's other files, 1.2 GB)")  # fmt: skip
     options = parser.parse_args(argv)
     if is_complete(options.dir, options.groups):
         print(f"[standins] ready in {options.dir}")

@@ -17,6 +17,7 @@ SD3_HEAD_DIM = 64
 SIGLIP_WIDTH = 1152
 TIMESTEP_DIM = 320
 TINY_RESAMPLER = dict(resampler_dim=128, resampler_depth=4, resampler_heads=2, num_tokens=8)  # depth 4: diffusers assumes it
+INSTANTX_RESAMPLER = dict(resampler_dim=1280, resampler_depth=4, resampler_heads=20, num_tokens=64)  # the official file's
 POS_EMBED_MAX_SIZE = 8
 
 

@@ -106,6 +106,29 @@ MODEL_SOURCES = (
         for name in ("t5xxl_fp16.safetensors", "clip_l.safetensors")
     ),
     ModelSource(
+        "checkpoints", "sd3.5_large.safetensors",
+        "https://huggingface.co/stabilityai/stable-diffusion-3.5-large/resolve/main/sd3.5_large.safetensors",
+        "[stabilityai/stable-diffusion-3.5-large](https://huggingface.co/stabilityai/stable-diffusion-3.5-large) "
+        "(gated: accept its licence on the page first)",
+    ),
+    ModelSource(
+        "text_encoders", "clip_g.safetensors",
+        "https://huggingface.co/stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/clip_g.safetensors",
+        "[stabilityai/stable-diffusion-3.5-large](https://huggingface.co/stabilityai/stable-diffusion-3.5-large) "
+        "`text_encoders/`",
+    ),
+    ModelSource(
+        "clip_vision", "sigclip_vision_patch14_384.safetensors",
+        "https://huggingface.co/Comfy-Org/sigclip_vision_384/resolve/main/sigclip_vision_patch14_384.safetensors",
+        "[Comfy-Org/sigclip_vision_384](https://huggingface.co/Comfy-Org/sigclip_vision_384) (SigLIP so400m-patch14-384, "
+        "the vision half of google/siglip-so400m-patch14-384)",
+    ),
+    ModelSource(
+        "ipadapter", "ip-adapter.bin",
+        "https://huggingface.co/InstantX/SD3.5-Large-IP-Adapter/resolve/main/ip-adapter.bin",
+        "[InstantX/SD3.5-Large-IP-Adapter](https://huggingface.co/InstantX/SD3.5-Large-IP-Adapter)",
+    ),
+    ModelSource(
         "controlnet", "control_v11p_sd15_canny.pth",
         "https://huggingface.co/lllyasviel/ControlNet-v1-1/resolve/main/control_v11p_sd15_canny.pth",
         "[lllyasviel/ControlNet-v1-1](https://huggingface.co/lllyasviel/ControlNet-v1-1)",

@@ -30,8 +30,14 @@ jobs share the machine (the load average is printed at the start and the end).
   double and two single blocks, FLUX.1's 19 : 38 ratio of patched to unpatched blocks: a whole FLUX.1 (12B
   parameters, 48 GB in fp32) does not fit this machine. 128×128 pixels (64 image
   tokens) and 8 text tokens, FLUX.1's 8 : 1 ratio of image to text tokens at 1024² with 512 text tokens.
+- sd3: the InstantX SD3.5 adapter's per-step overhead, per step as above (3 steps), cfg 5 (a cond and an uncond
+  pass per step), 729 SigLIP tokens (so400m at 384²): on the tiny SD3 of the tests (devkit/tiny_sd3.py, small
+  resampler) and on a full-width SD3.5 Large (38 heads of 64, width 2432) with 2 and with 4 of its 38 joint blocks
+  and the official resampler (1280 wide, 64 tokens); every joint block is patched, as in SD3.5 Large, and the
+  resampler runs once per step (it reads the timestep), so with few blocks it weighs far more than in the real
+  model. A whole SD3.5 Large (8B parameters) does not fit this machine in fp32: the line through the two full-width
+  cases (per-block and once-per-step costs, plain and patched) gives its estimated per-step ratio at 38 blocks.
 - loading: warm load time of official-shape adapter files; encode: CLIP ViT-H throughput; peak RAM.
-SD3.5 has no section: its adapter is not in the pack yet.
 """
 
 import argparse
@@ -54,11 +60,15 @@ sys.path.insert(0, str(REPO / "devkit"))
 import repo_paths  # noqa: E402,F401  (devkit/ and tools/ on sys.path)
 from model_configs import SD15_UNET, SDXL_UNET  # noqa: E402
 
-PARTS = ("stacking", "end_at", "style", "flux", "loading", "encode", "cache")
+PARTS = ("stacking", "end_at", "style", "flux", "sd3", "loading", "encode", "cache")
 DEFAULT_PARTS = PARTS[:-1]  # "cache" (K'/V' recomputed per call) on request
 SD15_SIZE = 128  # pixels: a 16×16 latent
 SD15_STEPS = 6
 FLUX_STEPS = 3
+SD3_STEPS = 3
+SIGLIP_TOKENS = 729  # SigLIP so400m at 384²: 27² patches
+SD35_LARGE_HEADS = 38  # SD3.5 Large: 38 heads of 64 (width 2432), 38 joint blocks
+SD3_FULL_WIDTH_BLOCKS = (2, 4)  # two full-width cases: the line through them extends to 38 blocks
 SDXL_LATENT = 128  # 1024² pixels
 
 
@@ -314,6 +324,15 @@ def style_costs(device, directory: Path) -> dict:
     return result
 
 
+def per_step_row(label: str, model, patched, *, repeats: int, run) -> dict:
+    """The plain and the patched model in interleaved rounds: their median time per step and its ratio."""
+    times = interleaved_times([("plain", model), ("adapter", patched)], repeats=repeats, run=run)
+    step = {name: statistics.median(runs["step_s"]) for name, runs in times.items()}
+    parameters = sum(parameter.numel() for parameter in model.model.diffusion_model.parameters())
+    return {"case": label, "parameters_m": parameters / 1e6, "plain_s_per_step": step["plain"],
+            "adapter_s_per_step": step["adapter"], "per_step_ratio": step["adapter"] / step["plain"], "times": times}  # fmt: skip
+
+
 def flux_case(label: str, config: dict, repeats: int, directory: Path) -> dict:
     """Per-step overhead of one XLabs adapter on a Flux built from `config` (cfg 1, one pass per step)."""
     from safetensors.torch import save_file
@@ -339,12 +358,8 @@ def flux_case(label: str, config: dict, repeats: int, directory: Path) -> dict:
         return sample_seconds(flux, latent_shape=(1, 16, SD15_SIZE // 8, SD15_SIZE // 8), positive=positive,
                               negative=positive, steps=steps or FLUX_STEPS, cfg=1.0)  # fmt: skip
 
-    times = interleaved_times([("plain", model), ("adapter", patched)], repeats=repeats, run=run)
-    step = {label: statistics.median(runs["step_s"]) for label, runs in times.items()}
-    parameters = sum(parameter.numel() for parameter in model.model.diffusion_model.parameters())
     path.unlink()
-    return {"case": label, "parameters_m": parameters / 1e6, "plain_s_per_step": step["plain"],
-            "adapter_s_per_step": step["adapter"], "per_step_ratio": step["adapter"] / step["plain"], "times": times}  # fmt: skip
+    return per_step_row(label, model, patched, repeats=repeats, run=run)
 
 
 def flux_costs(repeats: int, directory: Path) -> list[dict]:
@@ -355,6 +370,75 @@ def flux_costs(repeats: int, directory: Path) -> list[dict]:
     full_width = tiny_flux_config(double_blocks=1, single_blocks=2, heads=24)
     rows.append(flux_case("full-width Flux (1 double, 2 single, 24 heads)", full_width, repeats, directory))
     return [{**row, "setup": setup} for row in rows]
+
+
+def sd3_case(label: str, config: dict, resampler: dict, repeats: int, directory: Path) -> dict:
+    """Per-step overhead of one InstantX adapter on an SD3 built from `config` (cfg 5: a cond and an uncond pass per
+    step; the resampler runs at every step, since it reads the timestep)."""
+    from tiny_models import nested
+    from tiny_sd3 import SD3_HEAD_DIM, SD3_POOLED_WIDTH, SD3_TEXT_WIDTH, SIGLIP_WIDTH, instantx_adapter_state_dict, tiny_sd3_model
+
+    from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+    from decoupled_ipadapter.ipadapter_core.detection import PENULTIMATE
+    from decoupled_ipadapter.ipadapter_core.dit.sd3_apply import apply_sd3_image_prompt
+    from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
+    from decoupled_ipadapter.ipadapter_core.memory import manage
+
+    model = tiny_sd3_model(config, seed=0)
+    blocks = len(model.model.diffusion_model.joint_blocks)
+    path = directory / "ip-adapter.bin"
+    weights = instantx_adapter_state_dict(hidden_size=config["depth"] * SD3_HEAD_DIM, joint_blocks=blocks, seed=3,
+                                          resampler=resampler)  # fmt: skip
+    torch.save(nested(weights), str(path))
+    managed = manage(load_adapter(str(path)))
+    generator = torch.Generator().manual_seed(5)
+    image_tokens = torch.randn(1, SIGLIP_TOKENS, SIGLIP_WIDTH, generator=generator)  # [1, 729, 1152]
+    embeds = make_embeds(image_tokens, torch.zeros_like(image_tokens), clip_output=PENULTIMATE)
+    patched = apply_sd3_image_prompt(model, managed.adapter, managed.weights_patcher, embeds, weight=0.5, start_at=0.0,
+                                     end_at=1.0)  # fmt: skip
+    positive = [[torch.randn(1, 77, SD3_TEXT_WIDTH, generator=generator),
+                 {"pooled_output": torch.randn(1, SD3_POOLED_WIDTH, generator=generator)}]]  # fmt: skip
+    negative = [[torch.randn(1, 77, SD3_TEXT_WIDTH, generator=generator),
+                 {"pooled_output": torch.randn(1, SD3_POOLED_WIDTH, generator=generator)}]]  # fmt: skip
+
+    def run(sd3, steps):
+        return sample_seconds(sd3, latent_shape=(1, 16, SD15_SIZE // 8, SD15_SIZE // 8), positive=positive,
+                              negative=negative, steps=steps or SD3_STEPS, cfg=5.0)  # fmt: skip
+
+    path.unlink()
+    return per_step_row(label, model, patched, repeats=repeats, run=run)
+
+
+def sd3_costs(repeats: int, directory: Path) -> list[dict]:
+    from tiny_sd3 import INSTANTX_RESAMPLER, TINY_RESAMPLER, tiny_sd3_config
+
+    setup = (f"{SD15_SIZE}x{SD15_SIZE} px (64 image tokens), 77 text tokens, {SIGLIP_TOKENS} SigLIP tokens, cfg 5, "
+             f"euler {SD3_STEPS} steps, {repeats} rounds")  # fmt: skip
+    rows = [sd3_case("tiny SD3 (3 joint blocks, 3 heads; small resampler)", tiny_sd3_config(), TINY_RESAMPLER, repeats, directory)]
+    for blocks in SD3_FULL_WIDTH_BLOCKS:
+        full_width = {**tiny_sd3_config(blocks=SD35_LARGE_HEADS), "num_blocks": blocks}
+        rows.append(sd3_case(f"full-width SD3.5 Large ({blocks} joint blocks, 38 heads; official resampler)", full_width,
+                             INSTANTX_RESAMPLER, repeats, directory))  # fmt: skip
+    return {"rows": [{**row, "setup": setup} for row in rows], "sd35_large_estimate": sd35_large_estimate(rows[1:])}
+
+
+def sd35_large_estimate(rows: list[dict]) -> dict:
+    """SD3.5 Large's per-step ratio with all 38 joint blocks, from the two full-width cases: a straight line through
+    each case's s/step against its block count, plain and patched, gives the per-block cost and the once-per-step
+    rest (embedders and final layer; with the adapter also the resampler, which runs once per step), extended to 38."""
+    (few, many) = rows
+    blocks = [int(row["case"].split("(")[1].split()[0]) for row in (few, many)]
+
+    def line(key):
+        per_block = (many[key] - few[key]) / (blocks[1] - blocks[0])
+        return per_block, few[key] - blocks[0] * per_block
+
+    plain_per_block, plain_rest = line("plain_s_per_step")
+    adapter_per_block, adapter_rest = line("adapter_s_per_step")
+    plain = plain_rest + SD35_LARGE_HEADS * plain_per_block
+    adapter = adapter_rest + SD35_LARGE_HEADS * adapter_per_block
+    return {"blocks": SD35_LARGE_HEADS, "added_per_block_s": adapter_per_block - plain_per_block,
+            "added_once_per_step_s": adapter_rest - plain_rest, "plain_s_per_step": plain, "per_step_ratio": adapter / plain}  # fmt: skip
 
 
 def loading_times(directory: Path, variants):
@@ -435,7 +519,9 @@ def main():
         if "style" in parts:
             finished("style", style_costs(device, directory), render_style)
         if "flux" in parts:
-            finished("flux", flux_costs(repeats, directory), render_flux)
+            finished("flux", flux_costs(repeats, directory), render_dit("flux"))
+        if "sd3" in parts:
+            finished("sd3", sd3_costs(repeats, directory), render_sd3)
         if parts & {"stacking", "end_at", "cache"}:
             finished("sd15", sd15_cases(parts, device, repeats, directory), render_sd15)
     results["peak_ram_gib"] = peak_ram_gib()
@@ -485,12 +571,27 @@ def render_style(style) -> list[str]:
     return lines
 
 
-def render_flux(rows) -> list[str]:
-    lines = ["", f"flux: {rows[0]['setup']}", "",
-             "| model | parameters | plain s/step | with adapter | per-step ratio |", "|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {row['case']} | {row['parameters_m']:.0f} M | {row['plain_s_per_step']:.4f} | {row['adapter_s_per_step']:.4f} | "
-              f"{row['per_step_ratio']:.3f} |" for row in rows]  # fmt: skip
-    return lines
+def render_dit(family: str):
+    """The renderer of a DiT family's section (flux, sd3): one row per model."""
+
+    def render(rows) -> list[str]:
+        lines = ["", f"{family}: {rows[0]['setup']}", "",
+                 "| model | parameters | plain s/step | with adapter | per-step ratio |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {row['case']} | {row['parameters_m']:.0f} M | {row['plain_s_per_step']:.4f} | "
+                  f"{row['adapter_s_per_step']:.4f} | {row['per_step_ratio']:.3f} |" for row in rows]  # fmt: skip
+        return lines
+
+    return render
+
+
+def render_sd3(sd3) -> list[str]:
+    estimate = sd3["sd35_large_estimate"]
+    return render_dit("sd3")(sd3["rows"]) + [
+        f"SD3.5 Large with all {estimate['blocks']} joint blocks (a line through the two full-width cases): "
+        f"{estimate['added_per_block_s']:+.4f} s per patched block, {estimate['added_once_per_step_s']:+.4f} s once "
+        f"per step (the resampler), per-step ratio {estimate['per_step_ratio']:.3f} "
+        f"(plain {estimate['plain_s_per_step']:.2f} s/step)"
+    ]
 
 
 def render_loading(rows) -> list[str]:

@@ -64,6 +64,10 @@ CLIP_L = model_source("text_encoders", "clip_l.safetensors")
 FLUX_VAE = model_source("vae", "ae.safetensors")
 VIT_L = model_source("clip_vision", "clip_vision_l.safetensors")
 IPADAPTER_FLUX = model_source("ipadapter", "flux-ip-adapter.safetensors")
+SD35_LARGE = model_source("checkpoints", "sd3.5_large.safetensors")
+CLIP_G = model_source("text_encoders", "clip_g.safetensors")
+SIGLIP = model_source("clip_vision", "sigclip_vision_patch14_384.safetensors")
+IPADAPTER_SD35 = model_source("ipadapter", "ip-adapter.bin")
 # The loader inputs that name a model file: (node type, input) -> models sub-folder.
 MODEL_INPUTS = {
     ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
@@ -73,6 +77,9 @@ MODEL_INPUTS = {
     ("UNETLoader", "unet_name"): "diffusion_models",
     ("DualCLIPLoader", "clip_name1"): "text_encoders",
     ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name1"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name2"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name3"): "text_encoders",
     ("VAELoader", "vae_name"): "vae",
 }
 
@@ -444,6 +451,17 @@ def regional_two_references() -> Graph:
     return graph
 
 
+def _dit_image_prompt(graph: Graph, model, *, encoder: ModelSource, encoder_title: str, ipadapter: ModelSource,
+                      weight: float) -> Node:  # fmt: skip
+    """Image encoder, reference image, adapter, encode and Apply on `model`: the image prompt of the DiT graphs."""
+    vision = graph.add("CLIPVisionLoader", 0, title=f"Load CLIP Vision ({encoder_title})", clip_name=encoder.name)
+    reference = graph.add("LoadImage", 0, title="Reference Image", image=REFERENCE)
+    adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=ipadapter.name)
+    embeds = _encode(graph, adapter, vision, reference)
+    return graph.add("DecoupledIPAdapterApply", 2, model=model, ipadapter=adapter, embeds=embeds, weight=weight,
+                     start_at=0.0, end_at=1.0)  # fmt: skip
+
+
 def flux_xlabs() -> Graph:
     graph = Graph("16_flux_xlabs", "FLUX.1-dev with the XLabs IP-Adapter",
                   "FLUX.1-dev guided by the reference through XLabs' Flux IP-Adapter (CLIP ViT-L/14), λ 0.7, cfg 1",
@@ -457,12 +475,7 @@ def flux_xlabs() -> Graph:
     text = graph.add("DualCLIPLoader", 0, title="Load Text Encoders (T5-XXL + CLIP-L)", clip_name1=T5XXL.name,
                      clip_name2=CLIP_L.name, type="flux", device="default")  # fmt: skip
     vae = graph.add("VAELoader", 0, vae_name=FLUX_VAE.name)
-    vision = graph.add("CLIPVisionLoader", 0, title="Load CLIP Vision (ViT-L/14)", clip_name=VIT_L.name)
-    reference = graph.add("LoadImage", 0, title="Reference Image", image=REFERENCE)
-    adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=IPADAPTER_FLUX.name)
-    embeds = _encode(graph, adapter, vision, reference)
-    model = graph.add("DecoupledIPAdapterApply", 2, model=unet, ipadapter=adapter, embeds=embeds, weight=0.7,
-                      start_at=0.0, end_at=1.0)  # fmt: skip
+    model = _dit_image_prompt(graph, unet, encoder=VIT_L, encoder_title="ViT-L/14", ipadapter=IPADAPTER_FLUX, weight=0.7)
     pos = graph.add("CLIPTextEncode", 2, title="Positive Prompt", text="a photograph of a cat in a garden", clip=text)
     neg = graph.add("CLIPTextEncode", 2, title="Negative Prompt (unused at cfg 1)", text="", clip=text)
     guided = graph.add("FluxGuidance", 2, conditioning=pos, guidance=3.5)
@@ -472,10 +485,32 @@ def flux_xlabs() -> Graph:
     return graph
 
 
+def sd35_instantx() -> Graph:
+    graph = Graph("17_sd35_instantx", "SD3.5 Large with the InstantX IP-Adapter",
+                  "SD3.5 Large guided by the reference through InstantX's SD3.5 IP-Adapter (SigLIP so400m), λ 0.5",
+                  (SD35_LARGE, CLIP_L, CLIP_G, T5XXL, SIGLIP, IPADAPTER_SD35), (REFERENCE,),
+                  "The checkpoint holds the MMDiT and the VAE; **TripleCLIPLoader** loads SD3.5's three text "
+                  "encoders (the same clip_l and t5xxl files as Flux). Apply IPAdapter patches SD3.5 Large's 38 "
+                  "joint blocks; the adapter's resampler reads the sampler's timestep at every step. λ 0.5 and cfg "
+                  "5 are InstantX's suggested settings. Encode Image needs SigLIP so400m (another encoder is refused "
+                  "with a message); the unconditional pass gets zero image embeds, as in InstantX's reference.")  # fmt: skip
+    ckpt = graph.add("CheckpointLoaderSimple", 0, ckpt_name=SD35_LARGE.name)
+    text = graph.add("TripleCLIPLoader", 0, title="Load Text Encoders (CLIP-L + CLIP-G + T5-XXL)",
+                     clip_name1=CLIP_L.name, clip_name2=CLIP_G.name, clip_name3=T5XXL.name)  # fmt: skip
+    model = _dit_image_prompt(graph, ckpt[0], encoder=SIGLIP, encoder_title="SigLIP so400m", ipadapter=IPADAPTER_SD35,
+                              weight=0.5)  # fmt: skip
+    pos = graph.add("CLIPTextEncode", 2, title="Positive Prompt", text="a photograph of a cat in a garden", clip=text)
+    neg = graph.add("CLIPTextEncode", 2, title="Negative Prompt", text=NEGATIVE_TEXT, clip=text)
+    latent = graph.add("EmptySD3LatentImage", 2, width=1024, height=1024, batch_size=1)
+    _sample_and_save(graph, model, pos, neg, latent, ckpt[2], prefix="ipadapter_sd35", steps=24, cfg=5.0,
+                     sampler="euler", scheduler="sgm_uniform")  # fmt: skip
+    return graph
+
+
 GRAPHS = (image_prompt_only, image_and_text_prompt, lambda_comparison, with_controlnet, with_t2i_adapter,
           image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint, unified_loader,
           save_and_load_embeds, sdxl_style_transfer, sdxl_style_and_composition, regional_two_references,
-          flux_xlabs)  # fmt: skip
+          flux_xlabs, sd35_instantx)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------

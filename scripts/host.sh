@@ -24,7 +24,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PIP_OPTIONS=(--disable-pip-version-check)
+# --no-cache-dir: the wheels (torch's CUDA libraries are several GB) are not kept a second time in pip's cache.
+PIP_OPTIONS=(--disable-pip-version-check --no-cache-dir)
 
 log() { echo "[host] $*" >&2; }
 

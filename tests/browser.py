@@ -159,7 +159,7 @@ MISSING_MODELS = """async () => {
         const file = firstLine(button.parentElement);
         // up to the folder's heading: past this row and the rows above it in the same folder (file names)
         let group = button.parentElement;
-        while (group && /\.(safetensors|sft|bin|pth|pt|ckpt)$/.test(firstLine(group))) group = group.parentElement;
+        while (group && /\\.(safetensors|sft|bin|pth|pt|ckpt)$/.test(firstLine(group))) group = group.parentElement;
         const before = copied.length;
         button.click();
         await pause(150);

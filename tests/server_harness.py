@@ -73,6 +73,15 @@ def run_prompt(server: Server, prompt: dict, *, timeout: float = 600.0) -> dict:
         raise ComfyError(f"{error}\n--- end of the ComfyUI log ---\n{server.log_tail(4000)}") from error
 
 
+def saved_latent(server: Server, prompt: dict, *, node_id: str = "900"):
+    """Runs `prompt` and returns the latent its SaveLatent node `node_id` wrote (`[B, C, H, W]`)."""
+    from safetensors.torch import load_file
+
+    entry = run_prompt(server, prompt)
+    (saved,) = entry["outputs"][node_id]["latents"]
+    return load_file(str(server.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+
+
 def prompt_error(server: Server, prompt: dict, *, timeout: float = 600.0) -> str:
     """ComfyUI's message for a prompt that must not succeed: the /prompt rejection (it begins with REJECTED) or
     the failing node's error from /history."""

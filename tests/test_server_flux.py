@@ -11,13 +11,16 @@ the message that names both, and the server runs the next prompt.
 """
 
 import pytest
-import torch
 from browser import frontend_page, playwright_driver
-from safetensors.torch import load_file
-from server_harness import comfy_server, prompt_error, run_prompt, standin_models
-from test_workflows import upload_inputs, validate_and_run
+from server_harness import comfy_server, standin_models
+from test_workflows import (
+    check_lambda_zero_is_plain_and_weight_acts,
+    check_refused_then_next_runs,
+    upload_inputs,
+    validate_and_run,
+)
 from test_workflows_browser import check_in_the_editor
-from workflow_checks import FLUX_WORKFLOW, api_workflow, on_standins, shrunk
+from workflow_checks import FLUX_WORKFLOW
 
 pytestmark = pytest.mark.server
 
@@ -32,39 +35,6 @@ def flux_server():
         yield server
 
 
-def node_of(prompt: dict, class_type: str) -> tuple[str, dict]:
-    (found,) = [(key, node) for key, node in prompt.items() if node["class_type"] == class_type]
-    return found
-
-
-def latent_prompt(*, weight: float | None, adapter: str | None = None, encoder: str | None = None,
-                  seed: int = 42) -> dict:  # fmt: skip
-    """The Flux workflow on the stand-ins, saving the sampled latent (SaveLatent) instead of decoding it. `weight`
-    None: the sampler takes the diffusion model straight from Load Diffusion Model (no pack node runs)."""
-    prompt = on_standins(shrunk(api_workflow(FLUX_WORKFLOW)))
-    sampler_id, sampler = node_of(prompt, "KSampler")
-    sampler["inputs"]["seed"] = seed
-    _, apply = node_of(prompt, "DecoupledIPAdapterApply")
-    if weight is None:
-        sampler["inputs"]["model"] = apply["inputs"]["model"]
-    else:
-        apply["inputs"]["weight"] = weight
-    if adapter is not None:
-        node_of(prompt, "DecoupledIPAdapterLoader")[1]["inputs"]["ipadapter_name"] = adapter
-    if encoder is not None:
-        node_of(prompt, "CLIPVisionLoader")[1]["inputs"]["clip_name"] = encoder
-    for class_type in ("SaveImage", "VAEDecode"):
-        del prompt[node_of(prompt, class_type)[0]]
-    prompt["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler_id, 0], "filename_prefix": "flux_test"}}
-    return prompt
-
-
-def saved_latent(server, prompt: dict) -> torch.Tensor:
-    entry = run_prompt(server, prompt)
-    (saved,) = entry["outputs"]["900"]["latents"]
-    return load_file(str(server.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
-
-
 def test_flux_workflow_validates_and_runs_as_a_flux_model(flux_server):
     validate_and_run(flux_server, FLUX_WORKFLOW)
     # ComfyUI names the model class it built from the file: model_base.Flux, found by its own detection.
@@ -77,18 +47,10 @@ def test_flux_workflow_opens_in_the_editor_and_runs_from_it(flux_server):
 
 
 def test_lambda_zero_is_the_plain_model_and_lambda_changes_the_latent(flux_server):
-    plain = saved_latent(flux_server, latent_prompt(weight=None))
-    at_zero = saved_latent(flux_server, latent_prompt(weight=0.0))
-    guided = saved_latent(flux_server, latent_prompt(weight=0.7))
-    assert plain.shape == (1, 16, 8, 8) and torch.isfinite(plain).all()
-    assert torch.equal(at_zero, plain)
-    change = (guided - plain).abs().max().item()
-    assert change > 1e-3 * plain.abs().max().item(), change
+    check_lambda_zero_is_plain_and_weight_acts(flux_server, FLUX_WORKFLOW, weight=0.7)
 
 
 def test_an_sd15_adapter_on_flux_is_refused_and_the_next_prompt_runs(flux_server):
-    message = prompt_error(flux_server, latent_prompt(weight=0.7, adapter=SD15_ADAPTER, encoder=VIT_H))
     expected = f"Apply IPAdapter: '{SD15_ADAPTER}' is an SD1.5 IP-Adapter but it was applied to a Flux model"
-    assert expected in message, message
-    latent = saved_latent(flux_server, latent_prompt(weight=0.7, seed=43))
-    assert latent.shape == (1, 16, 8, 8) and torch.isfinite(latent).all()
+    check_refused_then_next_runs(flux_server, FLUX_WORKFLOW, expected=expected, weight=0.7, adapter=SD15_ADAPTER,
+                                 encoder=VIT_H)  # fmt: skip

@@ -17,6 +17,7 @@ import re
 
 import numpy
 import pytest
+import torch
 from PIL import Image
 from server_harness import (
     PACK_LINK,
@@ -25,6 +26,7 @@ from server_harness import (
     object_info,
     prompt_error,
     run_prompt,
+    saved_latent,
     standin_models,
     upload_image,
 )
@@ -36,6 +38,7 @@ from workflow_checks import (
     build_workflows,
     editor_workflow,
     input_files,
+    latent_prompt,
     on_standins,
     node_ids,
     shrunk,
@@ -190,6 +193,27 @@ def validate_and_run(server, name: str) -> None:
     for node_id, node in prompt.items():
         if node["class_type"] == "DecoupledIPAdapterSaveEmbeds":
             check_saved_embeds(server, prompt, entry["outputs"].get(node_id, {}).get("embeds", []), name)
+
+
+def check_lambda_zero_is_plain_and_weight_acts(server, name: str, *, weight: float) -> None:
+    """One-adapter workflow `name` on the stand-ins, sampled latents compared (workflow_checks.latent_prompt):
+    λ = 0 gives exactly the latent without our nodes, λ = `weight` another one."""
+    plain = saved_latent(server, latent_prompt(name, weight=None))
+    at_zero = saved_latent(server, latent_prompt(name, weight=0.0))
+    guided = saved_latent(server, latent_prompt(name, weight=weight))
+    assert plain.shape == (1, 16, 8, 8) and torch.isfinite(plain).all()
+    assert torch.equal(at_zero, plain)
+    change = (guided - plain).abs().max().item()
+    assert change > 1e-3 * plain.abs().max().item(), change
+
+
+def check_refused_then_next_runs(server, name: str, *, expected: str, weight: float, **files) -> None:
+    """Workflow `name` with other files (latent_prompt's `adapter`, `encoder`) fails with a message holding
+    `expected`, and the server then runs the workflow as written (another seed: not a cached result)."""
+    message = prompt_error(server, latent_prompt(name, weight=weight, **files))
+    assert expected in message, message
+    latent = saved_latent(server, latent_prompt(name, weight=weight, seed=43))
+    assert latent.shape == (1, 16, 8, 8) and torch.isfinite(latent).all()
 
 
 def saved_picture(server, prompt: dict) -> numpy.ndarray:

@@ -23,7 +23,7 @@ from workflow_checks import (
     SIZE_INPUTS,
     SMALL_SIZE,
     SMALL_STEPS,
-    STANDIN_SWAP,
+    STANDIN_SWAPS,
     WORKFLOW_NAMES,
     api_workflow,
     editor_workflow,
@@ -74,7 +74,8 @@ def _history_ids(server) -> set[str]:
 
 def _queue_from_the_frontend(server, page, name: str, *, timeout: float = 600.0) -> dict:
     page.evaluate(SHRINK, [{kind: list(names) for kind, names in SIZE_INPUTS.items()}, SMALL_SIZE, SMALL_STEPS, 1])
-    page.evaluate(SWAP_NODES, list(STANDIN_SWAP))  # what workflow_checks.on_standins does to the API prompt
+    for swap in STANDIN_SWAPS:  # what workflow_checks.on_standins does to the API prompt
+        page.evaluate(SWAP_NODES, list(swap))
     before = _history_ids(server)
     with page.expect_response(lambda response: response.url.endswith("/api/prompt")) as answer:
         page.evaluate(QUEUE)

@@ -21,16 +21,21 @@ import build_workflows  # noqa: E402  (scripts/)
 
 SDXL_WORKFLOWS = ("08_sdxl_vit_h", "13_sdxl_style_transfer", "14_sdxl_style_and_composition")
 FLUX_WORKFLOW = "16_flux_xlabs"
+SD3_WORKFLOW = "17_sd35_instantx"
 WORKFLOW_NAMES = tuple(build().name for build in build_workflows.GRAPHS)
-SD15_WORKFLOWS = tuple(name for name in WORKFLOW_NAMES if name not in (*SDXL_WORKFLOWS, FLUX_WORKFLOW))
+SD15_WORKFLOWS = tuple(name for name in WORKFLOW_NAMES if name not in (*SDXL_WORKFLOWS, FLUX_WORKFLOW, SD3_WORKFLOW))
 SMALL_SIZE, SMALL_STEPS = 64, 2
 SIZE_INPUTS = {"EmptyLatentImage": ("width", "height"), "EmptySD3LatentImage": ("width", "height"),
                "ImageScale": ("width", "height")}  # fmt: skip
-# The one node the stand-ins cannot run as the workflow names it: Flux's DualCLIPLoader (T5-XXL + CLIP-L). ComfyUI
-# always builds T5-XXL at full size (4.7 B parameters), too big for CPU tests, so the Flux stand-in reads CLIP-L's
-# 768-wide text instead (devkit/standins.py) and the runs on stand-ins load CLIP-L alone: (node type, its stand-in
-# type, stand-in input <- the node's input, fixed stand-in inputs). The workflow files keep the official loader.
-STANDIN_SWAP = ("DualCLIPLoader", "CLIPLoader", {"clip_name": "clip_name2"}, {"type": "stable_diffusion"})
+# The nodes the stand-ins cannot run as the workflows name them: the loaders of T5-XXL (Flux's DualCLIPLoader,
+# SD3.5's TripleCLIPLoader). ComfyUI always builds T5-XXL at full size (4.7 B parameters), too big for CPU tests, so
+# the Flux and SD3 stand-ins read CLIP-L's text alone (devkit/standins.py) and the runs on stand-ins load CLIP-L with
+# CLIPLoader: (node type, its stand-in type, stand-in input <- the node's input, fixed stand-in inputs). The
+# workflow files keep the official loaders.
+STANDIN_SWAPS = (
+    ("DualCLIPLoader", "CLIPLoader", {"clip_name": "clip_name2"}, {"type": "stable_diffusion"}),
+    ("TripleCLIPLoader", "CLIPLoader", {"clip_name": "clip_name1"}, {"type": "sd3"}),
+)
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
@@ -94,14 +99,43 @@ def shrunk(prompt: dict, *, size: int = SMALL_SIZE, steps: int = SMALL_STEPS) ->
 
 
 def on_standins(prompt: dict) -> dict:
-    """The API prompt as the stand-ins run it: STANDIN_SWAP's node replaced by its stand-in loader (same id, so
-    the links to it stay); other prompts unchanged."""
-    node_type, standin_type, copied, fixed = STANDIN_SWAP
+    """The API prompt as the stand-ins run it: each STANDIN_SWAPS node replaced by its stand-in loader (same id,
+    so the links to it stay); other prompts unchanged."""
     prompt = json.loads(json.dumps(prompt))
-    for node in prompt.values():
-        if node["class_type"] == node_type:
-            node["class_type"] = standin_type
-            node["inputs"] = {**{name: node["inputs"][source] for name, source in copied.items()}, **fixed}
+    for node_type, standin_type, copied, fixed in STANDIN_SWAPS:
+        for node in prompt.values():
+            if node["class_type"] == node_type:
+                node["class_type"] = standin_type
+                node["inputs"] = {**{name: node["inputs"][source] for name, source in copied.items()}, **fixed}
+    return prompt
+
+
+def node_of(prompt: dict, class_type: str) -> tuple[str, dict]:
+    """The id and node of the prompt's one node of `class_type`."""
+    (found,) = [(key, node) for key, node in prompt.items() if node["class_type"] == class_type]
+    return found
+
+
+def latent_prompt(name: str, *, weight: float | None, adapter: str | None = None, encoder: str | None = None,
+                  seed: int = 42) -> dict:  # fmt: skip
+    """A one-adapter workflow (one KSampler, one Apply IPAdapter) on the stand-ins, saving the sampled latent
+    (SaveLatent, node "900") instead of decoding it. `weight` None: the sampler takes the model Apply would have
+    patched (no pack node runs); `adapter` and `encoder` replace the files of Load IPAdapter and Load CLIP Vision."""
+    prompt = on_standins(shrunk(api_workflow(name)))
+    sampler_id, sampler = node_of(prompt, "KSampler")
+    sampler["inputs"]["seed"] = seed
+    _, apply = node_of(prompt, "DecoupledIPAdapterApply")
+    if weight is None:
+        sampler["inputs"]["model"] = apply["inputs"]["model"]
+    else:
+        apply["inputs"]["weight"] = weight
+    if adapter is not None:
+        node_of(prompt, "DecoupledIPAdapterLoader")[1]["inputs"]["ipadapter_name"] = adapter
+    if encoder is not None:
+        node_of(prompt, "CLIPVisionLoader")[1]["inputs"]["clip_name"] = encoder
+    for class_type in ("SaveImage", "VAEDecode"):
+        del prompt[node_of(prompt, class_type)[0]]
+    prompt["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler_id, 0], "filename_prefix": name}}
     return prompt
 
 
