@@ -207,6 +207,63 @@ def test_other_packs_dit_patch_keeps_working(flux, tmp_path):
     assert (comfy_denoised(ours_only, x, sigma, text, pooled, [0, 1]) - with_ip).abs().max() > 1e-3
 
 
+def _qkv_calls(model) -> list:
+    """Records each call of the double blocks' image-stream qkv projection (the costly part of the query)."""
+    calls = []
+    for block in model.model.diffusion_model.double_blocks:
+        block.img_attn.qkv.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    return calls
+
+
+def test_the_image_query_is_the_blocks_own_not_computed_again(flux, tmp_path):
+    """The patch reads the query the block's QK-norm computes: one qkv projection per double block, as unpatched."""
+    model, _ = flux
+    adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=15) / "ip_adapter.safetensors"))
+    generator, x, text, pooled = inputs(16)
+    embeds = make_embeds(torch.randn(1, 768, generator=generator), torch.zeros(1, 768), clip_output="image_embeds")
+    patched = apply_flux_image_prompt(model.clone(), adapter, manage(adapter).weights_patcher, embeds, weight=1.0,
+                                      start_at=0.0, end_at=1.0)  # fmt: skip
+    measured = tiny_flux_model(CONFIG, seed=1)  # the fixture's weights, with hooks of its own
+    calls = _qkv_calls(measured)
+    comfy_denoised(measured, x, torch.tensor(0.5), text, pooled, [0, 1])
+    plain_calls = len(calls)
+    patched_measured = apply_flux_image_prompt(measured, adapter, manage(adapter).weights_patcher, embeds,
+                                               weight=1.0, start_at=0.0, end_at=1.0)  # fmt: skip
+    calls.clear()
+    ours = comfy_denoised(patched_measured, x, torch.tensor(0.5), text, pooled, [0, 1])
+    assert plain_calls == CONFIG["depth"] and len(calls) == plain_calls, (plain_calls, len(calls))
+    assert torch.equal(ours, comfy_denoised(patched, x, torch.tensor(0.5), text, pooled, [0, 1]))
+
+
+def test_a_block_run_twice_by_another_pack_gets_the_query_rebuilt_from_its_input(flux, tmp_path):
+    """Another pack's patch that runs the block twice (the QK-norm runs twice: which query is the block's is
+    unclear) gets the query rebuilt from the block's input as it came in, not as the block left it: the same result
+    as a patch that runs the block once."""
+    model, _ = flux
+    adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=17) / "ip_adapter.safetensors"))
+    generator, x, text, pooled = inputs(18)
+    embeds = make_embeds(torch.randn(1, 768, generator=generator), torch.zeros(1, 768), clip_output="image_embeds")
+
+    def twice(args, extra):  # a trial run on copies, then the block on its own arguments (changed in place)
+        extra["original_block"]({**args, "img": args["img"].clone(), "txt": args["txt"].clone()})
+        return extra["original_block"](args)
+
+    def once(args, extra):
+        return extra["original_block"](args)
+
+    results = []
+    for foreign in (once, twice):
+        theirs = model.clone()
+        for index in range(CONFIG["depth"]):
+            theirs.set_model_patch_replace(foreign, "dit", "double_block", index)
+        both = apply_flux_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0,
+                                       start_at=0.0, end_at=1.0)  # fmt: skip
+        results.append(comfy_denoised(both, x, torch.tensor(0.5), text, pooled, [0, 1]))
+    plain = comfy_denoised(model, x, torch.tensor(0.5), text, pooled, [0, 1])
+    assert (results[0] - plain).abs().max() > 1e-3
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=1e-6 * results[0].abs().max().item())
+
+
 def test_flux_file_is_detected(comfy_host, tmp_path):
     adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=15) / "ip_adapter.safetensors"))
     spec = adapter.spec

@@ -6,9 +6,12 @@ What diffusers' `FluxIPAdapterAttnProcessor` computes in double block i, image s
     ip       = Σ_adapters Attn(ip_query, K', λ·V')     # = λ · Attn(ip_query, K', V'); K' = to_k_ip(tokens), V' = to_v_ip(tokens)
     img_out  = block(img, txt, …).img + ip                 # at the very end of the block: ungated, no to_out
 
-ComfyUI calls `patches_replace["dit"][("double_block", i)](args, {"original_block": …})` on every host. The block
-adds to `img` in place, so the query is rebuilt from the block's input (with the block's own modules) before the
-block runs. A patch set on the block by another pack is kept and called in place of the original block.
+ComfyUI calls `patches_replace["dit"][("double_block", i)](args, {"original_block": …})` on every host. The query is
+the one the block itself computes: a forward hook on the block's QK-norm (`img_attn.norm`, whose first output is the
+normalised image query on both hosts) keeps it while the block runs, so the image stream's qkv projection is not
+computed a second time. Where the norm does not run exactly once in the call (another pack's patch, set on the block
+and kept in place of the original block, may compute the block its own way), the query is rebuilt from a copy of
+the block's input with the block's own modules (the block adds to `img` in place).
 
 `to`, `models` and `__deepcopy__` are ComfyUI's patch protocol (patch_protocol.py).
 """
@@ -67,15 +70,30 @@ class DoubleBlockPatch(TermsPatch):
         self.terms = terms
         self.base = base  # another pack's replace patch on this block, or None for the original block
 
+    def run_block(self, args, extra):
+        return self.base(args, extra) if self.base is not None else extra["original_block"](args)
+
+    def run_block_keeping_query(self, args, extra):
+        """The block's output and the image query its QK-norm computed (`[B, H, L, D]`)."""
+        block_input = args["img"].clone()  # [B, L, C]: the block adds to args["img"] in place
+        queries = []
+        handle = self.block.img_attn.norm.register_forward_hook(lambda module, inputs, output: queries.append(output[0]))
+        try:
+            out = self.run_block(args, extra)
+        finally:
+            handle.remove()
+        if len(queries) == 1:
+            return out, queries[0]
+        return out, flux_image_query(self.block, block_input, args["vec"])
+
     def __call__(self, args, extra):
         options = args.get("transformer_options") or {}
         sigma = call_sigma(options)
         block = DoubleBlock(number=self.index)
         active = [term for term in self.terms if term.acts_at(block, sigma)]  # one decision per call, no device sync
-        query = flux_image_query(self.block, args["img"], args["vec"]) if active else None  # before the block
-        out = self.base(args, extra) if self.base is not None else extra["original_block"](args)
         if not active:
-            return out
+            return self.run_block(args, extra)
+        out, query = self.run_block_keeping_query(args, extra)
         sides = chunk_sides(options)
         image = out["img"]
         for term in active:
