@@ -324,8 +324,14 @@ def style_costs(device, directory: Path) -> dict:
     return result
 
 
-def per_step_row(label: str, model, patched, *, repeats: int, run) -> dict:
-    """The plain and the patched model in interleaved rounds: their median time per step and its ratio."""
+def per_step_row(label: str, model, patched, *, repeats: int, positive, negative, steps: int, cfg: float) -> dict:
+    """The plain and the patched DiT (16 latent channels, SD15_SIZE pixels) in interleaved rounds: their median time
+    per step and its ratio."""
+
+    def run(dit, run_steps):
+        return sample_seconds(dit, latent_shape=(1, 16, SD15_SIZE // 8, SD15_SIZE // 8), positive=positive,
+                              negative=negative, steps=run_steps or steps, cfg=cfg)  # fmt: skip
+
     times = interleaved_times([("plain", model), ("adapter", patched)], repeats=repeats, run=run)
     step = {name: statistics.median(runs["step_s"]) for name, runs in times.items()}
     parameters = sum(parameter.numel() for parameter in model.model.diffusion_model.parameters())
@@ -354,12 +360,9 @@ def flux_case(label: str, config: dict, repeats: int, directory: Path) -> dict:
     positive = [[torch.randn(1, 8, FLUX_TEXT_WIDTH, generator=generator),
                  {"pooled_output": torch.randn(1, FLUX_POOLED_WIDTH, generator=generator), "guidance": 3.5}]]  # fmt: skip
 
-    def run(flux, steps):
-        return sample_seconds(flux, latent_shape=(1, 16, SD15_SIZE // 8, SD15_SIZE // 8), positive=positive,
-                              negative=positive, steps=steps or FLUX_STEPS, cfg=1.0)  # fmt: skip
-
     path.unlink()
-    return per_step_row(label, model, patched, repeats=repeats, run=run)
+    return per_step_row(label, model, patched, repeats=repeats, positive=positive, negative=positive, steps=FLUX_STEPS,
+                        cfg=1.0)  # fmt: skip
 
 
 def flux_costs(repeats: int, directory: Path) -> list[dict]:
@@ -401,12 +404,10 @@ def sd3_case(label: str, config: dict, resampler: dict, repeats: int, directory:
     negative = [[torch.randn(1, 77, SD3_TEXT_WIDTH, generator=generator),
                  {"pooled_output": torch.randn(1, SD3_POOLED_WIDTH, generator=generator)}]]  # fmt: skip
 
-    def run(sd3, steps):
-        return sample_seconds(sd3, latent_shape=(1, 16, SD15_SIZE // 8, SD15_SIZE // 8), positive=positive,
-                              negative=negative, steps=steps or SD3_STEPS, cfg=5.0)  # fmt: skip
-
     path.unlink()
-    return per_step_row(label, model, patched, repeats=repeats, run=run)
+    row = per_step_row(label, model, patched, repeats=repeats, positive=positive, negative=negative, steps=SD3_STEPS,
+                       cfg=5.0)  # fmt: skip
+    return {**row, "blocks": blocks}
 
 
 def sd3_costs(repeats: int, directory: Path) -> list[dict]:
@@ -427,7 +428,7 @@ def sd35_large_estimate(rows: list[dict]) -> dict:
     each case's s/step against its block count, plain and patched, gives the per-block cost and the once-per-step
     rest (embedders and final layer; with the adapter also the resampler, which runs once per step), extended to 38."""
     (few, many) = rows
-    blocks = [int(row["case"].split("(")[1].split()[0]) for row in (few, many)]
+    blocks = [few["blocks"], many["blocks"]]
 
     def line(key):
         per_block = (many[key] - few[key]) / (blocks[1] - blocks[0])
