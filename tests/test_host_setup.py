@@ -24,7 +24,8 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIREMENT_FILES = (REPO / "requirements.txt", REPO / "tests" / "requirements.txt")
-PIN_FILES = (REPO / "scripts" / "host-requirements.txt", REPO / "scripts" / "host-requirements-0.28.2.txt")
+HOST_PINS = REPO / "scripts" / "host-requirements.txt"
+OLDEST_PINS = REPO / "scripts" / "oldest-requirements.txt"  # the lower end of each range in requirements.txt
 # The user's own torch builds: versions that no host pins (checked below), new enough for open_clip_torch (torch>=2.0).
 USER_TORCH = {"torch": "2.10.0", "torchvision": "0.25.0", "torchaudio": "2.10.0"}
 # Too old for open_clip_torch's torch>=2.0: host.sh must refuse instead of upgrading it.
@@ -36,11 +37,17 @@ def requirement_lines(path: Path) -> list[str]:
     return [line for line in lines if line]
 
 
+def requirements(path: Path) -> dict[str, Requirement]:
+    return {canonicalize_name(requirement.name): requirement for requirement in map(Requirement, requirement_lines(path))}
+
+
 def pinned_versions(path: Path) -> dict[str, str]:
+    """name -> version of a file of exact pins (`name==version` lines only)."""
     pins = {}
-    for line in requirement_lines(path):
-        requirement = Requirement(line)
-        pins[canonicalize_name(requirement.name)] = str(requirement.specifier).removeprefix("==")
+    for name, requirement in requirements(path).items():
+        (specifier,) = requirement.specifier
+        assert specifier.operator == "==", f"{path.name}: {requirement} is not an exact pin"
+        pins[name] = specifier.version
     return pins
 
 
@@ -144,12 +151,25 @@ def run_host_sh(comfyui: Path, python: Path, environment: dict) -> subprocess.Co
                           env=environment, timeout=600)  # fmt: skip
 
 
-def test_user_torch_versions_differ_from_every_host_pin():
-    """Otherwise a script that installs a host's pins could leave the stubs' versions as they were by chance."""
-    for path in PIN_FILES:
-        pins = pinned_versions(path)
-        for name, version in {**USER_TORCH, **OLD_TORCH}.items():
-            assert pins.get(name) != version, f"{path.name} pins {name}=={version}: pick another stub version"
+def test_user_torch_versions_differ_from_the_host_pins():
+    """Otherwise a script that installs the host's pins could leave the stubs' versions as they were by chance."""
+    pins = pinned_versions(HOST_PINS)
+    for name, version in {**USER_TORCH, **OLD_TORCH}.items():
+        assert pins.get(name) != version, f"{HOST_PINS.name} pins {name}=={version}: pick another stub version"
+
+
+def test_the_pack_requires_ranges_whose_two_ends_are_tested():
+    """requirements.txt goes into the user's ComfyUI Python, beside other packs: ranges, not pins. The host pins a
+    version inside each range (the newest the tests prove), and oldest-requirements.txt pins each range's lower end
+    (which `make test` lays over the host for the tests that use it)."""
+    pack = requirements(REPO / "requirements.txt")
+    host, oldest = pinned_versions(HOST_PINS), pinned_versions(OLDEST_PINS)
+    assert set(oldest) == set(pack), "oldest-requirements.txt must name exactly the pack's requirements"
+    for name, requirement in pack.items():
+        operators = {specifier.operator: specifier.version for specifier in requirement.specifier}
+        assert set(operators) == {">=", "<"}, f"requirements.txt: {requirement} is not a range '>=oldest,<next major'"
+        assert oldest[name] == operators[">="], f"oldest-requirements.txt tests {name}=={oldest[name]}, not {requirement}'s end"
+        assert requirement.specifier.contains(host[name]), f"the host's {name}=={host[name]} is outside {requirement}"
 
 
 def test_comfyui_dir_setup_adds_the_requirements_and_keeps_torch(tmp_path, mirror):
@@ -165,8 +185,8 @@ def test_comfyui_dir_setup_adds_the_requirements_and_keeps_torch(tmp_path, mirro
     assert {name: after.get(name) for name in before} == before, "host.sh changed an installed package"
     # What was missing is there now, at the versions the requirement files pin, and host.sh says what it added.
     for path in REQUIREMENT_FILES:
-        for name, version in pinned_versions(path).items():
-            assert after.get(name) == version, f"{name} from {path.name} was not installed"
+        for name, requirement in requirements(path).items():
+            assert requirement.specifier.contains(after.get(name, "0")), f"{name} from {path.name} was not installed"
     added = [line for line in result.stderr.splitlines() if line.startswith(f"[host] added to {python}:")]
     assert len(added) == 1 and "open_clip_torch==3.3.0" in added[0], result.stderr
     assert f"COMFYUI_DIR={comfyui}" in result.stdout.splitlines()

@@ -381,11 +381,15 @@ def smooth_images(count: int, *, seed: int, height: int, width: int) -> torch.Te
 
 
 def open_clip_transform(preprocess_cfg: dict, size: int):
-    """open_clip's own inference transform for a model whose config says `preprocess_cfg` (as its factory makes it)."""
+    """open_clip's own inference transform for a model whose config says `preprocess_cfg` (as its factory makes it),
+    for pictures given as float tensors `[3, H, W]`: its resize, crop and normalisation steps, without the steps that
+    turn a PIL picture into a tensor (the oldest open_clip the pack supports, 2.32, only takes PIL pictures there)."""
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+    from torchvision.transforms import Compose, ToTensor
 
     config = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(size=size), preprocess_cfg))
-    return image_transform_v2(config, is_train=False)
+    steps = image_transform_v2(config, is_train=False).transforms
+    return Compose([step for step in steps if not isinstance(step, ToTensor) and getattr(step, "__name__", "") != "_convert_to_rgb"])
 
 
 @pytest.fixture(scope="module")
@@ -411,8 +415,6 @@ def test_a_model_with_its_own_statistics_matches_open_clips_preprocessing_and_en
     """Pixels: ours (ComfyUI's preprocessing with the config's mean, std and resize mode) against open_clip's transform,
     within ComfyUI's rounding to 8-bit levels. Embeds: open_clip's transform and encode_image on 8-bit pictures at the
     model's size, where that rounding changes nothing, against the loaded model's encode_image."""
-    from PIL import Image
-
     from decoupled_ipadapter.openclip.model import load_openclip_vision
     from decoupled_ipadapter.openclip.preprocessing import preprocess
 
@@ -442,7 +444,7 @@ def test_a_model_with_its_own_statistics_matches_open_clips_preprocessing_and_en
     oracle = tiny_openclip(SMALL, seed=8)
     levels = torch.randint(0, 256, (2, 32, 32, 3), generator=torch.Generator().manual_seed(10), dtype=torch.uint8)
     with torch.inference_mode():
-        reference = oracle.encode_image(torch.stack([transform(Image.fromarray(picture.numpy())) for picture in levels]))
+        reference = oracle.encode_image(torch.stack([transform(picture.movedim(-1, 0).float() / 255) for picture in levels]))
         ours = vision.encode_image(levels.float() / 255)["image_embeds"]
         with_openai_statistics = openai_vision.encode_image(levels.float() / 255)["image_embeds"]
     error = relative_error(ours, reference)
