@@ -119,6 +119,8 @@ class ServerProcess:
             "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
             *(["--cpu"] if cpu else []),
         ]  # fmt: skip
+        if os.environ.get("COMFYUI_FRONT_END_ROOT"):  # another front-end than the host's (scripts/with_host.sh --frontend)
+            self.command += ["--front-end-root", os.environ["COMFYUI_FRONT_END_ROOT"]]
         if models_dir is not None:
             config = self.base / "extra_model_paths.yaml"
             _write_model_paths(Path(models_dir), config)

