@@ -78,19 +78,14 @@ LOAD_AND_INSPECT = """async ([workflow, name]) => {
     const saved = graph.serialize();
     const visible = selector => [...document.querySelectorAll(selector)]
         .filter(element => element.offsetParent !== null).map(element => element.innerText.trim());
-    // Newer front-ends report load problems (missing nodes, models, inputs) in an "N ERRORS" card with a
-    // "Dismiss" button (and "See Errors" or "Show missing nodes") instead of a dialog: its text.
-    const errorCards = [...document.querySelectorAll('button')]
-        .filter(button => button.innerText.trim() === 'Dismiss')
-        .map(button => {
-            let card = button;
-            while (card.parentElement && !/\\d+ ERRORS?\\b/i.test(card.innerText)) card = card.parentElement;
-            return card.innerText.trim().slice(0, 600);
-        });
+    // Newer front-ends report load problems (missing nodes, models, inputs) in an overlay ("N issues found", with
+    // "View details") instead of a dialog: its text.
+    const errorCards = visible('[data-testid="error-overlay"]').map(text => text.slice(0, 600));
     return {
         unregistered, withErrors, output: prompt.output, links: saved.links,
-        widgets: Object.fromEntries(saved.nodes.map(node => [node.id, node.widgets_values])),
-        dialogs: visible('.p-dialog'), toasts: visible('.p-toast-message'), errorCards,
+        // a node without widgets (VAEDecode) saves [] in older front-ends and no widgets_values in newer ones
+        widgets: Object.fromEntries(saved.nodes.map(node => [node.id, node.widgets_values ?? []])),
+        dialogs: visible('.p-dialog'), toasts: visible('.p-toast-message, [data-testid="toast"]'), errorCards,
     };
 }"""
 
@@ -139,32 +134,30 @@ FIT_VIEW = """() => {
     canvas.setDirty(true, true);
 }"""
 
-# The front-end's list of missing model files, as a user sees it: the Errors panel's "Missing Models" of newer
-# front-ends (opened with its "See Errors" button), each row's file, the folder it is grouped under and the link its
-# "Copy URL" button copies (the clipboard is replaced by a recorder), and the error overlay's "N required models
-# are missing" line, read before the panel is opened. `panel` is false where the front-end has no
-# such panel (older front-ends show a dialog instead).
+# The front-end's list of missing model files, as a user sees it: in newer front-ends the Errors panel (opened with the
+# overlay's "View details"), each row's file, the folder under its name and the link its "Copy URL" button copies
+# (the clipboard is replaced by a recorder), and the overlay's "N issues found" line, read before the panel is opened.
+# `panel` is false where the front-end has no such panel (older ones, 1.32.9 among them, show a dialog instead).
 MISSING_MODELS = """async () => {
     const copied = [];
     Object.defineProperty(navigator, 'clipboard', {
         value: {writeText: async text => { copied.push(text); }, readText: async () => ''}, configurable: true,
     });
     const pause = ms => new Promise(resolve => setTimeout(resolve, ms));
-    const summary = document.body.innerText.match(/\\d+ required models? (is|are) missing/);
-    const seeErrors = [...document.querySelectorAll('button')].find(button => button.innerText.trim() === 'See Errors');
-    if (seeErrors) { seeErrors.click(); await pause(1000); }
-    const firstLine = element => element.innerText.split('\\n')[0].trim().replace(/ \\(\\d+\\)$/, '');
+    const summary = document.body.innerText.match(/\\d+ issues? found/);
+    const details = document.querySelector('[data-testid="error-overlay-see-errors"]');
+    if (details) { details.click(); await pause(1000); }
     const rows = [];
-    for (const button of document.querySelectorAll('[data-testid="missing-model-copy-url"]')) {
-        const file = firstLine(button.parentElement);
-        // up to the folder's heading: past this row and the rows above it in the same folder (file names)
-        let group = button.parentElement;
-        while (group && /\\.(safetensors|sft|bin|pth|pt|ckpt)$/.test(firstLine(group))) group = group.parentElement;
+    for (const button of document.querySelectorAll('button[aria-label="Copy URL"]')) {
+        // the row: the nearest element around the button with the file's name over its folder
+        let row = button.parentElement;
+        while (row && row.innerText.trim().split('\\n').length < 2) row = row.parentElement;
+        const [file, folder] = row ? row.innerText.trim().split('\\n').map(line => line.trim()) : [null, null];
         const before = copied.length;
         button.click();
         await pause(150);
-        rows.push({file, folder: group ? firstLine(group) : null, url: copied.length > before ? copied[copied.length - 1] : null});
+        rows.push({file, folder, url: copied.length > before ? copied[copied.length - 1] : null});
     }
-    const panel = rows.length > 0 || Boolean(seeErrors) || Boolean(document.querySelector('[data-testid="missing-model-refresh"]'));
+    const panel = Boolean(details) || Boolean(document.querySelector('[data-testid="missing-model-importable-rows"]'));
     return {panel, rows, summary: summary ? summary[0] : null};
 }"""
