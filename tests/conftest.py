@@ -68,8 +68,38 @@ def comfy_host(tmp_path_factory):
     return {"dir": directory, "base": base}
 
 
+# The run's time per tier (setup, call and teardown of each test; a module's server starts in its first test's
+# setup), printed at the end: the README's per-tier CI times come from these lines.
+TIER_SECONDS: dict[str, float] = {}
+TIER_OF_TEST: dict[str, str] = {}
+TESTS_RUN: dict[str, set] = {}
+TIERS = ("unit", "in-process", "server and browser")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("server"):
+            tier = TIERS[2]
+        elif item.get_closest_marker("host") or "comfy_host" in getattr(item, "fixturenames", ()):
+            tier = TIERS[1]
+        else:
+            tier = TIERS[0]
+        TIER_OF_TEST[item.nodeid] = tier
+
+
+def pytest_runtest_logreport(report):
+    tier = TIER_OF_TEST.get(report.nodeid)
+    if tier is not None:
+        TIER_SECONDS[tier] = TIER_SECONDS.get(tier, 0.0) + report.duration
+        TESTS_RUN.setdefault(tier, set()).add(report.nodeid)
+
+
 def pytest_terminal_summary(terminalreporter):
-    """Print the figures the tests measured (parity errors), so a run's log states them."""
+    """Print the figures the tests measured (parity errors) and the time of each tier, so a run's log states them."""
+    terminalreporter.write_line(
+        "time per tier: " + "; ".join(f"{tier} {TIER_SECONDS[tier] / 60:.1f} min ({len(TESTS_RUN[tier])} tests)"
+                                      for tier in TIERS if tier in TIER_SECONDS)  # fmt: skip
+    )
     for module, label in (
         ("test_parity_diffusers", "UNet parity with diffusers"),
         ("test_parity_flux", "XLabs Flux parity with diffusers (|Δ| / max|IP term|)"),
