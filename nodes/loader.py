@@ -14,7 +14,7 @@ from .types import IPAdapterType
 
 FOLDER = "ipadapter"
 EXTENSIONS = {".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"}
-_loaded = LoadedFiles(size=4)
+_loaded = LoadedFiles()
 
 
 def register_model_folder() -> None:

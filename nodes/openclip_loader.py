@@ -14,7 +14,7 @@ from .model_files import LoadedFiles, model_file_path
 
 OpenCLIPType = io.Custom("DECOUPLED_IPADAPTER_OPENCLIP")  # both towers of an OpenCLIP file (OpenCLIPModel)
 FOLDER = "clip_vision"
-_loaded = LoadedFiles(size=2)
+_loaded = LoadedFiles()
 
 ACTIVATION_TOOLTIP = (
     "The MLP activation, which a weights file does not record. auto: the quick_gelu of the open_clip_config.json "
