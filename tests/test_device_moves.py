@@ -12,8 +12,12 @@ import comfy_sampling_helpers as helpers
 import pytest
 import torch
 from comfy_sampling_helpers import apply, image_embeds, linear_adapter
-from tiny_models import tiny_comfy_model
+from tiny_models import nested, tiny_comfy_model
+from tiny_sd3 import SIGLIP_WIDTH, instantx_adapter_state_dict, tiny_sd3_config, tiny_sd3_model
 
+from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
+from decoupled_ipadapter.ipadapter_core.memory import manage
 from decoupled_ipadapter.ipadapter_core.patch_protocol import TermsPatch
 
 pytestmark = pytest.mark.host
@@ -91,6 +95,31 @@ def test_a_move_drops_the_caches_on_the_device_the_model_left_and_keeps_those_wh
     assert term.keys_values(patch.layer, q.device, q.dtype)[0] is not cached_keys, "the CPU copies outlived the move"
     patch.to(q.device)
     assert torch.equal(helpers.call_patch(patch, q, k, v, options), before)
+
+
+def test_the_sd3_terms_per_step_caches_follow_the_model_too(comfy_host, tmp_path):
+    """SD3.5's terms cache per step and device (their tokens depend on the timestep): the same rule."""
+    from decoupled_ipadapter.nodes.apply import ApplyIPAdapter
+
+    config = tiny_sd3_config()
+    path = tmp_path / "sd35-ip-adapter.bin"
+    weights = instantx_adapter_state_dict(hidden_size=config["depth"] * 64, joint_blocks=config["depth"], seed=3)
+    torch.save(nested(weights), str(path))
+    managed = manage(load_adapter(str(path)))
+    siglip_states = torch.randn(1, 5, SIGLIP_WIDTH), torch.zeros(1, 5, SIGLIP_WIDTH)
+    embeds = make_embeds(*siglip_states, clip_output="penultimate_hidden_states")
+    (patched,) = ApplyIPAdapter.execute(
+        model=tiny_sd3_model(config, seed=1), ipadapter=managed, embeds=embeds, weight=0.7, start_at=0.0, end_at=1.0
+    ).result
+    patch = patched.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)]
+    (term,) = patch.terms
+    cpu, sigma = torch.device("cpu"), 1.0
+    cached_keys, _ = term.keys_values(0, sigma, cpu, torch.float32)
+    patch.to(torch.float16)
+    patch.to(cpu)
+    assert term.keys_values(0, sigma, cpu, torch.float32)[0] is cached_keys, "a dtype or the same device keeps them"
+    patch.to(ELSEWHERE)
+    assert term.keys_values(0, sigma, cpu, torch.float32)[0] is not cached_keys, "the CPU copies outlived the move"
 
 
 def test_another_packs_patch_held_by_ours_moves_with_the_model(tiny):
