@@ -15,7 +15,7 @@ from server_harness import (
 
 pytestmark = pytest.mark.server
 
-# What the frontend's "Free model and node cache" posts: unload the models, then drop the cached node outputs.
+# What the frontend's "Unload Models and Execution Cache" posts: unload the models, then drop the cached node outputs.
 FREE_EVERYTHING = {"unload_models": True, "free_memory": True}
 # A prompt without our nodes: the queue runs the /free flags at the end of the item it is on, so once this one is
 # done, every later prompt runs after the /free.
