@@ -1,4 +1,5 @@
-"""Model files for the loader nodes: finding a name in a ComfyUI model folder, and loading each file version once."""
+"""Model files for the loader nodes: finding a name in a ComfyUI model folder, and one copy of each file version
+while something uses it."""
 
 import os
 import weakref
