@@ -14,7 +14,7 @@ from .types import IPAdapterType
 
 FOLDER = "ipadapter"
 EXTENSIONS = {".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"}
-_loaded = LoadedFiles(size=4)
+_loaded = LoadedFiles()
 
 
 def register_model_folder() -> None:
@@ -33,7 +33,8 @@ def _load_and_manage(path: str) -> ManagedAdapter:
 
 
 def load_ipadapter(name: str) -> ManagedAdapter:
-    """The adapter file `name` of the ipadapter model folders, loaded once per file version (shared by the loaders)."""
+    """The adapter file `name` of the ipadapter model folders: one copy per file version while in use (shared by
+    the loaders)."""
     return _loaded.get(model_file_path(FOLDER, name), _load_and_manage)
 
 

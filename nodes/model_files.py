@@ -1,7 +1,8 @@
-"""Model files for the loader nodes: finding a name in a ComfyUI model folder, and loading each file version once."""
+"""Model files for the loader nodes: finding a name in a ComfyUI model folder, and one copy of each file version
+while something uses it."""
 
 import os
-from collections import OrderedDict
+import weakref
 from collections.abc import Callable, Hashable
 
 import folder_paths
@@ -22,19 +23,21 @@ def model_file_path(folder: str, name: str) -> str:
 
 
 class LoadedFiles:
-    """The last `size` files loaded, keyed by path, modification time and size (and `variant`): a re-run or a second
-    loader node on the same file shares the same weights, and an edited file is read again."""
+    """The files loaded and still in use, keyed by path, modification time and size (and `variant`): a re-run or a
+    second loader node on the same file shares the same weights, and an edited file is read again.
 
-    def __init__(self, *, size: int):
-        self.size = size
-        self._loaded: OrderedDict = OrderedDict()
+    It holds them weakly, so ComfyUI's memory management decides how long a file stays in memory: once no node
+    output in ComfyUI's cache and no loaded model refers to it (after `/free`, a cache eviction, another workflow),
+    it is released, and the next use reads it again."""
+
+    def __init__(self):
+        self._in_use = weakref.WeakValueDictionary()
 
     def get(self, path: str, load: Callable[[str], object], *, variant: Hashable = ()) -> object:
         status = os.stat(path)
         key = (os.path.realpath(path), status.st_mtime_ns, status.st_size, variant)
-        if key not in self._loaded:
-            self._loaded[key] = load(path)
-            while len(self._loaded) > self.size:
-                self._loaded.popitem(last=False)
-        self._loaded.move_to_end(key)
-        return self._loaded[key]
+        loaded = self._in_use.get(key)
+        if loaded is None:
+            loaded = load(path)
+            self._in_use[key] = loaded
+        return loaded

@@ -14,7 +14,7 @@ from .model_files import LoadedFiles, model_file_path
 
 OpenCLIPType = io.Custom("DECOUPLED_IPADAPTER_OPENCLIP")  # both towers of an OpenCLIP file (OpenCLIPModel)
 FOLDER = "clip_vision"
-_loaded = LoadedFiles(size=2)
+_loaded = LoadedFiles()
 
 ACTIVATION_TOOLTIP = (
     "The MLP activation, which a weights file does not record. auto: the quick_gelu of the open_clip_config.json "
@@ -47,7 +47,7 @@ def _config_stamp(path: str) -> tuple[int, int] | None:
 
 
 def _load_cached(load, clip_name: str, activation: str):
-    """Each file, config, activation and kind (image tower alone or both towers) is loaded once."""
+    """One copy of each file, config, activation and kind (image tower alone or both towers) while in use."""
     path = model_file_path(FOLDER, clip_name)
     variant = (load.__name__, activation, _config_stamp(path))
     return _loaded.get(path, functools.partial(load, activation=activation), variant=variant)

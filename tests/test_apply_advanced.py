@@ -66,27 +66,32 @@ def test_defaults_are_apply_ipadapter_bit_for_bit_with_guiders_ranges_and_stacki
     assert (ours - helpers.custom_sample(guided(model, guider), steps=3)).abs().max() > 1e-4
 
 
-def test_a_style_type_stacks_on_a_plain_apply_and_both_act(nodes, tiny):
-    _, model, managed = tiny
-    style_only = advanced_apply(nodes, model, managed, image_embeds(43), weight_type="style transfer")
-    both = advanced_apply(nodes, plain_apply(nodes, model, managed, image_embeds(44)), managed, image_embeds(43), weight_type="style transfer")
-    plain_only = plain_apply(nodes, model, managed, image_embeds(44))
-    samples = {name: helpers.sample(patched, cfg=3.0) for name, patched in (("style", style_only), ("both", both), ("plain", plain_only))}
-    assert (samples["both"] - samples["style"]).abs().max() > 1e-4
-    assert (samples["both"] - samples["plain"]).abs().max() > 1e-4
-
-
 def module_layer(model, index: int):
     return unet_transformer_modules(model.model.diffusion_model)[index].layers[0]
 
 
 def layer_output(patched, layer, inputs):
     q, k, v, options = inputs
-    return call_patch(patched.model_options["transformer_options"]["patches_replace"]["attn2"].get(layer.key), q, k, v, options)
+    return call_patch(helpers.replace_patch(patched, layer.key), q, k, v, options)
 
 
 COMPOSITION_MODULE = {"SD1.5": 5, "SDXL": 3}
 STYLE_MODULE = {"SD1.5": 0, "SDXL": 6}
+
+
+def test_a_style_type_stacks_on_a_plain_apply_and_both_act(nodes, tiny):
+    """At the style layer the stack adds both image-prompt terms to the text attention; elsewhere only the plain one."""
+    layout, model, managed = tiny
+    style_only = advanced_apply(nodes, model, managed, image_embeds(43), weight_type="style transfer")
+    plain_only = plain_apply(nodes, model, managed, image_embeds(44))
+    both = advanced_apply(nodes, plain_only, managed, image_embeds(43), weight_type="style transfer")
+    for index, terms in ((STYLE_MODULE[layout], (plain_only, style_only)), (COMPOSITION_MODULE[layout], (plain_only,))):
+        layer = module_layer(model, index)
+        inputs = layer_inputs(model, layer.key, seed=4)
+        text_only = layer_output(model, layer, inputs)
+        added = [layer_output(patched, layer, inputs) - text_only for patched in terms]
+        assert all(term.abs().max() > 1e-3 for term in added), index
+        torch.testing.assert_close(layer_output(both, layer, inputs) - text_only, sum(added), rtol=1e-5, atol=1e-6)
 
 
 def test_composition_embeds_reach_exactly_the_composition_layers(nodes, tiny):
@@ -110,16 +115,26 @@ def test_composition_embeds_reach_exactly_the_composition_layers(nodes, tiny):
 
 
 def test_a_mask_on_apply_ipadapter_confines_the_prompt(nodes, tiny):
+    """At a layer with an 8x8 grid, the left half's queries get the image prompt, the right half's the text alone."""
     _, model, managed = tiny
     embeds = image_embeds(47)
     mask = torch.zeros(1, 64, 64)
     mask[:, :, :32] = 1.0  # the left half of the picture
-    masked = helpers.sample(plain_apply(nodes, model, managed, embeds, attn_mask=mask), cfg=3.0)
-    unmasked = helpers.sample(plain_apply(nodes, model, managed, embeds), cfg=3.0)
-    plain = helpers.sample(model, cfg=3.0)
-    assert (masked - unmasked).abs().max() > 1e-4 and (masked - plain).abs().max() > 1e-4
+    masked = plain_apply(nodes, model, managed, embeds, attn_mask=mask)
+    unmasked = plain_apply(nodes, model, managed, embeds)
+    layer = module_layer(model, 0)
+    q, k, v, options = layer_inputs(model, layer.key, seed=5)  # 64 queries: the 8x8 grid of a 64x64 latent's layer
+    options = {**options, "original_shape": [2, 4, 8, 8], "activations_shape": [2, q.shape[-1], 8, 8]}
+    columns = torch.arange(64) % 8
+    left, right = columns < 4, columns >= 4
+    out = layer_output(masked, layer, (q, k, v, options))
+    with_prompt = layer_output(unmasked, layer, (q, k, v, options))
+    text_only = layer_output(model, layer, (q, k, v, options))
+    assert (with_prompt - text_only)[:, left].abs().max() > 1e-3
+    torch.testing.assert_close(out[:, left], with_prompt[:, left], rtol=1e-5, atol=1e-6)
+    assert torch.equal(out[:, right], text_only[:, right])
     nothing = helpers.sample(plain_apply(nodes, model, managed, embeds, attn_mask=torch.zeros(1, 64, 64)), cfg=3.0)
-    assert torch.equal(nothing, plain)
+    assert torch.equal(nothing, helpers.sample(model, cfg=3.0))
 
 
 @pytest.mark.parametrize(

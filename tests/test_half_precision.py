@@ -1,11 +1,14 @@
 """Half precision, as ComfyUI runs it on a CPU with --force-fp16 (fp16 UNet) or --bf16-unet (bf16 UNet): the
-image tokens and K'/V' follow the layer's dtype, λ = 0 stays bit-exact, and the results match fp32 references on
-the same (rounded) weights within a tolerance that fits the dtype:
+image tokens and K'/V' follow the layer's dtype, λ = 0 stays bit-exact, and the image-prompt term (the patched
+output minus the unpatched one, in the same precision) matches fp32 references on the same (rounded) weights within a
+tolerance that fits the dtype, measured against the term itself, not the whole output (which would hide a term wrong
+by several percent in bf16):
 
 - one layer: the patched attention in half precision against the same patch in fp32 on the same inputs,
-  |Δ| <= 4 eps · max|out| (eps: the dtype's machine epsilon);
-- the whole UNet: against diffusers' IP-Adapter in fp32, |Δ| <= 4 eps · max|out| as well, and no worse than twice the
-  error of the unpatched half-precision UNet against diffusers' plain UNet (the adapter adds no error of its own).
+  |Δ term| <= 2 eps · max|term| (eps: the dtype's machine epsilon; about 1.1 to 1.4 eps seen);
+- the whole UNet: against diffusers' IP-Adapter in fp32, |Δ term| <= 5 eps · max|term| (the rounding of every later
+  layer adds to it; about 3.6 to 3.9 eps seen), and the patched output no further from diffusers' than twice the
+  unpatched half-precision UNet's distance from diffusers' plain UNet (the adapter adds no error of its own).
 """
 
 import comfy_sampling_helpers as helpers
@@ -56,6 +59,12 @@ def test_weight_zero_is_bit_exact_and_the_prompt_acts_in_half_precision(setup, n
     assert (with_prompt - plain).abs().max() > 1e-2 * plain.abs().max()
 
 
+def term_error(ours, ours_plain, reference, reference_plain) -> float:
+    """The largest error of the image-prompt term, relative to the largest value of the reference term."""
+    reference_term = reference - reference_plain
+    return ((ours.float() - ours_plain.float() - reference_term).abs().max() / reference_term.abs().max()).item()
+
+
 @pytest.mark.parametrize("name", list(DTYPES))
 def test_one_layer_in_half_precision_matches_fp32(setup, name):
     """One patch called in fp32, then in half precision (as with a manual-cast model): the tokens and K'/V' are
@@ -68,11 +77,12 @@ def test_one_layer_in_half_precision_matches_fp32(setup, name):
         q, k, v = (tensor.to(dtype) for tensor in (q, k, v))  # the same values in both precisions
         patch = helpers.replace_patch(model, key)
         reference = helpers.call_patch(patch, q.float(), k.float(), v.float(), options)
+        reference_plain = helpers.call_patch(None, q.float(), k.float(), v.float(), options)
         ours = helpers.call_patch(patch, q, k, v, options)
         assert ours.dtype == dtype
-        worst = max(worst, ((ours.float() - reference).abs().max() / reference.abs().max()).item())
+        worst = max(worst, term_error(ours, helpers.call_patch(None, q, k, v, options), reference, reference_plain))
     HALF_ERRORS.append((f"layer {name}", worst))
-    assert worst <= 4 * eps, f"relative |Δ| = {worst:.3g}"
+    assert worst <= 2 * eps, f"relative |Δ term| = {worst:.3g}"
 
 
 @pytest.mark.parametrize("name", list(DTYPES))
@@ -92,8 +102,10 @@ def test_the_unet_in_half_precision_matches_diffusers_fp32(setup, name):
         return ((ours.float() - theirs).abs().max() / theirs.abs().max()).item()
 
     half = {"x": x.to(DTYPES[name]), "t": t, "text": text.to(DTYPES[name]), "cond_or_uncond": [1, 0]}
-    plain_error = relative_error(comfy_forward(models[name], **half), diffusers_forward(reference, x, t, text, image_rows, 0.0))
-    error = relative_error(comfy_forward(patched(setup, name, weight=0.8), **half), diffusers_forward(reference, x, t, text, image_rows, 0.8))
+    ours_plain, ours = comfy_forward(models[name], **half), comfy_forward(patched(setup, name, weight=0.8), **half)
+    theirs_plain, theirs = (diffusers_forward(reference, x, t, text, image_rows, scale) for scale in (0.0, 0.8))
+    error = term_error(ours, ours_plain, theirs, theirs_plain)
     HALF_ERRORS.append((f"UNet {name}", error))
-    assert error <= 4 * eps, f"relative |Δ| = {error:.3g}"
-    assert error <= 2 * plain_error, f"the adapter adds error: {error:.3g} against {plain_error:.3g} without it"
+    assert error <= 5 * eps, f"relative |Δ term| = {error:.3g}"
+    output_error, plain_error = relative_error(ours, theirs), relative_error(ours_plain, theirs_plain)
+    assert output_error <= 2 * plain_error, f"the adapter adds error: {output_error:.3g} against {plain_error:.3g} without it"

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import skip_unless_host_required
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -68,7 +69,7 @@ def installed_closure() -> list[importlib.metadata.Distribution]:
         try:
             distribution = found.get(name) or importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
-            pytest.skip(f"the mirror is made from this Python's packages, and {name} is not installed here")
+            skip_unless_host_required(f"the mirror is made from this Python's packages, and {name} is not installed here")
         found[name] = distribution
         for line in distribution.requires or ():
             dependency = Requirement(line)

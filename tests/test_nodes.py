@@ -6,7 +6,9 @@ under `torch.inference_mode()`, as ComfyUI's executor runs nodes.
 """
 
 import copy
+import gc
 import os
+import weakref
 
 import pytest
 import torch
@@ -217,6 +219,18 @@ def test_loader_returns_the_cached_adapter_for_the_same_file(nodes, adapter_fold
     (third,) = run(nodes["load"], ipadapter_name=name)
     assert third is not first
     assert torch.equal(third.adapter.model.state_dict()["image_proj.proj.0.weight"], flat["image_proj.proj.0.weight"])
+
+
+def test_loader_cache_lets_an_adapter_go_when_nothing_else_holds_it(nodes, adapter_folder, models):
+    """ComfyUI releases a node's output (`/free`, cache eviction): the loader's cache must not keep the weights."""
+    path = adapter_folder / "ip-adapter_sd15_released.safetensors"
+    write_adapter(path, models, projection="linear", layout="SD1.5", seed=97)
+    name = f"{SUBFOLDER}/{path.name}"
+    (first,) = run(nodes["load"], ipadapter_name=name)
+    first_weights = weakref.ref(first.adapter.model)
+    del first
+    gc.collect()
+    assert first_weights() is None, "the adapter's weights are still referenced after its last user let it go"
 
 
 def test_loader_keeps_an_ipadapter_entry_of_extra_model_paths(comfy_host, nodes, models, tmp_path):

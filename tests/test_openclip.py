@@ -6,9 +6,11 @@ state dicts built from open_clip's own configs (shapes only: nothing is download
 """
 
 import copy
+import gc
 import json
 import logging
 import pickle
+import weakref
 from dataclasses import replace
 
 import pytest
@@ -191,6 +193,10 @@ def test_loader_caches_per_file_and_activation(small_files, loader_nodes):
     first = run(loader_nodes["vision"], clip_name=name, activation="auto")[0]
     assert run(loader_nodes["vision"], clip_name=name, activation="auto")[0] is first
     assert run(loader_nodes["vision"], clip_name=name, activation="quick_gelu")[0] is not first
+    released = weakref.ref(first)
+    del first
+    gc.collect()
+    assert released() is None, "the cache kept the model after its last user let it go: ComfyUI could not free it"
 
 
 def test_a_config_added_or_edited_beside_a_file_is_read_again(small_files, loader_nodes):

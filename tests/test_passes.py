@@ -58,15 +58,29 @@ def test_without_a_guider_the_position_decides_as_in_comfyuis_sampling_function(
     assert conds_sides([None, conditioning()], {}) == (COND, UNCOND)
 
 
-@pytest.mark.parametrize("positions", [[0], [1, 0], [2], [2, 1, 0], [0, 1, 2], [3, 0, 1, 5], [7, 7], []])
-def test_any_cond_or_uncond_list_gets_sides(positions):
-    dual = ModelCall(sides=(UNCOND, UNCOND, COND), sigma=1.0)
-    known = chunk_sides({"cond_or_uncond": positions, MODEL_CALL_OPTION: dual})
-    unknown = chunk_sides({"cond_or_uncond": positions})
-    expected_length = max(len(positions), 1)
-    assert len(known) == len(unknown) == expected_length
-    for position, side in zip(positions, known):
-        assert side == (dual.sides[position] if position < 3 else (UNCOND if position == 1 else COND))
+C, U = COND, UNCOND
+DUAL_CFG_CALL = ModelCall(sides=(U, U, C), sigma=1.0)  # DualCFGGuider's conds: [negative, middle, positive]
+BASIC_CALL = ModelCall(sides=(C,), sigma=1.0)  # BasicGuider's conds: [positive]
+
+
+@pytest.mark.parametrize(
+    ("positions", "call", "expected"),
+    [
+        ([0], DUAL_CFG_CALL, [U]),
+        ([1, 0], DUAL_CFG_CALL, [U, U]),
+        ([2, 1, 0], DUAL_CFG_CALL, [C, U, U]),
+        ([3, 0, 1, 5], DUAL_CFG_CALL, [C, U, U, C]),  # 3 and 5: no conds there, placed as ComfyUI's [positive, negative]
+        ([0, 1], BASIC_CALL, [C, U]),  # position 1 beyond the guider's list: ComfyUI's negative
+        ([7, 7], BASIC_CALL, [C, C]),
+        ([0], None, [C]),  # no wrapper described the call: ComfyUI's [positive, negative] order
+        ([1, 0], None, [U, C]),
+        ([2, 1, 0], None, [C, U, C]),
+        ([3, 0, 1, 5], None, [C, C, U, C]),
+    ],
+)
+def test_any_cond_or_uncond_list_gets_sides(positions, call, expected):
+    options = {"cond_or_uncond": positions} | ({MODEL_CALL_OPTION: call} if call is not None else {})
+    assert chunk_sides(options) == expected
 
 
 def test_rows_follow_their_chunks_and_uneven_batches_fail_clearly():
@@ -84,18 +98,28 @@ def patched(comfy_host):
     return model, apply(model, linear_adapter(model, seed=4), image_embeds(5))
 
 
-@pytest.mark.parametrize("positions", [[2], [2, 1, 0], [3, 0, 1, 5], [0, 0]])
-def test_the_patch_runs_for_any_chunk_list(patched, positions):
+@pytest.mark.parametrize(
+    ("positions", "expected"), [([2], [C]), ([2, 1, 0], [C, U, C]), ([3, 0, 1, 5], [C, C, U, C]), ([0, 0], [C, C])]
+)
+def test_each_chunk_of_any_chunk_list_gets_its_sides_image_prompt(patched, positions, expected):
+    """Every chunk's rows equal the rows of a plain CFG call ([1, 0]) on the same input for its side."""
     model, patched_model = patched
     key = ("input", 1, 0)
+    patch = helpers.replace_patch(patched_model, key)
     q, k, v, options = helpers.layer_inputs(model, key)
-    rows = 2 * len(positions)
-    q, k, v = (tensor[:1].expand(rows, -1, -1) for tensor in (q, k, v))
-    options = {**options, "cond_or_uncond": positions, "sigmas": torch.ones(2)}
-    out = helpers.call_patch(helpers.replace_patch(patched_model, key), q, k, v, options)
+    cfg_out = helpers.call_patch(patch, q, k, v, options)  # rows: uncond, cond
+    of_side = {U: cfg_out[:1], C: cfg_out[1:]}
     plain = helpers.call_patch(None, q, k, v, options)
-    assert out.shape == q.shape and out.isfinite().all()
-    assert (out - plain).abs().max() > 1e-4
+    assert (of_side[C] - of_side[U]).abs().max() > 1e-3 and (of_side[C] - plain[1:]).abs().max() > 1e-3
+
+    rows_per_chunk = 2
+    input_row_of_side = {U: 0, C: 1}
+    rows = [input_row_of_side[side] for side in expected for _ in range(rows_per_chunk)]
+    q, k, v = (tensor[rows] for tensor in (q, k, v))
+    out = helpers.call_patch(patch, q, k, v, {**options, "cond_or_uncond": positions, "sigmas": torch.ones(2)})
+    for chunk, side in enumerate(expected):
+        rows = out[chunk * rows_per_chunk : (chunk + 1) * rows_per_chunk]
+        torch.testing.assert_close(rows, of_side[side].expand_as(rows), rtol=1e-5, atol=1e-6)
 
 
 def test_the_patch_refuses_a_batch_that_does_not_split_into_its_chunks(patched):

@@ -88,29 +88,64 @@ def test_composition_embeds_and_precise_swaps_go_where_the_note_says(tiny, weigh
         assert control.swap_cond_uncond == swapped.get(weight_type, False), (key, index)
 
 
-def curve(weight_type: str, index: int, count: int, block_name: str) -> float:
-    """The note's layer curves, with t the runtime transformer index and L the number of modules."""
-    half = count / 2
-    return {
-        "linear": W,
-        "ease in": W * (0.05 + 0.95 * (1 - index / count)),
-        "ease out": W * (0.05 + 0.95 * index / count),
-        "ease in-out": W * (0.05 + 0.95 * (1 - abs(index - half) / half)),
-        "reverse in-out": W * (0.05 + 0.95 * abs(index - half) / half),
-        "weak input": W * (0.2 if block_name == "input" else 1.0),
-        "weak output": W * (0.2 if block_name == "output" else 1.0),
-        "weak middle": W * (0.2 if block_name == "middle" else 1.0),
-        "strong middle": W * (1.0 if block_name == "middle" else 0.2),
-    }[weight_type]
+# The note's layer curves at a few indexes, worked out by hand from its formulas (t the transformer index, L = 16 on
+# SD1.5 and 11 on SDXL), as factors of w. The middle module is SD1.5's index 6 and SDXL's index 4.
+CURVE_POINTS = {
+    "SD1.5": {
+        "ease in": {0: 1.0, 3: 0.821875, 6: 0.64375, 15: 0.109375},
+        "ease out": {0: 0.05, 3: 0.228125, 6: 0.40625, 15: 0.940625},
+        "ease in-out": {0: 0.05, 3: 0.40625, 6: 0.7625, 15: 0.16875},
+        "reverse in-out": {0: 1.0, 3: 0.64375, 6: 0.2875, 15: 0.88125},
+    },
+    "SDXL": {
+        "ease in": {0: 1.0, 2: 0.82727273, 4: 0.65454545, 10: 0.13636364},
+        "ease out": {0: 0.05, 2: 0.22272727, 4: 0.39545455, 10: 0.91363636},
+        "ease in-out": {0: 0.05, 2: 0.39545455, 4: 0.74090909, 10: 0.22272727},
+        "reverse in-out": {0: 1.0, 2: 0.65454545, 4: 0.30909091, 10: 0.82727273},
+    },
+}
+# The block curves in the note's table notation: input modules SD1.5 0..5 and SDXL 0..3, then the middle one, then output.
+PART_CURVES = {
+    "SD1.5": {
+        "linear": "0..15: w",
+        "weak input": "0..5: 0.2w; 6..15: w",
+        "weak output": "0..6: w; 7..15: 0.2w",
+        "weak middle": "0..5, 7..15: w; 6: 0.2w",
+        "strong middle": "0..5, 7..15: 0.2w; 6: w",
+    },
+    "SDXL": {
+        "linear": "0..10: w",
+        "weak input": "0..3: 0.2w; 4..10: w",
+        "weak output": "0..4: w; 5..10: 0.2w",
+        "weak middle": "0..3, 5..10: w; 4: 0.2w",
+        "strong middle": "0..3, 5..10: 0.2w; 4: w",
+    },
+}
 
 
-@pytest.mark.parametrize("weight_type", CURVES)
-def test_curves_are_the_notes_formulas_and_reach_the_middle_block(tiny, weight_type):
-    count = len({index for index, _ in tiny.runtime.values()})
+def test_every_curve_is_checked():
+    for layout in ("SD1.5", "SDXL"):
+        assert set(CURVE_POINTS[layout]) | set(PART_CURVES[layout]) == set(CURVES)
+
+
+@pytest.mark.parametrize("weight_type", list(CURVE_POINTS["SD1.5"]))
+def test_layer_curves_pass_through_the_notes_points(tiny, weight_type):
+    points = CURVE_POINTS[tiny.layout][weight_type]
     controls = controls_of(tiny, weight_type)
-    for key, (index, block) in tiny.runtime.items():
-        assert controls[key] == LayerControl(weight=pytest.approx(curve(weight_type, index, count, block[0]), abs=1e-12))
-    assert all(control.weight > 0 for key, control in controls.items() if key[0] == "middle")
+    checked = set()
+    for key, (index, _) in tiny.runtime.items():
+        if index in points:
+            assert controls[key] == LayerControl(weight=pytest.approx(W * points[index], rel=1e-7)), (key, index)
+            checked.add(index)
+    assert checked == set(points)
+
+
+@pytest.mark.parametrize("weight_type", list(PART_CURVES["SD1.5"]))
+def test_block_curves_weaken_the_parts_the_note_names_including_the_middle(tiny, weight_type):
+    expected = note_weights(PART_CURVES[tiny.layout][weight_type])
+    controls = controls_of(tiny, weight_type)
+    for key, (index, _) in tiny.runtime.items():
+        assert controls[key] == LayerControl(weight=pytest.approx(expected[index], abs=1e-12)), (key, index)
 
 
 @pytest.mark.parametrize("weight_type", list(INSTANTSTYLE))
@@ -151,4 +186,9 @@ def test_unknown_type_and_presets_on_other_layouts_are_refused(tiny):
         controls_of(tiny, "style")
     with pytest.raises(IPAdapterError, match="defined for the SD1.5 and SDXL layouts.*this model has 10"):
         layer_controls(tiny.modules[:10], weight_type="style transfer", weight=W, composition_weight=C)
-    assert layer_controls(tiny.modules[:10], weight_type="ease in", weight=W, composition_weight=C)
+    ten = layer_controls(tiny.modules[:10], weight_type="ease in", weight=W, composition_weight=C)
+    by_index = {module.index: [ten[layer.key].weight for layer in module.layers] for module in tiny.modules[:10]}
+    ease_in_of_ten = {0: 1.0, 5: 0.525, 9: 0.145}  # the note's curve with L = 10, by hand
+    for index, factor in ease_in_of_ten.items():
+        assert by_index[index] == pytest.approx([W * factor] * len(by_index[index]), rel=1e-9), index
+    assert len(ten) == sum(len(module.layers) for module in tiny.modules[:10])
