@@ -29,3 +29,8 @@ class TermsPatch:
 
     def __deepcopy__(self, memo):
         return self
+
+
+def is_terms_patch(patch) -> bool:
+    """Ours (any mechanism's), also when the pack was imported twice under two module names (so no isinstance)."""
+    return isinstance(getattr(patch, "terms", None), tuple) and hasattr(patch, "stacked_with")

@@ -138,3 +138,38 @@ def test_apply_refuses_the_advanced_options_on_sd3(sd3_adapter, options, named):
     model = tiny_sd3_model(CONFIG, seed=1)
     with pytest.raises(IPAdapterError, match=f"The SD3.5 IP-Adapter does not take {named}"):
         apply_dit_image_prompt(model, sd3_adapter.adapter, sd3_adapter.weights_patcher, sd3_embeds(), weight=1.0, start_at=0.0, end_at=1.0, **options)
+
+
+def second_import_of_the_pack(name: str):
+    """The pack imported a second time under another package name, as when two folders hold it: its classes are not
+    the classes of `decoupled_ipadapter`."""
+    import importlib
+    import sys
+    import types
+    from pathlib import Path
+
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(Path(__file__).resolve().parents[1])]
+        sys.modules[name] = package
+    importlib.import_module(f"{name}.ipadapter_core.memory")
+    importlib.import_module(f"{name}.ipadapter_core.dit.sd3_apply")
+    return importlib.import_module(f"{name}.ipadapter_core")
+
+
+def test_stacking_keeps_both_prompts_when_the_pack_is_imported_twice(sd3_nodes, sd3_adapter):
+    import folder_paths
+
+    other_import = second_import_of_the_pack("decoupled_ipadapter_second_copy")
+    path = folder_paths.get_full_path("ipadapter", "sd35-ip-adapter.bin")
+    other_adapter = other_import.memory.manage(other_import.adapter.load_adapter(path))
+    model = tiny_sd3_model(CONFIG, seed=1)
+    first = other_import.dit.sd3_apply.apply_sd3_image_prompt(
+        model, other_adapter.adapter, other_adapter.weights_patcher, sd3_embeds(), weight=0.7, start_at=0.0, end_at=1.0
+    )
+    (second,) = run(sd3_nodes["apply"], model=first, ipadapter=sd3_adapter, embeds=sd3_embeds(), weight=0.5, start_at=0.0, end_at=1.0)
+    dit = second.model_options["transformer_options"]["patches_replace"]["dit"]
+    for patch in dit.values():
+        # one patch holding both terms: the earlier patch is not kept as another pack's block, which would never
+        # call our block (its original_block) and so drop the later term
+        assert [term.weight for term in patch.terms] == [0.7, 0.5] and patch.base is None

@@ -7,6 +7,7 @@ from ..adapter import LoadedAdapter
 from ..block_weights import parse_double_block_weights
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
+from ..patch_protocol import is_terms_patch
 from ..schedule import sigma_range
 from ..term import ImagePromptTerm
 from ..weight_types import LayerControl
@@ -119,7 +120,7 @@ def apply_flux_image_prompt(
     for index, block in enumerate(blocks):
         key = ("double_block", index)
         previous = existing.get(key)
-        if isinstance(previous, DoubleBlockPatch):
+        if is_terms_patch(previous):
             new_patch = previous.stacked_with(term)
         elif term.layer_weight(DoubleBlock(index)) == 0:
             continue  # nothing of ours acts in this block: it stays as it was

@@ -6,6 +6,7 @@ import torch
 from ..adapter import LoadedAdapter
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
+from ..patch_protocol import is_terms_patch
 from ..schedule import sigma_range
 from ..unet.passes import add_pass_wrappers
 from .flux_format import FLUX
@@ -60,7 +61,7 @@ def patch_every_joint_block(model, blocks: list[torch.nn.Module], term: Timestep
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for index, block in enumerate(blocks):
         previous = existing.get(("double_block", index))
-        if isinstance(previous, JointBlockPatch):
+        if is_terms_patch(previous):
             new_patch = previous.stacked_with(term)
         else:
             new_patch = JointBlockPatch(index=index, block=block, terms=(term,), base=previous)

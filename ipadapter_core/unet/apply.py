@@ -8,13 +8,14 @@ from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..embeds_scaling import check_embeds_scaling
 from ..errors import IPAdapterError
 from ..masks import mask_batch
+from ..patch_protocol import is_terms_patch
 from ..schedule import sigma_range
 from ..term import ImagePromptTerm
 from ..weight_types import layer_controls
 from .blocks import unet_transformer_modules
 from .layer_map import CrossAttentionLayer, cross_attention_layers, is_unet
 from .passes import add_pass_wrappers
-from .patch import LayerPatch, copy_patches_on_clone, is_layer_patch
+from .patch import LayerPatch, copy_patches_on_clone
 
 EXAMPLE_FILE = {"SD1.5": "ip-adapter_sd15.safetensors", "SDXL": "ip-adapter_sdxl_vit-h.safetensors"}
 
@@ -125,7 +126,7 @@ def apply_image_prompt(
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in layers:
         previous = existing.get(layer.key, existing.get(layer.key[:2]))
-        if is_layer_patch(previous):
+        if is_terms_patch(previous):
             new_patch = previous.stacked_with(term)
         elif term.layer_weight(layer) == 0:
             continue  # nothing of ours acts here: ComfyUI's own attention (or the other pack's patch) stays

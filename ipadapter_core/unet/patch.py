@@ -18,7 +18,7 @@ terms, so another pack's `add()` on a clone changes that clone only.
 import torch
 
 from ..attention import image_prompt_attention, masked_image_prompt_attention, merge_heads, split_heads
-from ..patch_protocol import TermsPatch
+from ..patch_protocol import TermsPatch, is_terms_patch
 from ..term import ImagePromptTerm
 from .layer_map import CrossAttentionLayer
 from .passes import call_sigma, chunk_sides
@@ -104,17 +104,12 @@ class LayerPatch(TermsPatch):
         return LayerPatch(layer=self.layer, terms=self.terms, base=self.base, added=self.added)
 
 
-def is_layer_patch(patch) -> bool:
-    """Ours, also when the pack was imported twice under two module names (so no isinstance)."""
-    return isinstance(getattr(patch, "terms", None), tuple) and hasattr(patch, "stacked_with")
-
-
 def copy_patches_for_clone(original, clone) -> None:
     """ON_CLONE callback: the clone's attn2 patches become its own LayerPatch objects (one copy per object, so a
     patch set under two keys stays one), in new dicts, so a later `add()` on the clone does not reach the original."""
     options = clone.model_options.get("transformer_options", {})
     attn2 = options.get("patches_replace", {}).get("attn2", {})
-    copies = {id(patch): patch.copy() for patch in attn2.values() if is_layer_patch(patch)}
+    copies = {id(patch): patch.copy() for patch in attn2.values() if is_terms_patch(patch)}
     if copies:
         own = {key: copies.get(id(patch), patch) for key, patch in attn2.items()}
         clone.model_options["transformer_options"] = {**options, "patches_replace": {**options["patches_replace"], "attn2": own}}
