@@ -58,7 +58,7 @@ def test_without_a_guider_the_position_decides_as_in_comfyuis_sampling_function(
     assert conds_sides([None, conditioning()], {}) == (COND, UNCOND)
 
 
-@pytest.mark.parametrize("positions", [[0], [1, 0], [2], [2, 1, 0], [0, 1, 2], [3, 0, 1, 5], [7, 7], []])
+@pytest.mark.parametrize("positions", [[0], [1, 0], [2], [2, 1, 0], [0, 1, 2], [3, 0, 1, 5], [7, 7]])
 def test_any_cond_or_uncond_list_gets_sides(positions):
     dual = ModelCall(sides=(UNCOND, UNCOND, COND), sigma=1.0)
     known = chunk_sides({"cond_or_uncond": positions, MODEL_CALL_OPTION: dual})
