@@ -95,15 +95,17 @@ class ImagePromptTerm:
             self._tokens[(embeds, device, dtype)] = tokens.reshape(2, images * tokens.shape[1], tokens.shape[2])  # [2, N·T, C]
         return self._tokens[(embeds, device, dtype)]
 
-    def masks(self, queries: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """The attention mask at a layer with `queries` queries: `[M, queries, 1]`, one row per mask."""
-        if (queries, device, dtype) not in self._masks:
-            small = downsample_mask(self.mask, queries=queries)  # [M, queries]
-            self._masks[(queries, device, dtype)] = small.to(device=device, dtype=dtype).unsqueeze(-1)  # [M, queries, 1]
-        return self._masks[(queries, device, dtype)]
+    def masks(self, queries: int, device: torch.device, dtype: torch.dtype, *, latent_size: tuple[int, int] | None) -> torch.Tensor:
+        """The attention mask at a layer with `queries` queries on a latent of `latent_size` (height, width; None:
+        unknown): `[M, queries, 1]`, one row per mask."""
+        key = (queries, latent_size, device, dtype)
+        if key not in self._masks:
+            small = downsample_mask(self.mask, queries=queries, latent_size=latent_size)  # [M, queries]
+            self._masks[key] = small.to(device=device, dtype=dtype).unsqueeze(-1)  # [M, queries, 1]
+        return self._masks[key]
 
     def keep_cached_only_on(self, device: torch.device) -> None:
         """Drop the tokens, K'/V' and masks held on other devices (the model moved): memory is freed where it left."""
         self._tokens = {key: value for key, value in self._tokens.items() if key[1] == device}
         self._keys_values = {key: value for key, value in self._keys_values.items() if key[0] == device}
-        self._masks = {key: value for key, value in self._masks.items() if key[1] == device}
+        self._masks = {key: value for key, value in self._masks.items() if key[2] == device}

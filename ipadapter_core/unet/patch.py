@@ -76,6 +76,8 @@ class LayerPatch(TermsPatch):
         """Σ_terms Attn(Q, K', λ·V') (· mask), each term its own attention call (its own softmax), Q split into heads
         once for all of them. q: `[B, Nq, H·D]`."""
         sides = chunk_sides(extra_options)
+        latent_shape = extra_options.get("original_shape")  # [B, C, H, W] of the latent, as ComfyUI's UNet gives it
+        latent_size = tuple(latent_shape[-2:]) if latent_shape is not None else None
         q_heads = split_heads(q, extra_options["n_heads"]).contiguous()  # [B, H, Nq, D]
 
         def attention(q, k, v):
@@ -87,7 +89,7 @@ class LayerPatch(TermsPatch):
             if term.mask is None:
                 term_out = image_prompt_attention(q_heads, keys, values, sides, attention)  # [B, H, Nq, D], new
             else:
-                masks = term.masks(q.shape[1], q.device, q.dtype)  # [M, Nq, 1]
+                masks = term.masks(q.shape[1], q.device, q.dtype, latent_size=latent_size)  # [M, Nq, 1]
                 term_out = masked_image_prompt_attention(q_heads, keys, values, sides, attention, masks=masks)
             total = term_out if total is None else total.add_(term_out)
         return merge_heads(total)  # [B, Nq, H·D]
