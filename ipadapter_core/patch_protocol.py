@@ -31,6 +31,12 @@ class TermsPatch:
         return self
 
 
+def is_same_device(cached_on: torch.device, device: torch.device) -> bool:
+    """Whether caches on `cached_on` (a tensor's device, which names its index: `mps:0`) are on `device`, which
+    ComfyUI may name without one (`mps`, `cuda`: the current device of that type)."""
+    return cached_on.type == device.type and (device.index is None or cached_on.index in (None, device.index))
+
+
 def is_terms_patch(patch) -> bool:
     """Ours (any mechanism's), also when the pack was imported twice under two module names (so no isinstance)."""
     return isinstance(getattr(patch, "terms", None), tuple) and hasattr(patch, "stacked_with")

@@ -18,6 +18,7 @@ from .attention import COND
 from .embeds import ImagePromptEmbeds
 from .embeds_scaling import scale_image_kv
 from .masks import downsample_mask
+from .patch_protocol import is_same_device
 from .schedule import SigmaRange
 from .weight_types import LayerControl
 
@@ -106,6 +107,6 @@ class ImagePromptTerm:
 
     def keep_cached_only_on(self, device: torch.device) -> None:
         """Drop the tokens, K'/V' and masks held on other devices (the model moved): memory is freed where it left."""
-        self._tokens = {key: value for key, value in self._tokens.items() if key[1] == device}
-        self._keys_values = {key: value for key, value in self._keys_values.items() if key[0] == device}
-        self._masks = {key: value for key, value in self._masks.items() if key[2] == device}
+        self._tokens = {key: value for key, value in self._tokens.items() if is_same_device(key[1], device)}
+        self._keys_values = {key: value for key, value in self._keys_values.items() if is_same_device(key[0], device)}
+        self._masks = {key: value for key, value in self._masks.items() if is_same_device(key[2], device)}

@@ -26,7 +26,7 @@ def flux_nodes(comfy_host, tmp_path_factory):
     weights = xlabs_adapter_state_dict(hidden_size=CONFIG["hidden_size"], double_blocks=CONFIG["depth"], seed=3)
     save_file(weights, str(root / "flux-ip-adapter.safetensors"))
     folder_paths.add_model_folder_path("ipadapter", str(root))
-    yield {"load": loader.LoadIPAdapter, "encode": encode.EncodeImage, "apply": apply.ApplyIPAdapter}
+    yield {"load": loader.LoadIPAdapter, "encode": encode.EncodeImage, "apply": apply.ApplyIPAdapter, "advanced": apply.ApplyIPAdapterAdvanced}
     folder_paths.folder_names_and_paths["ipadapter"][0].remove(str(root))
 
 
@@ -85,3 +85,12 @@ def test_apply_refuses_a_unet_adapter_on_a_flux_model_and_the_reverse(flux_nodes
     flux_embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
     with pytest.raises(IPAdapterError, match="Apply IPAdapter: .*Flux IP-Adapter but it was applied to a model that is not Flux"):
         run(flux_nodes["apply"], model=unet, ipadapter=flux_adapter, embeds=flux_embeds, weight=1.0, start_at=0.0, end_at=1.0)
+
+
+def test_apply_refuses_a_composition_weight_on_flux(flux_nodes, flux_adapter):
+    embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
+    with pytest.raises(IPAdapterError, match="The Flux IP-Adapter does not take composition_weight 0.5"):
+        run(
+            flux_nodes["advanced"], model=tiny_flux_model(CONFIG, seed=1), ipadapter=flux_adapter, embeds=embeds, weight=1.0,
+            start_at=0.0, end_at=1.0, weight_type="linear", embeds_scaling="V only", block_weights="", composition_weight=0.5,
+        )  # fmt: skip

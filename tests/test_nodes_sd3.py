@@ -130,7 +130,11 @@ def test_apply_refuses_a_unet_adapter_on_an_sd3_model(sd3_nodes, tmp_path):
 
 @pytest.mark.parametrize(
     ("options", "named"),
-    [({"weight_type": "style transfer"}, "weight_type 'style transfer'"), ({"block_weights": "0:1.0"}, 'block_weights "0:1.0"')],
+    [
+        ({"weight_type": "style transfer"}, "weight_type 'style transfer'"),
+        ({"block_weights": "0:1.0"}, 'block_weights "0:1.0"'),
+        ({"composition_weight": 0.5}, "composition_weight 0.5"),
+    ],
 )
 def test_apply_refuses_the_advanced_options_on_sd3(sd3_adapter, options, named):
     from decoupled_ipadapter.ipadapter_core.dit.apply import apply_dit_image_prompt
@@ -138,6 +142,12 @@ def test_apply_refuses_the_advanced_options_on_sd3(sd3_adapter, options, named):
     model = tiny_sd3_model(CONFIG, seed=1)
     with pytest.raises(IPAdapterError, match=f"The SD3.5 IP-Adapter does not take {named}"):
         apply_dit_image_prompt(model, sd3_adapter.adapter, sd3_adapter.weights_patcher, sd3_embeds(), weight=1.0, start_at=0.0, end_at=1.0, **options)
+
+
+def test_apply_at_weight_zero_patches_no_joint_block(sd3_nodes, sd3_adapter):
+    model = tiny_sd3_model(CONFIG, seed=1)
+    (patched,) = run(sd3_nodes["apply"], model=model, ipadapter=sd3_adapter, embeds=sd3_embeds(), weight=0.0, start_at=0.0, end_at=1.0)
+    assert not patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit")
 
 
 def second_import_of_the_pack(name: str):

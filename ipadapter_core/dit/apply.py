@@ -92,14 +92,14 @@ def apply_flux_image_prompt(
     """Return a clone of the ModelPatcher `model` whose double blocks also attend to the image prompt.
 
     λ is `weight`, or per double block `block_weights` ("i:v": weight × v, blocks not named get 0 and no patch);
-    `composition_weight` has no use here. Several calls stack: every double block keeps one patch holding all
+    the other advanced options are refused. Several calls stack: every double block keeps one patch holding all
     terms. A `dit` replace patch set on a block by another pack is kept and runs in place of the original block,
     inside ours.
     """
     refuse_unet_options(
         "Flux", weight_type=weight_type, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-        composition_embeds=composition_embeds, block_weights=None,
-        takes='weight_type linear, embeds_scaling "V only", no mask and no composition embeds; per-block weights go in '
+        composition_embeds=composition_embeds, composition_weight=composition_weight, block_weights=None,
+        takes='weight_type linear, embeds_scaling "V only", no mask, no composition embeds and composition_weight 1; per-block weights go in '
         'block_weights as double-block indexes with weights, such as "0:1.0, 5:0.5"',
     )  # fmt: skip
     blocks = flux_double_blocks(model.get_model_object("diffusion_model"))

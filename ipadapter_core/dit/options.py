@@ -4,7 +4,15 @@ from ..errors import IPAdapterError
 
 
 def refuse_unet_options(
-    family: str, *, weight_type: str, embeds_scaling: str, attn_mask, composition_embeds, block_weights: str | None, takes: str
+    family: str,
+    *,
+    weight_type: str,
+    embeds_scaling: str,
+    attn_mask,
+    composition_embeds,
+    composition_weight: float,
+    block_weights: str | None,
+    takes: str,
 ) -> None:
     """Raise an IPAdapterError naming every option set to something `family` does not take, and what it does take
     (`takes`). `block_weights` is None where the family takes it."""
@@ -14,6 +22,7 @@ def refuse_unet_options(
         f'block_weights "{block_weights}"' * bool(block_weights is not None and block_weights.strip()),
         "attn_mask" * (attn_mask is not None),
         "composition_embeds" * (composition_embeds is not None),
+        f"composition_weight {composition_weight:g}" * (composition_weight != 1.0),
     ]
     refused = [item for item in refused if item]
     if refused:

@@ -56,13 +56,16 @@ def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) 
 
 def patch_every_joint_block(model, blocks: list[torch.nn.Module], term: TimestepImagePromptTerm):
     """A clone of `model` whose `("double_block", i)` dit replace patch holds `term`: added to our patch already
-    there (stacked Apply nodes), or wrapping another pack's patch (`base`)."""
+    there (stacked Apply nodes), or wrapping another pack's patch (`base`); at λ = 0 a block without our patch
+    gets none."""
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for index, block in enumerate(blocks):
         previous = existing.get(("double_block", index))
         if is_terms_patch(previous):
             new_patch = previous.stacked_with(term)
+        elif term.weight == 0:
+            continue  # nothing of ours acts in this block: it stays as it was
         else:
             new_patch = JointBlockPatch(index=index, block=block, terms=(term,), base=previous)
         patched.set_model_patch_replace(new_patch, "dit", "double_block", index)
@@ -86,15 +89,15 @@ def apply_sd3_image_prompt(
     composition_weight: float = 1.0,
 ):
     """Return a clone of the ModelPatcher `model` whose joint blocks also attend to the image prompt (λ = weight;
-    the advanced options are refused, `composition_weight` has no use here).
+    the advanced options are refused). At λ = 0 no block is patched.
 
     Several calls stack: every joint block keeps one patch holding all terms. A `dit` replace patch set on a block
     by another pack is kept, with our image-prompt block as its original block.
     """
     refuse_unet_options(
         "SD3.5", weight_type=weight_type, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-        composition_embeds=composition_embeds, block_weights=block_weights,
-        takes='weight_type linear, embeds_scaling "V only", empty block_weights, no mask and no composition embeds',
+        composition_embeds=composition_embeds, composition_weight=composition_weight, block_weights=block_weights,
+        takes='weight_type linear, embeds_scaling "V only", empty block_weights, no mask, no composition embeds and composition_weight 1',
     )  # fmt: skip
     blocks = mmdit_joint_blocks(model.get_model_object("diffusion_model"))
     check_sd3_fit(adapter, blocks)

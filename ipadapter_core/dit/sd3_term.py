@@ -12,6 +12,7 @@ import torch
 from ..adapter import LoadedAdapter
 from ..embeds import ImagePromptEmbeds
 from ..errors import IPAdapterError
+from ..patch_protocol import is_same_device
 from ..schedule import SigmaRange
 
 
@@ -86,4 +87,4 @@ class TimestepImagePromptTerm:
 
     def keep_cached_only_on(self, device: torch.device) -> None:
         """Drop the tokens and K'/V' held on other devices (the model moved): memory is freed where it left."""
-        self._steps = {key: value for key, value in self._steps.items() if key[0] == device}
+        self._steps = {key: value for key, value in self._steps.items() if is_same_device(key[0], device)}

@@ -62,7 +62,7 @@ class LayerPatch(TermsPatch):
         self.added = list(added)  # (callback, kwargs) that other packs put here with add()
 
     def __call__(self, q, k, v, extra_options):
-        out = (self.base or host_attention)(q, k, v, extra_options)
+        out = (host_attention if self.base is None else self.base)(q, k, v, extra_options)
         sigma = call_sigma(extra_options)
         active = [term for term in self.terms if term.acts_at(self.layer, sigma)]
         if active:
