@@ -336,3 +336,47 @@ def test_unet_only_options_are_refused_on_flux_with_what_it_takes(flux, tmp_path
     with pytest.raises(IPAdapterError, match=named) as refused:
         apply_flux_image_prompt(model, adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0, **options)
     assert "double-block" in str(refused.value)
+
+
+def sample_steps(model, *, steps: int) -> torch.Tensor:
+    """KSampler's path (comfy.sample.sample, euler/simple, cfg 2) on the tiny Flux."""
+    import comfy.sample
+
+    generator, x, text, pooled = inputs(20)
+    positive = [[text[:1], {"pooled_output": pooled[:1], "guidance": 3.5}]]
+    negative = [[text[1:], {"pooled_output": pooled[1:], "guidance": 3.5}]]
+    noise = x[:1]
+    return comfy.sample.sample(
+        model, noise, steps, 2.0, "euler", "simple", positive, negative, torch.zeros_like(noise), seed=0, disable_pbar=True
+    )
+
+
+def test_under_torch_compile_the_patched_flux_is_one_graph_compiled_once_for_every_step(flux, tmp_path, monkeypatch):
+    """TorchCompileModel's wrapper (`set_torch_compile_wrapper`) around the patched Flux, with fullgraph (any graph
+    break, such as registering a hook inside the call, is an error) and backend "eager" (dynamo's graphs and guards
+    are what the backend is given, so the backend does not change them; inductor would compile for minutes on the
+    CPU): the compiled graphs of a 4-step run are those of a 2-step run (dynamo's counters), no recompile per step.
+    ComfyUI's CPU attention reads the free memory from a file (a graph break of its own): PyTorch's attention here."""
+    import comfy.ldm.flux.math
+    import comfy.ldm.modules.attention as comfy_attention
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(comfy_attention, "optimized_attention", comfy_attention.attention_pytorch)
+    monkeypatch.setattr(comfy.ldm.flux.math, "optimized_attention", comfy_attention.attention_pytorch)
+    model, _ = flux
+    adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=19) / "ip_adapter.safetensors"))
+    embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
+    graphs = []
+    for steps in (2, 4):
+        patched = apply_flux_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        set_torch_compile_wrapper(patched, backend="eager", fullgraph=True)
+        torch._dynamo.reset()
+        counters.clear()
+        try:
+            sample_steps(patched, steps=steps)
+            graphs.append(counters["stats"]["unique_graphs"])
+        finally:
+            torch._dynamo.reset()
+    assert graphs[0] > 0, "the model must have been compiled"
+    assert graphs[0] == graphs[1], f"compiled graphs: {graphs[0]} for 2 steps, {graphs[1]} for 4"

@@ -8,10 +8,12 @@ What diffusers' `FluxIPAdapterAttnProcessor` computes in double block i, image s
 
 ComfyUI calls `patches_replace["dit"][("double_block", i)](args, {"original_block": …})` on every host. The query is
 the one the block itself computes: a forward hook on the block's QK-norm (`img_attn.norm`, whose first output is the
-normalised image query on both hosts) keeps it while the block runs, so the image stream's qkv projection is not
-computed a second time. Where the norm does not run exactly once in the call (another pack's patch, set on the block
-and kept in place of the original block, may compute the block its own way), the query is rebuilt from a copy of
-the block's input with the block's own modules (the block adds to `img` in place).
+normalised image query on both hosts) keeps it while our patch runs the block, so the image stream's qkv projection
+is not computed a second time and the block's input is not copied. The hook is put on the norm once, when the first
+patch for that block is made, and stays there (it keeps nothing outside our calls): no hook is registered or
+removed per call, which would break a TorchCompileModel graph at every call. Where another pack's patch on the block
+runs in place of the original block (it may run the block twice, or compute it its own way), the query is computed
+from the block's input before that patch runs, with the block's own modules (the block adds to `img` in place).
 
 `to`, `models` and `__deepcopy__` are ComfyUI's patch protocol (patch_protocol.py).
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import rows_for_batch, split_heads
+from ..errors import IPAdapterError
 from ..patch_protocol import TermsPatch
 from ..term import ImagePromptTerm
 from ..unet.passes import call_sigma, chunk_sides
@@ -53,6 +56,30 @@ def flux_image_query(block: torch.nn.Module, img: torch.Tensor, vec) -> torch.Te
     return q
 
 
+class QueryKeeper:
+    """The forward hook on a double block's QK-norm: while `queries` is a list, each call's query is appended."""
+
+    def __init__(self):
+        self.queries: list | None = None
+
+    def __call__(self, module, inputs, output):
+        if self.queries is not None:
+            self.queries.append(output[0])  # [B, H, L, D]
+
+
+QUERY_KEEPER = "decoupled_ipadapter_query_keeper"  # the norm module's attribute holding its QueryKeeper
+
+
+def query_keeper(norm: torch.nn.Module) -> QueryKeeper:
+    """The QueryKeeper hooked on `norm`, hooked there on the first request (one hook per module, ever)."""
+    keeper = getattr(norm, QUERY_KEEPER, None)
+    if keeper is None:
+        keeper = QueryKeeper()
+        norm.register_forward_hook(keeper)
+        setattr(norm, QUERY_KEEPER, keeper)
+    return keeper
+
+
 def ip_attention(query: torch.Tensor, image_keys: torch.Tensor, image_values: torch.Tensor, transformer_options) -> torch.Tensor:
     """`Attn(query, K', V')` with ComfyUI's optimized attention. query `[B, H, L, D]`, K'/V' `[B, T, H·D]` -> `[B, L, H·D]`."""
     from comfy.ldm.modules.attention import optimized_attention
@@ -69,22 +96,29 @@ class DoubleBlockPatch(TermsPatch):
         self.block = block  # the model's own DoubleStreamBlock i (shared, never copied)
         self.terms = terms
         self.base = base  # another pack's replace patch on this block, or None for the original block
+        query_keeper(block.img_attn.norm)  # hooked now, outside any sampling (and compiled) call
 
     def run_block(self, args, extra):
         return self.base(args, extra) if self.base is not None else extra["original_block"](args)
 
     def run_block_keeping_query(self, args, extra):
-        """The block's output and the image query its QK-norm computed (`[B, H, L, D]`)."""
-        block_input = args["img"].clone()  # [B, L, C]: the block adds to args["img"] in place
-        queries = []
-        handle = self.block.img_attn.norm.register_forward_hook(lambda module, inputs, output: queries.append(output[0]))
+        """The block's output and its image query after the QK-norm (`[B, H, L, D]`)."""
+        if self.base is not None:
+            query = flux_image_query(self.block, args["img"], args["vec"])  # before the block changes args["img"]
+            return self.run_block(args, extra), query
+        keeper = query_keeper(self.block.img_attn.norm)
+        keeper.queries = []
         try:
-            out = self.run_block(args, extra)
+            out = extra["original_block"](args)
         finally:
-            handle.remove()
-        if len(queries) == 1:
-            return out, queries[0]
-        return out, flux_image_query(self.block, block_input, args["vec"])
+            queries, keeper.queries = keeper.queries, None
+        if len(queries) != 1:
+            raise IPAdapterError(
+                f"Apply IPAdapter: Flux double block {self.index} ran its QK-norm {len(queries)} times in one call "
+                "(once is ComfyUI's block). A patch on the block's modules changed how it runs; remove it or apply "
+                "the IP-Adapter without it."
+            )
+        return out, queries[0]
 
     def __call__(self, args, extra):
         options = args.get("transformer_options") or {}
