@@ -1,7 +1,7 @@
 """When an image prompt is active: `start_at`/`end_at` as fractions of the denoising, turned into sigmas the way
 ComfyUI's ControlNet does (`model_sampling.percent_to_sigma`; active while sigma_end <= sigma <= sigma_start).
 
-The decision is taken on a Python float, once per model call (see `unet/passes.py`), so a step outside the range
+The decision is taken on a Python float, once per model call (see `guider_sides.py`), so a step outside the range
 costs no work and no device sync in the attention layers.
 """
 

@@ -15,12 +15,12 @@ import torch
 
 from .adapter import LoadedAdapter
 from .attention import COND
+from .controls import LayerControl
 from .embeds import ImagePromptEmbeds
 from .embeds_scaling import scale_image_kv
 from .masks import downsample_mask
 from .patch_protocol import is_same_device
 from .schedule import SigmaRange
-from .weight_types import LayerControl
 
 UNPATCHED = LayerControl(weight=0.0)
 

@@ -5,13 +5,13 @@ import torch
 
 from ..adapter import LoadedAdapter
 from ..block_weights import parse_double_block_weights
+from ..controls import LayerControl
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
+from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import is_terms_patch
 from ..schedule import sigma_range
 from ..term import ImagePromptTerm
-from ..weight_types import LayerControl
-from ..unet.passes import add_pass_wrappers
 from .flux_format import FluxAdapterSpec
 from .options import refuse_unet_options
 from .patch import DoubleBlock, DoubleBlockPatch

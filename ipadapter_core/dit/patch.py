@@ -26,7 +26,7 @@ from ..attention import rows_for_batch, split_heads
 from ..errors import IPAdapterError
 from ..patch_protocol import TermsPatch
 from ..term import ImagePromptTerm
-from ..unet.passes import call_sigma, chunk_sides
+from ..guider_sides import call_sigma, chunk_sides
 
 
 @dataclass(frozen=True)

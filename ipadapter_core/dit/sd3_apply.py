@@ -6,9 +6,9 @@ import torch
 from ..adapter import LoadedAdapter
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
+from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import is_terms_patch
 from ..schedule import sigma_range
-from ..unet.passes import add_pass_wrappers
 from .flux_format import FLUX
 from .options import refuse_unet_options
 from .sd3_format import SD3_FILE, SD3AdapterSpec

@@ -21,7 +21,7 @@ import torch
 
 from ..attention import rows_for_batch
 from ..patch_protocol import TermsPatch
-from ..unet.passes import call_sigma, chunk_sides
+from ..guider_sides import call_sigma, chunk_sides
 from .sd3_term import TimestepImagePromptTerm
 
 

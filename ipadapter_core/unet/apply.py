@@ -7,6 +7,7 @@ from ..detection import BASE_OF_LAYER_COUNT
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..embeds_scaling import check_embeds_scaling
 from ..errors import IPAdapterError
+from ..guider_sides import add_pass_wrappers
 from ..masks import mask_batch
 from ..patch_protocol import is_terms_patch
 from ..schedule import sigma_range
@@ -14,7 +15,6 @@ from ..term import ImagePromptTerm
 from ..weight_types import layer_controls
 from .blocks import unet_transformer_modules
 from .layer_map import CrossAttentionLayer, cross_attention_layers, is_unet
-from .passes import add_pass_wrappers
 from .patch import LayerPatch, copy_patches_on_clone
 
 EXAMPLE_FILE = {"SD1.5": "ip-adapter_sd15.safetensors", "SDXL": "ip-adapter_sdxl_vit-h.safetensors"}

@@ -6,7 +6,7 @@ the text attention instead of ComfyUI's optimized_attention), and the callbacks 
 through the `add(callback, **kwargs)` protocol of cubiq's IPAdapter, InstantID and PuLID packs.
 
 Per call: the text attention, then each term that acts at this layer and step (its λ here ≠ 0, sigma in range: a
-Python decision, see passes.py) adds `Attn(Q, K', λ·V')` (times its mask, if it has one) with the tokens of each
+Python decision, see guider_sides.py) adds `Attn(Q, K', λ·V')` (times its mask, if it has one) with the tokens of each
 chunk's side, then the added callbacks.
 
 `__call__(q, k, v, extra_options)` returns the attention output before `to_out`; `to`, `models` and `__deepcopy__`
@@ -18,10 +18,10 @@ terms, so another pack's `add()` on a clone changes that clone only.
 import torch
 
 from ..attention import image_prompt_attention, masked_image_prompt_attention, merge_heads, split_heads
+from ..guider_sides import call_sigma, chunk_sides
 from ..patch_protocol import TermsPatch, is_terms_patch
 from ..term import ImagePromptTerm
 from .layer_map import CrossAttentionLayer
-from .passes import call_sigma, chunk_sides
 
 CLONE_CALLBACK_KEY = "decoupled_ipadapter"
 

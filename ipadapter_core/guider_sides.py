@@ -24,8 +24,8 @@ Both travel in `transformer_options`, where every attention patch of the call fi
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..attention import COND, UNCOND
-from ..errors import IPAdapterError
+from .attention import COND, UNCOND
+from .errors import IPAdapterError
 
 WRAPPER_KEY = "decoupled_ipadapter"
 GUIDER_CONDS_OPTION = "decoupled_ipadapter_guider_conds"
