@@ -8,8 +8,8 @@ import torch
 from ..models.adapter import IPAdapterModel
 from ..models.image_projection import LinearProjection, MLPProjection, Resampler
 from .detection import RESAMPLER_DIM_HEAD, AdapterSpec, detect_spec
-from .dit.flux_format import FluxAdapterSpec, build_flux_adapter_model, detect_flux_spec, is_flux_adapter_file
-from .dit.sd3_format import SD3AdapterSpec, build_sd3_adapter_model, detect_sd3_spec, is_sd3_adapter_file
+from .flux.format import FluxAdapterSpec, build_flux_adapter_model, detect_flux_spec, is_flux_adapter_file
+from .mmdit.format import SD3AdapterSpec, build_sd3_adapter_model, detect_sd3_spec, is_sd3_adapter_file
 from .formats import IPADAPTER_FILE, adapter_parts, assign_weights, read_weights_file
 
 RESAMPLER_FF_MULT = 4

@@ -1,4 +1,4 @@
-"""What ComfyUI asks of the patch objects that hold image-prompt terms, for both patch mechanisms (unet/, dit/).
+"""What ComfyUI asks of the patch objects that hold image-prompt terms, in every mechanism (unet/, flux/, mmdit/).
 
 - `to(device)` when the model is loaded or offloaded: each term drops its caches on other devices, and another
   pack's patch kept inside ours (`base`) is moved too.

@@ -222,7 +222,7 @@ def acting_fraction(model, steps: int) -> float:
 
 def sd15_cases(parts, device, repeats: int, directory: Path) -> dict:
     """The stacking, end_at and cache sections, in the same interleaved rounds."""
-    from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
+    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 
     model = unet("SD1.5", device, torch.float32)
     managed = official_adapter("ip-adapter_sd15", directory)[0]
@@ -291,7 +291,7 @@ def sdxl_layer_tokens(diffusion_model) -> dict:
 def style_costs(device, directory: Path) -> dict:
     """The image prompt's cost in one SDXL UNet evaluation (cfg batch 2), summed over the 70 layers: every patch the
     real apply function set, timed against ComfyUI's plain attention; layers without a patch add 0."""
-    from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
+    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
     from decoupled_ipadapter.ipadapter_core.unet.patch import host_attention
 
     model = unet("SDXL", device, torch.float32, weights=False)
@@ -345,7 +345,7 @@ def flux_case(label: str, config: dict, repeats: int, directory: Path) -> dict:
     from tiny_flux import FLUX_POOLED_WIDTH, FLUX_TEXT_WIDTH, tiny_flux_model, xlabs_adapter_state_dict
 
     from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
-    from decoupled_ipadapter.ipadapter_core.dit.apply import apply_flux_image_prompt
+    from decoupled_ipadapter.ipadapter_core.flux.apply import apply_flux_image_prompt
     from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
     from decoupled_ipadapter.ipadapter_core.memory import manage
 
@@ -383,7 +383,7 @@ def sd3_case(label: str, config: dict, resampler: dict, repeats: int, directory:
 
     from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
     from decoupled_ipadapter.ipadapter_core.detection import PENULTIMATE
-    from decoupled_ipadapter.ipadapter_core.dit.sd3_apply import apply_sd3_image_prompt
+    from decoupled_ipadapter.ipadapter_core.mmdit.apply import apply_sd3_image_prompt
     from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
     from decoupled_ipadapter.ipadapter_core.memory import manage
 

@@ -61,7 +61,7 @@ def test_encode_refuses_another_encoder_naming_the_vit_l_file(flux_nodes, flux_a
 
 
 def test_apply_patches_every_double_block_of_a_flux_model(flux_nodes, flux_adapter):
-    from decoupled_ipadapter.ipadapter_core.dit.patch import DoubleBlockPatch
+    from decoupled_ipadapter.ipadapter_core.flux.patch import DoubleBlockPatch
 
     model = tiny_flux_model(CONFIG, seed=1)
     embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")

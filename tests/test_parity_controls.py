@@ -35,7 +35,7 @@ from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 from decoupled_ipadapter.ipadapter_core.memory import manage
-from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 from decoupled_ipadapter.ipadapter_core.unet.blocks import unet_transformer_modules
 from decoupled_ipadapter.ipadapter_core.unet.layer_map import cross_attention_layers
 

@@ -24,7 +24,7 @@ from tiny_flux import (
 from tiny_models import tiny_comfy_model
 
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
-from decoupled_ipadapter.ipadapter_core.dit.apply import apply_flux_image_prompt
+from decoupled_ipadapter.ipadapter_core.flux.apply import apply_flux_image_prompt
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 from decoupled_ipadapter.ipadapter_core.memory import manage

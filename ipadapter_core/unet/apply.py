@@ -70,7 +70,7 @@ def check_mask_fits(mask: torch.Tensor, embeds: ImagePromptEmbeds, composition_e
     )
 
 
-def apply_image_prompt(
+def apply_unet_image_prompt(
     model,
     adapter: LoadedAdapter,
     weights_patcher,

@@ -9,11 +9,10 @@ from ..errors import IPAdapterError
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import is_terms_patch
 from ..schedule import sigma_range
-from .flux_format import FLUX
-from .options import refuse_unet_options
-from .sd3_format import SD3_FILE, SD3AdapterSpec
-from .sd3_patch import JointBlockPatch
-from .sd3_term import TimestepImagePromptTerm
+from ..refused_options import refuse_unet_options
+from .format import SD3_FILE, SD3AdapterSpec
+from .patch import JointBlockPatch
+from .term import TimestepImagePromptTerm
 
 
 def mmdit_joint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module] | None:
@@ -29,7 +28,7 @@ def mmdit_joint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
 def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
     spec = adapter.spec
     if not isinstance(spec, SD3AdapterSpec):
-        article = "a" if spec.base == FLUX else "an"  # a Flux, an SD1.5, an SDXL
+        article = "an" if spec.base.startswith("SD") else "a"  # an SD1.5, an SDXL (read letter by letter), a Flux
         raise IPAdapterError(
             f"'{adapter.source}' is {article} {spec.base} IP-Adapter but it was applied to an SD3 model. Load an SD3.5 "
             f"IP-Adapter ({SD3_FILE}), or apply this one to {article} {spec.base} checkpoint."

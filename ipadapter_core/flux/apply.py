@@ -1,5 +1,4 @@
-"""Putting an image prompt on a ComfyUI DiT model (Flux here, SD3 in sd3_apply): check that adapter, model and
-embeds fit, then patch a clone."""
+"""Putting an image prompt on a ComfyUI Flux model: check that adapter, model and embeds fit, then patch a clone."""
 
 import torch
 
@@ -12,11 +11,9 @@ from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import is_terms_patch
 from ..schedule import sigma_range
 from ..term import ImagePromptTerm
-from .flux_format import FluxAdapterSpec
-from .options import refuse_unet_options
+from ..refused_options import refuse_unet_options
+from .format import FluxAdapterSpec
 from .patch import DoubleBlock, DoubleBlockPatch
-from .sd3_apply import apply_sd3_image_prompt, mmdit_joint_blocks
-from .sd3_format import SD3AdapterSpec
 
 FLUX_FILE = "ip_adapter.safetensors of XLabs-AI/flux-ip-adapter (or flux-ip-adapter-v2)"
 
@@ -29,27 +26,6 @@ def flux_double_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
     if blocks is None or not all(isinstance(block, DoubleStreamBlock) for block in blocks):
         return None
     return list(blocks)
-
-
-def is_dit_application(model, adapter: LoadedAdapter) -> bool:
-    """Whether Apply takes the DiT path: a Flux or SD3.5 adapter file, or a Flux or SD3 model (then a UNet file is
-    refused there)."""
-    return (
-        isinstance(adapter.spec, FluxAdapterSpec)
-        or flux_double_blocks(model.get_model_object("diffusion_model")) is not None
-        or is_sd3_application(model, adapter)
-    )
-
-
-def is_sd3_application(model, adapter: LoadedAdapter) -> bool:
-    """An SD3.5 adapter file, or an SD3 (MMDiT) model: the SD3 path, which refuses what does not fit."""
-    return isinstance(adapter.spec, SD3AdapterSpec) or mmdit_joint_blocks(model.get_model_object("diffusion_model")) is not None
-
-
-def apply_dit_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, **options):
-    """The SD3 path for an SD3.5 adapter or an SD3 model, the Flux path otherwise (see is_dit_application)."""
-    apply = apply_sd3_image_prompt if is_sd3_application(model, adapter) else apply_flux_image_prompt
-    return apply(model, adapter, weights_patcher, embeds, **options)
 
 
 def check_flux_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:

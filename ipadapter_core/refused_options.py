@@ -1,6 +1,6 @@
-"""The Apply IPAdapter (advanced) options a DiT family's reference has no counterpart for: refused, not ignored."""
+"""The Apply IPAdapter (advanced) options a Flux or SD3.5 reference has no counterpart for: refused, not ignored."""
 
-from ..errors import IPAdapterError
+from .errors import IPAdapterError
 
 
 def refuse_unet_options(
