@@ -7,6 +7,7 @@ prompt (each mechanism refuses what does not fit it, naming the family and what 
 """
 
 from .adapter import LoadedAdapter
+from .controls import ApplyOptions
 from .embeds import ImagePromptEmbeds
 from .flux.apply import apply_flux_image_prompt, flux_double_blocks
 from .flux.format import FluxAdapterSpec
@@ -27,5 +28,5 @@ def mechanism_apply(model, adapter: LoadedAdapter):
 
 def apply_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, **options):
     """A clone of the ModelPatcher `model` that also attends to the image prompt, through its family's mechanism;
-    `options` are Apply IPAdapter (advanced)'s (weight, start_at, end_at, weight_type, …)."""
-    return mechanism_apply(model, adapter)(model, adapter, weights_patcher, embeds, **options)
+    `options` are the fields of `ApplyOptions` (Apply IPAdapter (advanced)'s inputs)."""
+    return mechanism_apply(model, adapter)(model, adapter, weights_patcher, embeds, ApplyOptions(**options))

@@ -1,6 +1,26 @@
-"""What an image-prompt term does at one layer or block of any mechanism: the controls' data type."""
+"""The controls' data types, shared by every mechanism: what Apply asks for (`ApplyOptions`) and what an image-prompt
+term does at one layer or block (`LayerControl`)."""
 
 from dataclasses import dataclass
+
+import torch
+
+from .embeds import ImagePromptEmbeds
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """The inputs of Apply IPAdapter (advanced); Apply IPAdapter leaves the advanced ones at their defaults."""
+
+    weight: float  # λ
+    start_at: float  # the fraction of the denoising where the prompt starts acting
+    end_at: float  # … and where it stops
+    weight_type: str = "linear"
+    embeds_scaling: str = "V only"
+    block_weights: str = ""
+    attn_mask: torch.Tensor | None = None  # a ComfyUI MASK
+    composition_embeds: ImagePromptEmbeds | None = None
+    composition_weight: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,11 @@ class SigmaRange:
         return self.always or sigma is None or self.end <= sigma <= self.start
 
 
+def model_sigma_range(model, *, start_at: float, end_at: float) -> SigmaRange:
+    """`sigma_range` with the sigmas of the ModelPatcher `model`'s sampling."""
+    return sigma_range(model.get_model_object("model_sampling").percent_to_sigma, start_at=start_at, end_at=end_at)
+
+
 def sigma_range(percent_to_sigma, *, start_at: float, end_at: float) -> SigmaRange:
     """The range of `start_at`..`end_at` (fractions of the denoising, 0 <= start_at <= end_at <= 1) in sigmas."""
     if not 0.0 <= start_at <= end_at <= 1.0:

@@ -24,7 +24,7 @@ from tiny_flux import (
 from tiny_models import tiny_comfy_model
 
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
-from decoupled_ipadapter.ipadapter_core.flux.apply import apply_flux_image_prompt
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 from decoupled_ipadapter.ipadapter_core.memory import manage
@@ -127,7 +127,7 @@ def test_xlabs_flux_matches_diffusers(flux, tmp_path):
         from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
 
         FluxIPAdapterMixin.set_ip_adapter_scale(pipeline, scale)
-        patched = apply_flux_image_prompt(model, adapter, weights, embeds, weight=scale, start_at=0.0, end_at=1.0)
+        patched = apply_image_prompt(model, adapter, weights, embeds, weight=scale, start_at=0.0, end_at=1.0)
         ours = comfy_denoised(patched, x, sigma, text, pooled, [1, 0])
         theirs = diffusers_denoised(transformer, x, sigma, text, pooled, rows)
         if scale == 0.0:
@@ -147,7 +147,7 @@ def test_stacked_xlabs_adapters_match_diffusers_multi_adapter(flux, tmp_path):
         adapter = load_adapter(str(tmp_path / name / "ip_adapter.safetensors"))
         positive, negative = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
         embeds = make_embeds(positive, negative, clip_output="image_embeds")
-        patched = apply_flux_image_prompt(patched, adapter, manage(adapter).weights_patcher, embeds, weight=scale, start_at=0.0, end_at=1.0)
+        patched = apply_image_prompt(patched, adapter, manage(adapter).weights_patcher, embeds, weight=scale, start_at=0.0, end_at=1.0)
         rows.append(torch.stack([negative, positive]))
     from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
 
@@ -168,7 +168,7 @@ def test_sampler_path_with_cfg_matches_diffusers(flux, tmp_path):
     generator, x, text, pooled = inputs(12)
     positive, negative = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
     embeds = make_embeds(positive, negative, clip_output="image_embeds")
-    patched = apply_flux_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    patched = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
     from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
 
     FluxIPAdapterMixin.set_ip_adapter_scale(pipeline, 1.0)
@@ -196,14 +196,14 @@ def test_other_packs_dit_patch_keeps_working(flux, tmp_path):
         theirs.set_model_patch_replace(foreign, "dit", "double_block", index)
     sigma = torch.tensor(0.5)
     foreign_only = comfy_denoised(theirs, x, sigma, text, pooled, [0, 1])
-    at_zero = apply_flux_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=0.0, start_at=0.0, end_at=1.0)
+    at_zero = apply_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=0.0, start_at=0.0, end_at=1.0)
     assert torch.equal(comfy_denoised(at_zero, x, sigma, text, pooled, [0, 1]), foreign_only)
     calls.clear()
-    both = apply_flux_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    both = apply_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
     with_ip = comfy_denoised(both, x, sigma, text, pooled, [0, 1])
     assert len(calls) == CONFIG["depth"], "the other pack's patch must run once per double block"
     assert (with_ip - foreign_only).abs().max() > 1e-3
-    ours_only = apply_flux_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    ours_only = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
     assert (comfy_denoised(ours_only, x, sigma, text, pooled, [0, 1]) - with_ip).abs().max() > 1e-3
 
 
@@ -221,13 +221,13 @@ def test_the_image_query_is_the_blocks_own_not_computed_again(flux, tmp_path):
     adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=15) / "ip_adapter.safetensors"))
     generator, x, text, pooled = inputs(16)
     embeds = make_embeds(torch.randn(1, 768, generator=generator), torch.zeros(1, 768), clip_output="image_embeds")
-    patched = apply_flux_image_prompt(model.clone(), adapter, manage(adapter).weights_patcher, embeds, weight=1.0,
+    patched = apply_image_prompt(model.clone(), adapter, manage(adapter).weights_patcher, embeds, weight=1.0,
                                       start_at=0.0, end_at=1.0)  # fmt: skip
     measured = tiny_flux_model(CONFIG, seed=1)  # the fixture's weights, with hooks of its own
     calls = _qkv_calls(measured)
     comfy_denoised(measured, x, torch.tensor(0.5), text, pooled, [0, 1])
     plain_calls = len(calls)
-    patched_measured = apply_flux_image_prompt(measured, adapter, manage(adapter).weights_patcher, embeds,
+    patched_measured = apply_image_prompt(measured, adapter, manage(adapter).weights_patcher, embeds,
                                                weight=1.0, start_at=0.0, end_at=1.0)  # fmt: skip
     calls.clear()
     ours = comfy_denoised(patched_measured, x, torch.tensor(0.5), text, pooled, [0, 1])
@@ -256,7 +256,7 @@ def test_a_block_run_twice_by_another_pack_gets_the_query_rebuilt_from_its_input
         theirs = model.clone()
         for index in range(CONFIG["depth"]):
             theirs.set_model_patch_replace(foreign, "dit", "double_block", index)
-        both = apply_flux_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0,
+        both = apply_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0,
                                        start_at=0.0, end_at=1.0)  # fmt: skip
         results.append(comfy_denoised(both, x, torch.tensor(0.5), text, pooled, [0, 1]))
     plain = comfy_denoised(model, x, torch.tensor(0.5), text, pooled, [0, 1])
@@ -286,10 +286,10 @@ def test_adapter_and_model_families_must_match(flux, tmp_path):
     embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
     unet = tiny_comfy_model("SD1.5", seed=0)
     with pytest.raises(IPAdapterError, match="Flux IP-Adapter but it was applied to a model that is not Flux"):
-        apply_flux_image_prompt(unet, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        apply_image_prompt(unet, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
     deeper = tiny_flux_model(tiny_flux_config(double_blocks=3, single_blocks=1), seed=2)
     with pytest.raises(IPAdapterError, match="2 double blocks of width 256, but this Flux model has 3"):
-        apply_flux_image_prompt(deeper, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        apply_image_prompt(deeper, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
 
 
 def test_double_block_weights_match_diffusers_per_block_scales(flux, tmp_path):
@@ -309,7 +309,7 @@ def test_double_block_weights_match_diffusers_per_block_scales(flux, tmp_path):
     for text_weights, scales in (("0:1.0, 1:0.5", [0.8, 0.4]), ("1:1", [0.0, 0.8])):
         for index, scale in enumerate(scales):
             transformer.attn_processors[f"transformer_blocks.{index}.attn.processor"].scale = [scale]
-        patched = apply_flux_image_prompt(
+        patched = apply_image_prompt(
             model, adapter, manage(adapter).weights_patcher, embeds, weight=0.8, start_at=0.0, end_at=1.0, block_weights=text_weights
         )
         dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
@@ -334,7 +334,7 @@ def test_unet_only_options_are_refused_on_flux_with_what_it_takes(flux, tmp_path
     adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=20) / "ip_adapter.safetensors"))
     embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
     with pytest.raises(IPAdapterError, match=named) as refused:
-        apply_flux_image_prompt(model, adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0, **options)
+        apply_image_prompt(model, adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0, **options)
     assert "double-block" in str(refused.value)
 
 
@@ -369,7 +369,7 @@ def test_under_torch_compile_the_patched_flux_is_one_graph_compiled_once_for_eve
     embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
     graphs = []
     for steps in (2, 4):
-        patched = apply_flux_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        patched = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
         set_torch_compile_wrapper(patched, backend="eager", fullgraph=True)
         torch._dynamo.reset()
         counters.clear()

@@ -4,12 +4,12 @@ import torch
 
 from ..adapter import LoadedAdapter
 from ..block_weights import parse_double_block_weights
-from ..controls import LayerControl
+from ..controls import ApplyOptions, LayerControl
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import is_terms_patch
-from ..schedule import sigma_range
+from ..schedule import model_sigma_range
 from ..term import ImagePromptTerm
 from ..refused_options import refuse_unet_options
 from .format import FluxAdapterSpec
@@ -54,16 +54,7 @@ def apply_flux_image_prompt(
     adapter: LoadedAdapter,
     weights_patcher,
     embeds: ImagePromptEmbeds,
-    *,
-    weight: float,
-    start_at: float,
-    end_at: float,
-    weight_type: str = "linear",
-    embeds_scaling: str = "V only",
-    block_weights: str = "",
-    attn_mask=None,
-    composition_embeds: ImagePromptEmbeds | None = None,
-    composition_weight: float = 1.0,
+    options: ApplyOptions,
 ):
     """Return a clone of the ModelPatcher `model` whose double blocks also attend to the image prompt.
 
@@ -72,23 +63,21 @@ def apply_flux_image_prompt(
     terms. A `dit` replace patch set on a block by another pack is kept and runs in place of the original block,
     inside ours.
     """
-    refuse_unet_options(
-        "Flux", weight_type=weight_type, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-        composition_embeds=composition_embeds, composition_weight=composition_weight, block_weights=None,
-        takes='weight_type linear, embeds_scaling "V only", no mask, no composition embeds and composition_weight 1; per-block weights go in '
-        'block_weights as double-block indexes with weights, such as "0:1.0, 5:0.5"',
-    )  # fmt: skip
     blocks = flux_double_blocks(model.get_model_object("diffusion_model"))
     check_flux_fit(adapter, blocks)
+    refuse_unet_options(
+        "Flux", options, takes_block_weights=True,
+        takes='weight_type linear, embeds_scaling "V only", no mask, no composition embeds and composition_weight 1; '
+        'per-block weights go in block_weights as double-block indexes with weights, such as "0:1.0, 5:0.5"',
+    )  # fmt: skip
     check_embeds_fit(embeds, adapter.spec, adapter.source)
-    per_block = parse_double_block_weights(block_weights, count=len(blocks), weight=float(weight))
-    sampling = model.get_model_object("model_sampling")
+    per_block = parse_double_block_weights(options.block_weights, count=len(blocks), weight=float(options.weight))
     term = ImagePromptTerm(
         adapter=adapter,
         weights_patcher=weights_patcher,
         embeds=embeds,
-        weight=float(weight),
-        sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
+        weight=float(options.weight),
+        sigmas=model_sigma_range(model, start_at=options.start_at, end_at=options.end_at),
         controls=None if per_block is None else {DoubleBlock(index).key: LayerControl(weight=w) for index, w in per_block.items()},
     )
     patched = model.clone()

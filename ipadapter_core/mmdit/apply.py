@@ -4,11 +4,12 @@ clone."""
 import torch
 
 from ..adapter import LoadedAdapter
+from ..controls import ApplyOptions
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import is_terms_patch
-from ..schedule import sigma_range
+from ..schedule import model_sigma_range
 from ..refused_options import refuse_unet_options
 from .format import SD3_FILE, SD3AdapterSpec
 from .patch import JointBlockPatch
@@ -76,16 +77,7 @@ def apply_sd3_image_prompt(
     adapter: LoadedAdapter,
     weights_patcher,
     embeds: ImagePromptEmbeds,
-    *,
-    weight: float,
-    start_at: float,
-    end_at: float,
-    weight_type: str = "linear",
-    embeds_scaling: str = "V only",
-    block_weights: str = "",
-    attn_mask=None,
-    composition_embeds: ImagePromptEmbeds | None = None,
-    composition_weight: float = 1.0,
+    options: ApplyOptions,
 ):
     """Return a clone of the ModelPatcher `model` whose joint blocks also attend to the image prompt (λ = weight;
     the advanced options are refused). At λ = 0 no block is patched.
@@ -93,22 +85,21 @@ def apply_sd3_image_prompt(
     Several calls stack: every joint block keeps one patch holding all terms. A `dit` replace patch set on a block
     by another pack is kept, with our image-prompt block as its original block.
     """
-    refuse_unet_options(
-        "SD3.5", weight_type=weight_type, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-        composition_embeds=composition_embeds, composition_weight=composition_weight, block_weights=block_weights,
-        takes='weight_type linear, embeds_scaling "V only", empty block_weights, no mask, no composition embeds and composition_weight 1',
-    )  # fmt: skip
     blocks = mmdit_joint_blocks(model.get_model_object("diffusion_model"))
     check_sd3_fit(adapter, blocks)
+    refuse_unet_options(
+        "SD3.5", options, takes_block_weights=False,
+        takes='weight_type linear, embeds_scaling "V only", empty block_weights, no mask, no composition embeds and '
+        "composition_weight 1",
+    )  # fmt: skip
     check_embeds_fit(embeds, adapter.spec, adapter.source)
-    sampling = model.get_model_object("model_sampling")
     term = TimestepImagePromptTerm(
         adapter=adapter,
         weights_patcher=weights_patcher,
         embeds=embeds,
-        weight=float(weight),
-        sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
-        timestep_of_sigma=sampling.timestep,
+        weight=float(options.weight),
+        sigmas=model_sigma_range(model, start_at=options.start_at, end_at=options.end_at),
+        timestep_of_sigma=model.get_model_object("model_sampling").timestep,
     )
     patched = patch_every_joint_block(model, blocks, term)
     add_pass_wrappers(patched)  # which image tokens each chunk gets under every guider, and one sigma per call

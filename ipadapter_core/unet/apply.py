@@ -4,13 +4,14 @@ import torch
 
 from ..adapter import LoadedAdapter
 from ..detection import BASE_OF_LAYER_COUNT
+from ..controls import ApplyOptions
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..embeds_scaling import check_embeds_scaling
 from ..errors import IPAdapterError
 from ..guider_sides import add_pass_wrappers
 from ..masks import mask_batch
 from ..patch_protocol import is_terms_patch
-from ..schedule import sigma_range
+from ..schedule import model_sigma_range
 from ..term import ImagePromptTerm
 from ..weight_types import layer_controls
 from .blocks import unet_transformer_modules
@@ -75,16 +76,7 @@ def apply_unet_image_prompt(
     adapter: LoadedAdapter,
     weights_patcher,
     embeds: ImagePromptEmbeds,
-    *,
-    weight: float,
-    start_at: float,
-    end_at: float,
-    weight_type: str = "linear",
-    embeds_scaling: str = "V only",
-    block_weights: str = "",
-    attn_mask: torch.Tensor | None = None,
-    composition_embeds: ImagePromptEmbeds | None = None,
-    composition_weight: float = 1.0,
+    options: ApplyOptions,
 ):
     """Return a clone of the ModelPatcher `model` whose cross-attention layers also attend to the image prompt.
 
@@ -94,31 +86,31 @@ def apply_unet_image_prompt(
     layer by another pack is kept and called for the text attention, not dropped; a pack that comes later and calls
     `add()` on the patch it finds (cubiq's protocol) adds its callback to ours.
     """
-    check_embeds_scaling(embeds_scaling)
     check_model_is_unet(adapter, model)
     diffusion_model = model.get_model_object("diffusion_model")
     layers = cross_attention_layers(diffusion_model)
     check_adapter_fits_model(adapter, layers)
+    check_embeds_scaling(options.embeds_scaling)
     check_embeds_fit(embeds, adapter.spec, adapter.source)
+    composition_embeds = options.composition_embeds
     if composition_embeds is not None:
         check_embeds_fit(composition_embeds, adapter.spec, adapter.source)
-    masks = check_mask_fits(attn_mask, embeds, composition_embeds) if attn_mask is not None else None
+    masks = check_mask_fits(options.attn_mask, embeds, composition_embeds) if options.attn_mask is not None else None
     controls = layer_controls(
         unet_transformer_modules(diffusion_model),
-        weight_type=weight_type,
-        weight=float(weight),
-        composition_weight=float(composition_weight),
-        block_weights=block_weights,
+        weight_type=options.weight_type,
+        weight=float(options.weight),
+        composition_weight=float(options.composition_weight),
+        block_weights=options.block_weights,
     )
-    sampling = model.get_model_object("model_sampling")
     term = ImagePromptTerm(
         adapter=adapter,
         weights_patcher=weights_patcher,
         embeds=embeds,
-        weight=float(weight),
-        sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
+        weight=float(options.weight),
+        sigmas=model_sigma_range(model, start_at=options.start_at, end_at=options.end_at),
         controls=controls,
-        embeds_scaling=embeds_scaling,
+        embeds_scaling=options.embeds_scaling,
         composition_embeds=composition_embeds,
         mask=masks,
     )
