@@ -8,6 +8,8 @@
   clone must copy no weights.
 """
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -29,6 +31,16 @@ class TermsPatch:
 
     def __deepcopy__(self, memo):
         return self
+
+
+def placed_patch(previous, term, *, acts: bool, new_patch: Callable[[object], TermsPatch]) -> TermsPatch | None:
+    """The patch of one layer or block once `term` is applied, the same rule in every mechanism: our patch already
+    there takes the term too (stacked Apply nodes: one patch holds all terms); otherwise, where the term acts, a new
+    patch of ours keeps `previous` (another pack's patch, or None) as its `base`; None where nothing of ours is there
+    and the term does not act (the layer stays as it was)."""
+    if is_terms_patch(previous):
+        return previous.stacked_with(term)
+    return new_patch(previous) if acts else None
 
 
 def is_same_device(cached_on: torch.device, device: torch.device) -> bool:

@@ -1,4 +1,5 @@
-"""One Apply node's image prompt, as every patch mechanism (UNet attn2, Flux double blocks) reads it.
+"""One Apply node's image prompt, as the UNet and Flux mechanisms read it (`TermBasics`: what every mechanism's term
+holds, the SD3 one in mmdit/term.py included).
 
 An `ImagePromptTerm` holds the adapter, the embeds, the step range and, per layer, a `LayerControl` (λ, whose
 image tokens the layer reads, the precise swap). It caches, per device and dtype, the projected image tokens (once
@@ -25,29 +26,34 @@ from .schedule import SigmaRange
 UNPATCHED = LayerControl(weight=0.0)
 
 
-class ImagePromptTerm:
+class TermBasics:
+    """What every mechanism's term holds: the adapter, its weights' ModelPatcher, the embeds, λ and the step range."""
+
     def __init__(
-        self,
-        *,
-        adapter: LoadedAdapter,
-        weights_patcher,
-        embeds: ImagePromptEmbeds,
-        weight: float,
-        sigmas: SigmaRange,
-        controls: Mapping[tuple, LayerControl] | None = None,
-        embeds_scaling: str = "V only",
-        composition_embeds: ImagePromptEmbeds | None = None,
-        mask: torch.Tensor | None = None,
+        self, *, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, weight: float, sigmas: SigmaRange
     ):
         self.adapter = adapter
         self.weights_patcher = weights_patcher  # ModelPatcher over adapter.model, shared by every term of this file
         self.embeds = embeds
         self.weight = weight
         self.sigmas = sigmas
+
+
+class ImagePromptTerm(TermBasics):
+    def __init__(
+        self,
+        *,
+        controls: Mapping[tuple, LayerControl] | None = None,
+        embeds_scaling: str = "V only",
+        composition_embeds: ImagePromptEmbeds | None = None,
+        mask: torch.Tensor | None = None,
+        **basics,
+    ):
+        super().__init__(**basics)
         self.controls = controls  # layer key → LayerControl; None: every layer λ = weight, the main embeds
         self.embeds_scaling = embeds_scaling
         self.composition_embeds = composition_embeds  # None: the composition layers read `embeds`
-        self._uniform = LayerControl(weight=weight)
+        self._uniform = LayerControl(weight=self.weight)
         self.mask = mask  # [M, H, W] in 0..1, or None: the whole picture
         self._tokens: dict[tuple, torch.Tensor] = {}
         self._keys_values: dict[tuple, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}

@@ -8,7 +8,7 @@ from ..controls import ApplyOptions, LayerControl
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
 from ..guider_sides import add_pass_wrappers
-from ..patch_protocol import is_terms_patch
+from ..patch_protocol import placed_patch
 from ..schedule import model_sigma_range
 from ..term import ImagePromptTerm
 from ..refused_options import refuse_unet_options
@@ -83,15 +83,12 @@ def apply_flux_image_prompt(
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for index, block in enumerate(blocks):
-        key = ("double_block", index)
-        previous = existing.get(key)
-        if is_terms_patch(previous):
-            new_patch = previous.stacked_with(term)
-        elif term.layer_weight(DoubleBlock(index)) == 0:
-            continue  # nothing of ours acts in this block: it stays as it was
-        else:
-            new_patch = DoubleBlockPatch(index=index, block=block, terms=(term,), base=previous)
-        patched.set_model_patch_replace(new_patch, "dit", "double_block", index)
+        patch = placed_patch(
+            existing.get(("double_block", index)), term, acts=term.layer_weight(DoubleBlock(index)) != 0,
+            new_patch=lambda base, index=index, block=block: DoubleBlockPatch(index=index, block=block, terms=(term,), base=base),
+        )  # fmt: skip
+        if patch is not None:
+            patched.set_model_patch_replace(patch, "dit", "double_block", index)
     add_pass_wrappers(patched)  # which image tokens each chunk gets under every guider, and one sigma per call
     return patched
 

@@ -8,7 +8,7 @@ from ..controls import ApplyOptions
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
 from ..guider_sides import add_pass_wrappers
-from ..patch_protocol import is_terms_patch
+from ..patch_protocol import placed_patch
 from ..schedule import model_sigma_range
 from ..refused_options import refuse_unet_options
 from .format import SD3_FILE, SD3AdapterSpec
@@ -61,14 +61,12 @@ def patch_every_joint_block(model, blocks: list[torch.nn.Module], term: Timestep
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for index, block in enumerate(blocks):
-        previous = existing.get(("double_block", index))
-        if is_terms_patch(previous):
-            new_patch = previous.stacked_with(term)
-        elif term.weight == 0:
-            continue  # nothing of ours acts in this block: it stays as it was
-        else:
-            new_patch = JointBlockPatch(index=index, block=block, terms=(term,), base=previous)
-        patched.set_model_patch_replace(new_patch, "dit", "double_block", index)
+        patch = placed_patch(
+            existing.get(("double_block", index)), term, acts=term.weight != 0,
+            new_patch=lambda base, index=index, block=block: JointBlockPatch(index=index, block=block, terms=(term,), base=base),
+        )  # fmt: skip
+        if patch is not None:
+            patched.set_model_patch_replace(patch, "dit", "double_block", index)
     return patched
 
 

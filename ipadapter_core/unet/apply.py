@@ -10,7 +10,7 @@ from ..embeds_scaling import check_embeds_scaling
 from ..errors import IPAdapterError
 from ..guider_sides import add_pass_wrappers
 from ..masks import mask_batch
-from ..patch_protocol import is_terms_patch
+from ..patch_protocol import placed_patch
 from ..schedule import model_sigma_range
 from ..term import ImagePromptTerm
 from ..weight_types import layer_controls
@@ -117,16 +117,15 @@ def apply_unet_image_prompt(
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in layers:
-        previous = existing.get(layer.key, existing.get(layer.key[:2]))
-        if is_terms_patch(previous):
-            new_patch = previous.stacked_with(term)
-        elif term.layer_weight(layer) == 0:
+        patch = placed_patch(
+            existing.get(layer.key, existing.get(layer.key[:2])), term, acts=term.layer_weight(layer) != 0,
+            new_patch=lambda base, layer=layer: LayerPatch(layer=layer, terms=(term,), base=base),
+        )
+        if patch is None:
             continue  # nothing of ours acts here: ComfyUI's own attention (or the other pack's patch) stays
-        else:
-            new_patch = LayerPatch(layer=layer, terms=(term,), base=previous)
         for key in (layer.key, layer.block_key):  # both keys other packs look up on SD1.5: see layer_map
             if key is not None:
-                patched.set_model_attn2_replace(new_patch, *key)
+                patched.set_model_attn2_replace(patch, *key)
     add_pass_wrappers(patched)
     copy_patches_on_clone(patched)
     return patched
