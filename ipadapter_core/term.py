@@ -16,12 +16,12 @@ import torch
 
 from .adapter import LoadedAdapter
 from .attention import COND
-from .controls import LayerControl
+from .controls import ApplyOptions, LayerControl
 from .embeds import ImagePromptEmbeds
 from .embeds_scaling import scale_image_kv
 from .masks import downsample_mask
 from .patch_protocol import is_same_device
-from .schedule import SigmaRange
+from .schedule import SigmaRange, model_sigma_range
 
 UNPATCHED = LayerControl(weight=0.0)
 
@@ -37,6 +37,12 @@ class TermBasics:
         self.embeds = embeds
         self.weight = weight
         self.sigmas = sigmas
+
+
+def term_basics(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, options: ApplyOptions) -> dict:
+    """The `TermBasics` arguments of one Apply call on the ModelPatcher `model`."""
+    sigmas = model_sigma_range(model, start_at=options.start_at, end_at=options.end_at)
+    return {"adapter": adapter, "weights_patcher": weights_patcher, "embeds": embeds, "weight": float(options.weight), "sigmas": sigmas}
 
 
 class ImagePromptTerm(TermBasics):

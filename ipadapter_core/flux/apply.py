@@ -7,11 +7,11 @@ from ..block_weights import parse_double_block_weights
 from ..controls import ApplyOptions, LayerControl
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
+from ..families import blocks_of_class, check_family
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import placed_patch
-from ..schedule import model_sigma_range
-from ..term import ImagePromptTerm
 from ..refused_options import refuse_unet_options
+from ..term import ImagePromptTerm, term_basics
 from .format import FluxAdapterSpec
 from .patch import DoubleBlock, DoubleBlockPatch
 
@@ -22,24 +22,16 @@ def flux_double_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
     """The double-stream blocks of a ComfyUI Flux transformer, or None for a model of another kind."""
     from comfy.ldm.flux.layers import DoubleStreamBlock
 
-    blocks = getattr(diffusion_model, "double_blocks", None)
-    if blocks is None or not all(isinstance(block, DoubleStreamBlock) for block in blocks):
-        return None
-    return list(blocks)
+    return blocks_of_class(diffusion_model, "double_blocks", DoubleStreamBlock)
 
 
 def check_flux_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
+    check_family(
+        adapter, blocks, spec_type=FluxAdapterSpec, model_kind="Flux", blocks_name="double-stream blocks",
+        wanted=f"a Flux IP-Adapter ({FLUX_FILE})",
+        connect="a FLUX.1 model (dev or schnell)",
+    )  # fmt: skip
     spec = adapter.spec
-    if not isinstance(spec, FluxAdapterSpec):
-        raise IPAdapterError(
-            f"'{adapter.source}' is an {spec.base} IP-Adapter but it was applied to a Flux model. Load a Flux "
-            f"IP-Adapter ({FLUX_FILE}), or apply this one to an {spec.base} checkpoint."
-        )
-    if blocks is None:
-        raise IPAdapterError(
-            f"'{adapter.source}' is a Flux IP-Adapter but it was applied to a model that is not Flux (no double-stream "
-            "blocks). Connect a FLUX.1 model (dev or schnell), or load an IP-Adapter made for this model."
-        )
     hidden_sizes = {block.hidden_size for block in blocks}
     if len(blocks) != spec.double_blocks or hidden_sizes != {spec.hidden_size}:
         raise IPAdapterError(
@@ -73,11 +65,7 @@ def apply_flux_image_prompt(
     check_embeds_fit(embeds, adapter.spec, adapter.source)
     per_block = parse_double_block_weights(options.block_weights, count=len(blocks), weight=float(options.weight))
     term = ImagePromptTerm(
-        adapter=adapter,
-        weights_patcher=weights_patcher,
-        embeds=embeds,
-        weight=float(options.weight),
-        sigmas=model_sigma_range(model, start_at=options.start_at, end_at=options.end_at),
+        **term_basics(model, adapter, weights_patcher, embeds, options),
         controls=None if per_block is None else {DoubleBlock(index).key: LayerControl(weight=w) for index, w in per_block.items()},
     )
     patched = model.clone()

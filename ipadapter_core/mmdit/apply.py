@@ -7,10 +7,11 @@ from ..adapter import LoadedAdapter
 from ..controls import ApplyOptions
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
+from ..families import blocks_of_class, check_family
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import placed_patch
-from ..schedule import model_sigma_range
 from ..refused_options import refuse_unet_options
+from ..term import term_basics
 from .format import SD3_FILE, SD3AdapterSpec
 from .patch import JointBlockPatch
 from .term import TimestepImagePromptTerm
@@ -20,25 +21,16 @@ def mmdit_joint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
     """The joint blocks of a ComfyUI MMDiT (SD3, SD3.5), or None for a model of another kind."""
     from comfy.ldm.modules.diffusionmodules.mmdit import JointBlock
 
-    blocks = getattr(diffusion_model, "joint_blocks", None)
-    if blocks is None or not all(isinstance(block, JointBlock) for block in blocks):
-        return None
-    return list(blocks)
+    return blocks_of_class(diffusion_model, "joint_blocks", JointBlock)
 
 
 def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
+    check_family(
+        adapter, blocks, spec_type=SD3AdapterSpec, model_kind="SD3", blocks_name="MMDiT joint blocks",
+        wanted=f"an SD3.5 IP-Adapter ({SD3_FILE})",
+        connect="Stable Diffusion 3.5 Large",
+    )  # fmt: skip
     spec = adapter.spec
-    if not isinstance(spec, SD3AdapterSpec):
-        article = "an" if spec.base.startswith("SD") else "a"  # an SD1.5, an SDXL (read letter by letter), a Flux
-        raise IPAdapterError(
-            f"'{adapter.source}' is {article} {spec.base} IP-Adapter but it was applied to an SD3 model. Load an SD3.5 "
-            f"IP-Adapter ({SD3_FILE}), or apply this one to {article} {spec.base} checkpoint."
-        )
-    if blocks is None:
-        raise IPAdapterError(
-            f"'{adapter.source}' is an SD3.5 IP-Adapter but it was applied to a model that is not SD3 (no MMDiT joint "
-            "blocks). Connect Stable Diffusion 3.5 Large, or load an IP-Adapter made for this model."
-        )
     if any(block.x_block.x_block_self_attn or block.x_block.scale_mod_only for block in blocks):
         raise IPAdapterError(
             f"'{adapter.source}' was made for SD3.5 Large, but this SD3 model has blocks of another kind (MMDiT-X "
@@ -92,11 +84,7 @@ def apply_sd3_image_prompt(
     )  # fmt: skip
     check_embeds_fit(embeds, adapter.spec, adapter.source)
     term = TimestepImagePromptTerm(
-        adapter=adapter,
-        weights_patcher=weights_patcher,
-        embeds=embeds,
-        weight=float(options.weight),
-        sigmas=model_sigma_range(model, start_at=options.start_at, end_at=options.end_at),
+        **term_basics(model, adapter, weights_patcher, embeds, options),
         timestep_of_sigma=model.get_model_object("model_sampling").timestep,
     )
     patched = patch_every_joint_block(model, blocks, term)

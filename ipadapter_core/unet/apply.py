@@ -3,16 +3,15 @@
 import torch
 
 from ..adapter import LoadedAdapter
-from ..detection import BASE_OF_LAYER_COUNT
 from ..controls import ApplyOptions
+from ..detection import BASE_OF_LAYER_COUNT
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..embeds_scaling import check_embeds_scaling
 from ..errors import IPAdapterError
 from ..guider_sides import add_pass_wrappers
 from ..masks import mask_batch
 from ..patch_protocol import placed_patch
-from ..schedule import model_sigma_range
-from ..term import ImagePromptTerm
+from ..term import ImagePromptTerm, term_basics
 from ..weight_types import layer_controls
 from .blocks import unet_transformer_modules
 from .layer_map import CrossAttentionLayer, cross_attention_layers, is_unet
@@ -104,11 +103,7 @@ def apply_unet_image_prompt(
         block_weights=options.block_weights,
     )
     term = ImagePromptTerm(
-        adapter=adapter,
-        weights_patcher=weights_patcher,
-        embeds=embeds,
-        weight=float(options.weight),
-        sigmas=model_sigma_range(model, start_at=options.start_at, end_at=options.end_at),
+        **term_basics(model, adapter, weights_patcher, embeds, options),
         controls=controls,
         embeds_scaling=options.embeds_scaling,
         composition_embeds=composition_embeds,
