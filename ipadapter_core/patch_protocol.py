@@ -1,11 +1,16 @@
 """What ComfyUI asks of the patch objects that hold image-prompt terms, in every mechanism (unet/, flux/, mmdit/).
 
 - `to(device)` when the model is loaded or offloaded: each term drops its caches on other devices, and another
-  pack's patch kept inside ours (`base`) is moved too.
+  pack's patch kept with ours (`base`) is moved too.
 - `models()`: the ModelPatchers of the adapter weights (and the kept patch's), so ComfyUI's memory management loads
   them with the diffusion model.
 - `__deepcopy__` returns the patch itself: `ModelPatcher.clone()` deep-copies model_options on some hosts, and a
   clone must copy no weights.
+
+Another pack's patch on the same layer or block is kept, never dropped, and it stays the outer one: ours is what it
+calls for the layer's own computation. A `dit` block patch (Flux, SD3) is called with our image-prompt block as its
+`original_block`; an attn2 patch (UNet), which has no original to call, computes the text attention and our terms
+are added to its output. Stacking follows `placed_patch`.
 """
 
 from collections.abc import Callable
@@ -15,7 +20,7 @@ import torch
 
 class TermsPatch:
     terms: tuple  # the ImagePromptTerms, one per Apply node stacked on the model
-    base: object  # another pack's patch kept inside ours, or None
+    base: object  # another pack's patch kept with ours (see below), or None
 
     def to(self, device_or_dtype):
         if isinstance(device_or_dtype, torch.device):

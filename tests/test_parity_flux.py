@@ -183,7 +183,7 @@ def test_sampler_path_with_cfg_matches_diffusers(flux, tmp_path):
 
 
 def test_other_packs_dit_patch_keeps_working(flux, tmp_path):
-    """A `dit` double-block patch set by another pack still runs (in place of the original block, inside ours)."""
+    """A `dit` double-block patch set by another pack still runs (with our image-prompt block as its original block)."""
     model, _ = flux
     adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=13) / "ip_adapter.safetensors"))
     generator, x, text, pooled = inputs(14)
@@ -235,10 +235,10 @@ def test_the_image_query_is_the_blocks_own_not_computed_again(flux, tmp_path):
     assert torch.equal(ours, comfy_denoised(patched, x, torch.tensor(0.5), text, pooled, [0, 1]))
 
 
-def test_a_block_run_twice_by_another_pack_gets_the_query_rebuilt_from_its_input(flux, tmp_path):
-    """Another pack's patch that runs the block twice (the QK-norm runs twice: which query is the block's is
-    unclear) gets the query rebuilt from the block's input as it came in, not as the block left it: the same result
-    as a patch that runs the block once."""
+def test_a_block_run_twice_by_another_pack_reads_the_query_of_each_run(flux, tmp_path):
+    """Another pack's patch that runs the block twice (a trial run on copies, then the real one) calls our
+    image-prompt block twice, each run with the query of its own input: the same result as a patch that runs the
+    block once."""
     model, _ = flux
     adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=17) / "ip_adapter.safetensors"))
     generator, x, text, pooled = inputs(18)

@@ -52,8 +52,8 @@ def apply_flux_image_prompt(
 
     λ is `weight`, or per double block `block_weights` ("i:v": weight × v, blocks not named get 0 and no patch);
     the other advanced options are refused. Several calls stack: every double block keeps one patch holding all
-    terms. A `dit` replace patch set on a block by another pack is kept and runs in place of the original block,
-    inside ours.
+    terms. A `dit` replace patch set on a block by another pack is kept, with our image-prompt block as its original
+    block (patch_protocol.py).
     """
     blocks = flux_double_blocks(model.get_model_object("diffusion_model"))
     check_flux_fit(adapter, blocks)

@@ -11,9 +11,9 @@ the one the block itself computes: a forward hook on the block's QK-norm (`img_a
 normalised image query on both hosts) keeps it while our patch runs the block, so the image stream's qkv projection
 is not computed a second time and the block's input is not copied. The hook is put on the norm once, when the first
 patch for that block is made, and stays there (it keeps nothing outside our calls): no hook is registered or
-removed per call, which would break a TorchCompileModel graph at every call. Where another pack's patch on the block
-runs in place of the original block (it may run the block twice, or compute it its own way), the query is computed
-from the block's input before that patch runs, with the block's own modules (the block adds to `img` in place).
+removed per call, which would break a TorchCompileModel graph at every call. Another pack's patch on the block is
+kept as patch_protocol.py says: it is called with our image-prompt block as its `original_block`, so each run of
+the block (it may run it twice) reads its own query.
 
 `to`, `models` and `__deepcopy__` are ComfyUI's patch protocol (patch_protocol.py).
 """
@@ -39,21 +39,6 @@ class DoubleBlock:
     @property
     def key(self) -> tuple[str, int]:
         return ("double_block", self.number)
-
-
-def flux_image_query(block: torch.nn.Module, img: torch.Tensor, vec) -> torch.Tensor:
-    """The image stream's query after the QK-norm, as ComfyUI's DoubleStreamBlock computes it: `[B, H, L, D]`."""
-    from comfy.ldm.flux.layers import apply_mod
-
-    if block.modulation:
-        image_modulation, _ = block.img_mod(vec)
-    else:
-        (image_modulation, _), _ = vec
-    modulated = apply_mod(block.img_norm1(img), 1 + image_modulation.scale, image_modulation.shift)  # [B, L, C]
-    qkv = block.img_attn.qkv(modulated)  # [B, L, 3·H·D]
-    q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)  # 3 × [B, H, L, D]
-    q, _ = block.img_attn.norm(q, k, v)
-    return q
 
 
 class QueryKeeper:
@@ -95,21 +80,30 @@ class DoubleBlockPatch(TermsPatch):
         self.index = index
         self.block = block  # the model's own DoubleStreamBlock i (shared, never copied)
         self.terms = terms
-        self.base = base  # another pack's replace patch on this block, or None for the original block
+        self.base = base  # another pack's replace patch on this block (it gets ours as its original block), or None
         query_keeper(block.img_attn.norm)  # hooked now, outside any sampling (and compiled) call
 
-    def run_block(self, args, extra):
-        return self.base(args, extra) if self.base is not None else extra["original_block"](args)
+    def __call__(self, args, extra):
+        sigma = call_sigma(args.get("transformer_options") or {})
+        block = DoubleBlock(number=self.index)
+        active = [term for term in self.terms if term.acts_at(block, sigma)]  # one decision per call, no device sync
+        if not active:
+            return self.base(args, extra) if self.base is not None else extra["original_block"](args)
 
-    def run_block_keeping_query(self, args, extra):
-        """The block's output and its image query after the QK-norm (`[B, H, L, D]`)."""
+        def with_image_prompt(block_args):
+            return self.block_with_image_prompt(block_args, extra["original_block"], active)
+
         if self.base is not None:
-            query = flux_image_query(self.block, args["img"], args["vec"])  # before the block changes args["img"]
-            return self.run_block(args, extra), query
+            return self.base(args, {**extra, "original_block": with_image_prompt})
+        return with_image_prompt(args)
+
+    def block_with_image_prompt(self, args, original_block, terms: list[ImagePromptTerm]) -> dict:
+        """The original block, then Σ_terms Attn(query, K', λ·V') added to its image stream, with the image query its
+        QK-norm computed (`[B, H, L, D]`)."""
         keeper = query_keeper(self.block.img_attn.norm)
         keeper.queries = []
         try:
-            out = extra["original_block"](args)
+            out = original_block(args)
         finally:
             queries, keeper.queries = keeper.queries, None
         if len(queries) != 1:
@@ -118,19 +112,12 @@ class DoubleBlockPatch(TermsPatch):
                 "(once is ComfyUI's block). A patch on the block's modules changed how it runs; remove it or apply "
                 "the IP-Adapter without it."
             )
-        return out, queries[0]
-
-    def __call__(self, args, extra):
+        query = queries[0]
         options = args.get("transformer_options") or {}
-        sigma = call_sigma(options)
-        block = DoubleBlock(number=self.index)
-        active = [term for term in self.terms if term.acts_at(block, sigma)]  # one decision per call, no device sync
-        if not active:
-            return self.run_block(args, extra)
-        out, query = self.run_block_keeping_query(args, extra)
         sides = chunk_sides(options)
         image = out["img"]
-        for term in active:
+        block = DoubleBlock(number=self.index)
+        for term in terms:
             image_keys, image_values = term.keys_values(block, query.device, query.dtype)  # K', λ·V': [2, T, H·D] each
             keys = rows_for_batch(image_keys, sides, query.shape[0])  # [B, T, H·D]
             values = rows_for_batch(image_values, sides, query.shape[0])  # [B, T, H·D]
