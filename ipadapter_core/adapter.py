@@ -8,9 +8,9 @@ import torch
 from ..models.adapter import IPAdapterModel
 from ..models.image_projection import LinearProjection, MLPProjection, Resampler
 from .detection import RESAMPLER_DIM_HEAD, AdapterSpec, detect_spec
-from .dit.flux_format import FluxAdapterSpec, build_flux_adapter_model, detect_flux_spec, is_flux_adapter_file
-from .dit.sd3_format import SD3AdapterSpec, build_sd3_adapter_model, detect_sd3_spec, is_sd3_adapter_file
-from .formats import IPADAPTER_FILE, adapter_parts, assign_weights, read_weights_file
+from .flux.format import FluxAdapterSpec, build_flux_adapter_model, detect_flux_spec, is_flux_adapter_file
+from .mmdit.format import SD3AdapterSpec, build_sd3_adapter_model, detect_sd3_spec, is_sd3_adapter_file
+from .formats import IPADAPTER_FILE, adapter_parts, read_weights_file, with_adapter_weights
 
 RESAMPLER_FF_MULT = 4
 
@@ -48,13 +48,8 @@ def build_adapter_model(spec: AdapterSpec, parts: dict[str, dict[str, torch.Tens
             hidden_sizes=dict(zip(spec.layer_numbers, spec.hidden_sizes)),
         )
     flat = {f"{part}.{key}": tensor for part, tensors in parts.items() for key, tensor in tensors.items()}
-    assign_weights(
-        model,
-        flat,
-        mismatch=f"'{name}' looks like {spec.variant} but its weights do not fit that layout",
-        fix="The file may be damaged or an unofficial variant; download the official file again.",
-    )
-    return model.eval().requires_grad_(False)
+    fix = "The file may be damaged or an unofficial variant; download the official file again."
+    return with_adapter_weights(model, flat, name=name, variant=spec.variant, fix=fix)
 
 
 def _image_projection(spec: AdapterSpec) -> torch.nn.Module:

@@ -116,9 +116,10 @@ def index_factors(text: str, modules: Sequence[TransformerModule]) -> dict[int, 
     return indexed_values(text, count=len(modules), what="transformer index")
 
 
-def indexed_values(text: str, *, count: int, what: str) -> dict[int, float]:
-    """Index 0..count-1 → value from `"i:v, i:v"` (commas or new lines between items); indexes not named get 0."""
-    factors = dict.fromkeys(range(count), 0.0)
+def indexed_values(text: str, *, count: int | None, what: str) -> dict[int, float]:
+    """Index 0..count-1 → value from `"i:v, i:v"` (commas or new lines between items); indexes not named get 0.
+    `count` None: any index (the model is not known yet), and only the named ones are returned."""
+    factors = dict.fromkeys(range(count or 0), 0.0)
     given = set()
     for item in (item.strip() for item in re.split(r"[,\n]", text)):
         if not item:
@@ -133,7 +134,7 @@ def indexed_values(text: str, *, count: int, what: str) -> dict[int, float]:
             raise _Problem(f'"{item}" has no number after the colon') from None
         if not math.isfinite(value):
             raise _Problem(f'"{item}" is not a finite weight')
-        if index >= count:
+        if count is not None and index >= count:
             raise _Problem(f"this model has no {what} {index} (its indexes are 0–{count - 1})")
         if index in given:
             raise _Problem(f"index {index} is given twice")
@@ -154,7 +155,7 @@ def check_block_weights_text(text: str) -> None:
                 if key not in PARTS:
                     raise _Problem(f'"{key}" is not a part of the UNet (the keys are "down", "mid" and "up")')
         else:
-            indexed_values(stripped, count=10**6, what="index")
+            indexed_values(stripped, count=None, what="index")
     except _Problem as problem:
         raise IPAdapterError(
             f'block_weights "{text}": {problem}. Write a diffusers scale dict such as {{"up": {{"block_0": [0.0, 1.0, '

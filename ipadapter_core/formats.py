@@ -85,6 +85,13 @@ def assign_weights(module: torch.nn.Module, weights: StateDict, *, mismatch: str
         raise IPAdapterError(f"{mismatch}: {on_meta[:3]} got no weights. {fix}")
 
 
+def with_adapter_weights(module: torch.nn.Module, weights: StateDict, *, name: str, variant: str, fix: str) -> torch.nn.Module:
+    """`module` (built on the meta device) with the adapter file `name`'s tensors (`assign_weights`, refused as a file
+    that does not fit the `variant` it was detected as), in eval mode and without gradients."""
+    assign_weights(module, weights, mismatch=f"'{name}' looks like {variant} but its weights do not fit that layout", fix=fix)
+    return module.eval().requires_grad_(False)
+
+
 def split_into_parts(tensors: dict, name: str) -> dict[str, StateDict]:
     """Nest a flat (or already nested) state dict by its first key part, resolving the training-time aliases."""
     parts: dict[str, StateDict] = {"image_proj": {}, "ip_adapter": {}}

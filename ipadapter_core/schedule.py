@@ -1,7 +1,7 @@
 """When an image prompt is active: `start_at`/`end_at` as fractions of the denoising, turned into sigmas the way
 ComfyUI's ControlNet does (`model_sampling.percent_to_sigma`; active while sigma_end <= sigma <= sigma_start).
 
-The decision is taken on a Python float, once per model call (see `unet/passes.py`), so a step outside the range
+The decision is taken on a Python float, once per model call (see `guider_sides.py`), so a step outside the range
 costs no work and no device sync in the attention layers.
 """
 
@@ -19,6 +19,11 @@ class SigmaRange:
     def contains(self, sigma: float | None) -> bool:
         """Whether the prompt acts at `sigma`; None (a call without a sigma) counts as inside."""
         return self.always or sigma is None or self.end <= sigma <= self.start
+
+
+def model_sigma_range(model, *, start_at: float, end_at: float) -> SigmaRange:
+    """`sigma_range` with the sigmas of the ModelPatcher `model`'s sampling."""
+    return sigma_range(model.get_model_object("model_sampling").percent_to_sigma, start_at=start_at, end_at=end_at)
 
 
 def sigma_range(percent_to_sigma, *, start_at: float, end_at: float) -> SigmaRange:

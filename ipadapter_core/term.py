@@ -1,4 +1,5 @@
-"""One Apply node's image prompt, as every patch mechanism (UNet attn2, Flux double blocks) reads it.
+"""One Apply node's image prompt, as the UNet and Flux mechanisms read it (`TermBasics`: what every mechanism's term
+holds, the SD3 one in mmdit/term.py included).
 
 An `ImagePromptTerm` holds the adapter, the embeds, the step range and, per layer, a `LayerControl` (λ, whose
 image tokens the layer reads, the precise swap). It caches, per device and dtype, the projected image tokens (once
@@ -15,38 +16,50 @@ import torch
 
 from .adapter import LoadedAdapter
 from .attention import COND
+from .controls import ApplyOptions, LayerControl
 from .embeds import ImagePromptEmbeds
 from .embeds_scaling import scale_image_kv
 from .masks import downsample_mask
-from .schedule import SigmaRange
-from .weight_types import LayerControl
+from .patch_protocol import is_same_device
+from .schedule import SigmaRange, model_sigma_range
 
 UNPATCHED = LayerControl(weight=0.0)
 
 
-class ImagePromptTerm:
+class TermBasics:
+    """What every mechanism's term holds: the adapter, its weights' ModelPatcher, the embeds, λ and the step range."""
+
     def __init__(
-        self,
-        *,
-        adapter: LoadedAdapter,
-        weights_patcher,
-        embeds: ImagePromptEmbeds,
-        weight: float,
-        sigmas: SigmaRange,
-        controls: Mapping[tuple, LayerControl] | None = None,
-        embeds_scaling: str = "V only",
-        composition_embeds: ImagePromptEmbeds | None = None,
-        mask: torch.Tensor | None = None,
+        self, *, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, weight: float, sigmas: SigmaRange
     ):
         self.adapter = adapter
         self.weights_patcher = weights_patcher  # ModelPatcher over adapter.model, shared by every term of this file
         self.embeds = embeds
         self.weight = weight
         self.sigmas = sigmas
+
+
+def term_basics(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, options: ApplyOptions) -> dict:
+    """The `TermBasics` arguments of one Apply call on the ModelPatcher `model`."""
+    sigmas = model_sigma_range(model, start_at=options.start_at, end_at=options.end_at)
+    return {"adapter": adapter, "weights_patcher": weights_patcher, "embeds": embeds, "weight": float(options.weight), "sigmas": sigmas}
+
+
+class ImagePromptTerm(TermBasics):
+    def __init__(
+        self,
+        *,
+        controls: Mapping[tuple, LayerControl] | None = None,
+        embeds_scaling: str = "V only",
+        composition_embeds: ImagePromptEmbeds | None = None,
+        mask: torch.Tensor | None = None,
+        **basics,
+    ):
+        super().__init__(**basics)
         self.controls = controls  # layer key → LayerControl; None: every layer λ = weight, the main embeds
         self.embeds_scaling = embeds_scaling
         self.composition_embeds = composition_embeds  # None: the composition layers read `embeds`
-        self._uniform = LayerControl(weight=weight)
+        self._uniform = LayerControl(weight=self.weight)
         self.mask = mask  # [M, H, W] in 0..1, or None: the whole picture
         self._tokens: dict[tuple, torch.Tensor] = {}
         self._keys_values: dict[tuple, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -95,15 +108,17 @@ class ImagePromptTerm:
             self._tokens[(embeds, device, dtype)] = tokens.reshape(2, images * tokens.shape[1], tokens.shape[2])  # [2, N·T, C]
         return self._tokens[(embeds, device, dtype)]
 
-    def masks(self, queries: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """The attention mask at a layer with `queries` queries: `[M, queries, 1]`, one row per mask."""
-        if (queries, device, dtype) not in self._masks:
-            small = downsample_mask(self.mask, queries=queries)  # [M, queries]
-            self._masks[(queries, device, dtype)] = small.to(device=device, dtype=dtype).unsqueeze(-1)  # [M, queries, 1]
-        return self._masks[(queries, device, dtype)]
+    def masks(self, queries: int, device: torch.device, dtype: torch.dtype, *, latent_size: tuple[int, int] | None) -> torch.Tensor:
+        """The attention mask at a layer with `queries` queries on a latent of `latent_size` (height, width; None:
+        unknown): `[M, queries, 1]`, one row per mask."""
+        key = (queries, latent_size, device, dtype)
+        if key not in self._masks:
+            small = downsample_mask(self.mask, queries=queries, latent_size=latent_size)  # [M, queries]
+            self._masks[key] = small.to(device=device, dtype=dtype).unsqueeze(-1)  # [M, queries, 1]
+        return self._masks[key]
 
     def keep_cached_only_on(self, device: torch.device) -> None:
         """Drop the tokens, K'/V' and masks held on other devices (the model moved): memory is freed where it left."""
-        self._tokens = {key: value for key, value in self._tokens.items() if key[1] == device}
-        self._keys_values = {key: value for key, value in self._keys_values.items() if key[0] == device}
-        self._masks = {key: value for key, value in self._masks.items() if key[1] == device}
+        self._tokens = {key: value for key, value in self._tokens.items() if is_same_device(key[1], device)}
+        self._keys_values = {key: value for key, value in self._keys_values.items() if is_same_device(key[0], device)}
+        self._masks = {key: value for key, value in self._masks.items() if is_same_device(key[2], device)}

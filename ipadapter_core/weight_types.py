@@ -41,9 +41,9 @@ modules read the composition image, where the precise swap applies) stays.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from .block_weights import LayerKey, parse_block_weights
+from .controls import LayerControl
 from .errors import IPAdapterError
 from .unet.blocks import TransformerModule, layout_name
 
@@ -61,13 +61,6 @@ READS_COMPOSITION = ("style and composition", "strong style and composition")
 WEAKENED_BLOCKS = {  # × 0.2
     "weak input": ("input",), "weak output": ("output",), "weak middle": ("middle",), "strong middle": ("input", "output"),
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class LayerControl:
-    weight: float  # the layer's λ (before embeds scaling); 0: leave the layer unpatched
-    embeds: str = "main"  # whose image tokens the layer reads: "main" (embeds) or "composition" (composition_embeds)
-    swap_cond_uncond: bool = False  # precise: the unconditional pass reads the image tokens, the conditional none
 
 
 def curve_weight(weight_type: str, module: TransformerModule, *, count: int, weight: float) -> float:

@@ -3,9 +3,8 @@
 from comfy_api.latest import io
 
 from ..ipadapter_core.block_weights import check_block_weights_text
-from ..ipadapter_core.dit.apply import apply_dit_image_prompt, is_dit_application
+from ..ipadapter_core.apply import apply_image_prompt
 from ..ipadapter_core.embeds_scaling import EMBEDS_SCALINGS
-from ..ipadapter_core.unet.apply import apply_image_prompt
 from ..ipadapter_core.weight_types import WEIGHT_TYPES
 from .errors import errors_named_for, one_of, validation_result
 from .types import EmbedsType, IPAdapterType
@@ -54,11 +53,8 @@ def mask_input():
 
 
 def apply(model, ipadapter, embeds, **options):
-    """The UNet or the Flux mechanism, by the adapter file and the model."""
-    dit = is_dit_application(model, ipadapter.adapter)
-    return (apply_dit_image_prompt if dit else apply_image_prompt)(
-        model, ipadapter.adapter, ipadapter.weights_patcher, embeds, **options
-    )
+    """The mechanism of the adapter's and the model's family (ipadapter_core/apply.py)."""
+    return apply_image_prompt(model, ipadapter.adapter, ipadapter.weights_patcher, embeds, **options)
 
 
 class ApplyIPAdapter(io.ComfyNode):

@@ -222,7 +222,7 @@ def acting_fraction(model, steps: int) -> float:
 
 def sd15_cases(parts, device, repeats: int, directory: Path) -> dict:
     """The stacking, end_at and cache sections, in the same interleaved rounds."""
-    from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
+    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 
     model = unet("SD1.5", device, torch.float32)
     managed = official_adapter("ip-adapter_sd15", directory)[0]
@@ -291,7 +291,7 @@ def sdxl_layer_tokens(diffusion_model) -> dict:
 def style_costs(device, directory: Path) -> dict:
     """The image prompt's cost in one SDXL UNet evaluation (cfg batch 2), summed over the 70 layers: every patch the
     real apply function set, timed against ComfyUI's plain attention; layers without a patch add 0."""
-    from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
+    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
     from decoupled_ipadapter.ipadapter_core.unet.patch import host_attention
 
     model = unet("SDXL", device, torch.float32, weights=False)
@@ -345,7 +345,7 @@ def flux_case(label: str, config: dict, repeats: int, directory: Path) -> dict:
     from tiny_flux import FLUX_POOLED_WIDTH, FLUX_TEXT_WIDTH, tiny_flux_model, xlabs_adapter_state_dict
 
     from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
-    from decoupled_ipadapter.ipadapter_core.dit.apply import apply_flux_image_prompt
+    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
     from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
     from decoupled_ipadapter.ipadapter_core.memory import manage
 
@@ -355,7 +355,7 @@ def flux_case(label: str, config: dict, repeats: int, directory: Path) -> dict:
     managed = manage(load_adapter(str(path)))
     embeds = make_embeds(torch.randn(1, FLUX_POOLED_WIDTH, generator=torch.Generator().manual_seed(5)),
                          torch.zeros(1, FLUX_POOLED_WIDTH), clip_output="image_embeds")  # fmt: skip
-    patched = apply_flux_image_prompt(model, managed.adapter, managed.weights_patcher, embeds, weight=0.7, start_at=0.0, end_at=1.0)
+    patched = apply_image_prompt(model, managed.adapter, managed.weights_patcher, embeds, weight=0.7, start_at=0.0, end_at=1.0)
     generator = torch.Generator().manual_seed(1)
     positive = [[torch.randn(1, 8, FLUX_TEXT_WIDTH, generator=generator),
                  {"pooled_output": torch.randn(1, FLUX_POOLED_WIDTH, generator=generator), "guidance": 3.5}]]  # fmt: skip
@@ -383,7 +383,7 @@ def sd3_case(label: str, config: dict, resampler: dict, repeats: int, directory:
 
     from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
     from decoupled_ipadapter.ipadapter_core.detection import PENULTIMATE
-    from decoupled_ipadapter.ipadapter_core.dit.sd3_apply import apply_sd3_image_prompt
+    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
     from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
     from decoupled_ipadapter.ipadapter_core.memory import manage
 
@@ -397,7 +397,7 @@ def sd3_case(label: str, config: dict, resampler: dict, repeats: int, directory:
     generator = torch.Generator().manual_seed(5)
     image_tokens = torch.randn(1, SIGLIP_TOKENS, SIGLIP_WIDTH, generator=generator)  # [1, 729, 1152]
     embeds = make_embeds(image_tokens, torch.zeros_like(image_tokens), clip_output=PENULTIMATE)
-    patched = apply_sd3_image_prompt(model, managed.adapter, managed.weights_patcher, embeds, weight=0.5, start_at=0.0,
+    patched = apply_image_prompt(model, managed.adapter, managed.weights_patcher, embeds, weight=0.5, start_at=0.0,
                                      end_at=1.0)  # fmt: skip
     positive = [[torch.randn(1, 77, SD3_TEXT_WIDTH, generator=generator),
                  {"pooled_output": torch.randn(1, SD3_POOLED_WIDTH, generator=generator)}]]  # fmt: skip

@@ -8,7 +8,7 @@ from decoupled_ipadapter.ipadapter_core.adapter import LoadedAdapter, build_adap
 from decoupled_ipadapter.ipadapter_core.detection import detect_spec
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.memory import manage
-from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 from decoupled_ipadapter.ipadapter_core.unet.layer_map import cross_attention_layers
 from decoupled_ipadapter.ipadapter_core.unet.patch import host_attention
 

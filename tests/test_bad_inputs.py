@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tiny_models import SD15_TEXT_WIDTH, SDXL_TEXT_WIDTH, adapter_state_dict, layer_hidden_sizes, nested, tiny_comfy_model
 
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
-from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 from decoupled_ipadapter.ipadapter_core.detection import ENCODER_FILES, VIT_BIGG, VIT_H
 from decoupled_ipadapter.ipadapter_core.embeds import ImagePromptEmbeds, make_embeds
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
@@ -317,13 +317,16 @@ def test_nan_or_infinite_embeds(sd15, adapters, where, value):
     assert "NaN or infinite" in message and "Re-encode the reference images" in message
 
 
-def unet_output(model, seed: int = 0) -> torch.Tensor:
-    """One UNet evaluation of a [cond, uncond] batch, with the model's transformer_options (patches included)."""
+def unet_output(model, seed: int = 0, *, cond_or_uncond=(0, 1)) -> torch.Tensor:
+    """One UNet evaluation of a [cond, uncond] batch, with the model's transformer_options (patches included);
+    `cond_or_uncond` None: a caller that names no conditioning positions."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 4, 8, 8, generator=generator)
     text = torch.randn(2, 77, SD15_TEXT_WIDTH, generator=generator)
     options = dict(model.model_options.get("transformer_options", {}))
-    options.update(cond_or_uncond=[0, 1], sigmas=torch.ones(2))
+    options.update(sigmas=torch.ones(2))
+    if cond_or_uncond is not None:
+        options.update(cond_or_uncond=list(cond_or_uncond))
     with torch.no_grad():
         return model.model.diffusion_model(x, timesteps=torch.full((2,), 500.0), context=text, transformer_options=options)
 
@@ -347,3 +350,11 @@ def test_a_good_adapter_still_works_after_every_refusal(sd15, adapters):
     output = unet_output(patched)
     assert torch.isfinite(output).all()
     assert (output - plain).abs().max() > 1e-3, "the good adapter must change the output"
+
+
+def test_a_model_call_without_conditioning_positions_is_refused(sd15, adapters):
+    """Without `cond_or_uncond` nothing says which rows are unconditional: refused, not the image prompt on every row."""
+    patched = apply(sd15, adapters["ip-adapter_sd15"], vit_h_image_embeds())
+    with pytest.raises(IPAdapterError, match=r"without transformer_options 'cond_or_uncond'.*ComfyUI sampler"):
+        unet_output(patched, cond_or_uncond=None)
+    assert torch.isfinite(unet_output(sd15, cond_or_uncond=None)).all()  # the unpatched model takes such a call

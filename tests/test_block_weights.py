@@ -14,7 +14,7 @@ import re
 import pytest
 from unet_controls import diffusers_layer_scales, tiny_unet
 
-from decoupled_ipadapter.ipadapter_core.block_weights import parse_block_weights
+from decoupled_ipadapter.ipadapter_core.block_weights import check_block_weights_text, parse_block_weights
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 
 pytestmark = pytest.mark.host
@@ -114,3 +114,13 @@ def test_the_example_is_instantstyle_on_sdxl_and_names_real_blocks_on_sd15(tiny)
     assert expected[tiny.layout] in str(error.value)
     if tiny.layout == "SDXL":
         assert '"down": block_1 (2), block_2 (2); "mid"; "up": block_0 (3), block_1 (3)' in str(error.value)
+
+
+def test_queue_time_validation_leaves_which_indexes_exist_to_the_model():
+    """Before the model is known no index is too large (the node refuses it when it runs, naming the model's range);
+    the form is still checked."""
+    check_block_weights_text("3:1.0, 1000000:0.5")
+    with pytest.raises(IPAdapterError, match='"3:x" has no number after the colon'):
+        check_block_weights_text("3:x")
+    with pytest.raises(IPAdapterError, match="index 3 is given twice"):
+        check_block_weights_text("3:1.0, 3:0.5")

@@ -17,7 +17,7 @@ from official_shapes import (
 from tiny_models import nested
 
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
-from decoupled_ipadapter.ipadapter_core.dit.sd3_format import detect_sd3_spec
+from decoupled_ipadapter.ipadapter_core.mmdit.format import detect_sd3_spec
 
 SD35_SPEC = dict(
     variant="instantx-sd3.5-large-ip-adapter", num_tokens=64, embedding_dim=1152, hidden_size=2432, head_dim=64,

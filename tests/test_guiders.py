@@ -1,6 +1,6 @@
 """ComfyUI's guiders through SamplerCustomAdvanced (its node classes called in-process): with every guider the
 patched model runs, λ = 0 gives exactly the unpatched model, the image prompt acts, and each pass of each guider gets
-the image tokens the rule of ipadapter_core/unet/passes.py names.
+the image tokens the rule of ipadapter_core/guider_sides.py names.
 
 A guider's passes are told apart by choosing its scales so that the result is one pass alone (CFG with cfg 0 is its
 negative pass, DualCFG with cfg_conds 0 and cfg_cond2_negative 1 its cond2 pass, …). That pass must equal

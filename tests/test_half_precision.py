@@ -21,7 +21,7 @@ from tiny_models import SD15_TEXT_WIDTH, adapter_state_dict, diffusers_twin, lay
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.memory import manage
-from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 HALF_ERRORS: list[tuple[str, float]] = []  # relative errors, for the report

@@ -1,7 +1,7 @@
-"""Attention masks brought to a layer's queries: against diffusers' own `IPAdapterMaskProcessor.downsample`.
+"""Attention masks brought to a layer's queries: against diffusers' own `IPAdapterMaskProcessor.downsample` where
+the mask's aspect is the latent's (or the latent is not known), stretched to the layer's grid where it is not.
 
-Hard and soft masks, masks whose aspect matches the latent's and masks that do not (diffusers pads those), query
-counts of every UNet level from 1 to 4096, several masks (one per image) at once.
+Hard and soft masks, query counts of every UNet level from 1 to 4096, several masks (one per image) at once.
 """
 
 import warnings
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
-from decoupled_ipadapter.ipadapter_core.masks import downsample_mask, mask_batch, mask_grid
+from decoupled_ipadapter.ipadapter_core.masks import downsample_mask, latent_grid, mask_batch, mask_grid
 
 
 def hard_mask(height: int, width: int) -> torch.Tensor:
@@ -36,27 +36,63 @@ def diffusers_downsample(mask: torch.Tensor, queries: int) -> torch.Tensor:
 
 
 # (mask height, mask width, latent height, latent width): picture size ÷ 8 is the latent; every UNet level halves it
-CASES = [
+MATCHING = [
     (512, 512, 64, 64),  # square SD1.5
     (1024, 1024, 128, 128),  # square SDXL (levels down to 32×32)
     (768, 512, 96, 64),  # portrait, mask matches the latent
-    (512, 1024, 64, 64),  # wide mask on a square latent: padded
+    (1216, 832, 152, 104),  # SDXL's 1216×832 (levels down to 19×13)
+]
+DIFFERING = [
+    (512, 1024, 64, 64),  # wide mask on a square latent
     (300, 200, 40, 40),  # odd sizes, tall mask on a square latent
     (64, 64, 8, 12),  # square mask on a wide latent
+    (832, 832, 104, 152),  # square mask on 832×1216 (odd levels: 13 → 7 rows)
 ]
 
 
+def levels(latent_height: int, latent_width: int):
+    """(rows, columns) of each UNet level: the latent halved, rounding up, as ComfyUI's stride-2 convolutions."""
+    rows, columns = latent_height, latent_width
+    for _ in range(4):
+        yield rows, columns
+        rows, columns = -(-rows // 2), -(-columns // 2)
+
+
 @pytest.mark.parametrize("make", [hard_mask, soft_mask], ids=["hard", "soft"])
-@pytest.mark.parametrize(("height", "width", "latent_height", "latent_width"), CASES)
-def test_downsampling_matches_diffusers_at_every_level(make, height, width, latent_height, latent_width):
+@pytest.mark.parametrize(("height", "width", "latent_height", "latent_width"), MATCHING + DIFFERING)
+def test_without_the_latent_downsampling_matches_diffusers_at_every_level(make, height, width, latent_height, latent_width):
     mask = make(height, width)
-    for level in range(4):
-        queries = (latent_height >> level) * (latent_width >> level)
-        if queries == 0:
-            continue
-        ours = downsample_mask(mask, queries=queries)
-        assert ours.shape == (1, queries)
-        assert torch.equal(ours, diffusers_downsample(mask, queries)), (level, queries)
+    for rows, columns in levels(latent_height, latent_width):
+        ours = downsample_mask(mask, queries=rows * columns)
+        assert ours.shape == (1, rows * columns)
+        assert torch.equal(ours, diffusers_downsample(mask, rows * columns)), (rows, columns)
+
+
+@pytest.mark.parametrize("make", [hard_mask, soft_mask], ids=["hard", "soft"])
+@pytest.mark.parametrize(("height", "width", "latent_height", "latent_width"), MATCHING)
+def test_a_mask_with_the_latents_aspect_gives_diffusers_result_at_every_level(make, height, width, latent_height, latent_width):
+    mask = make(height, width)
+    for rows, columns in levels(latent_height, latent_width):
+        ours = downsample_mask(mask, queries=rows * columns, latent_size=(latent_height, latent_width))
+        assert torch.equal(ours, diffusers_downsample(mask, rows * columns)), (rows, columns)
+
+
+@pytest.mark.parametrize(("height", "width", "latent_height", "latent_width"), DIFFERING)
+def test_a_mask_of_another_aspect_is_stretched_to_the_picture_at_every_level(height, width, latent_height, latent_width):
+    mask = hard_mask(height, width)  # the left half
+    for rows, columns in levels(latent_height, latent_width):
+        ours = downsample_mask(mask, queries=rows * columns, latent_size=(latent_height, latent_width))
+        grid = ours.reshape(rows, columns)  # the layer's token order: row by row
+        assert torch.equal(grid, grid[:1].expand(rows, columns)), "every row alike: no shear"
+        left, right = grid[0, : columns // 2 - 1], grid[0, columns // 2 + 1 :]
+        assert (left > 0.9).all() and (right < 0.1).all(), (rows, columns, grid[0])
+
+
+def test_the_layer_grid_is_the_latent_halved_rounding_up():
+    assert latent_grid(104, 152, queries=104 * 152) == (104, 152)
+    assert latent_grid(104, 152, queries=13 * 19) == (13, 19)
+    assert latent_grid(13, 19, queries=7 * 10) == (7, 10)
+    assert latent_grid(104, 152, queries=126 * 125) is None  # no level has that many queries
 
 
 def test_a_mask_whose_aspect_differs_is_zero_padded_at_the_end():

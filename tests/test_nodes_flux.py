@@ -26,7 +26,7 @@ def flux_nodes(comfy_host, tmp_path_factory):
     weights = xlabs_adapter_state_dict(hidden_size=CONFIG["hidden_size"], double_blocks=CONFIG["depth"], seed=3)
     save_file(weights, str(root / "flux-ip-adapter.safetensors"))
     folder_paths.add_model_folder_path("ipadapter", str(root))
-    yield {"load": loader.LoadIPAdapter, "encode": encode.EncodeImage, "apply": apply.ApplyIPAdapter}
+    yield {"load": loader.LoadIPAdapter, "encode": encode.EncodeImage, "apply": apply.ApplyIPAdapter, "advanced": apply.ApplyIPAdapterAdvanced}
     folder_paths.folder_names_and_paths["ipadapter"][0].remove(str(root))
 
 
@@ -61,7 +61,7 @@ def test_encode_refuses_another_encoder_naming_the_vit_l_file(flux_nodes, flux_a
 
 
 def test_apply_patches_every_double_block_of_a_flux_model(flux_nodes, flux_adapter):
-    from decoupled_ipadapter.ipadapter_core.dit.patch import DoubleBlockPatch
+    from decoupled_ipadapter.ipadapter_core.flux.patch import DoubleBlockPatch
 
     model = tiny_flux_model(CONFIG, seed=1)
     embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
@@ -85,3 +85,29 @@ def test_apply_refuses_a_unet_adapter_on_a_flux_model_and_the_reverse(flux_nodes
     flux_embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
     with pytest.raises(IPAdapterError, match="Apply IPAdapter: .*Flux IP-Adapter but it was applied to a model that is not Flux"):
         run(flux_nodes["apply"], model=unet, ipadapter=flux_adapter, embeds=flux_embeds, weight=1.0, start_at=0.0, end_at=1.0)
+
+
+def test_apply_refuses_a_composition_weight_on_flux(flux_nodes, flux_adapter):
+    embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
+    with pytest.raises(IPAdapterError, match="The Flux IP-Adapter does not take composition_weight 0.5"):
+        run(
+            flux_nodes["advanced"], model=tiny_flux_model(CONFIG, seed=1), ipadapter=flux_adapter, embeds=embeds, weight=1.0,
+            start_at=0.0, end_at=1.0, weight_type="linear", embeds_scaling="V only", block_weights="", composition_weight=0.5,
+        )  # fmt: skip
+
+
+def test_a_unet_adapter_with_a_weight_type_on_flux_is_told_the_family_first(flux_nodes, tmp_path):
+    """The family is checked before the options: an SD1.5 file with a UNet weight type on Flux is told that it is an
+    SD1.5 adapter, not that the Flux adapter takes no weight_type."""
+    from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+    from decoupled_ipadapter.ipadapter_core.memory import manage
+
+    unet = tiny_comfy_model("SD1.5", seed=0)
+    save_file(adapter_state_dict("linear", hidden_sizes=layer_hidden_sizes(unet), text_width=768, seed=1), str(tmp_path / "sd15.safetensors"))
+    sd15 = manage(load_adapter(str(tmp_path / "sd15.safetensors")))
+    embeds = make_embeds(torch.randn(1, 1024), torch.zeros(1, 1024), clip_output="image_embeds")
+    with pytest.raises(IPAdapterError, match="'sd15.safetensors' is an SD1.5 IP-Adapter but it was applied to a Flux model"):
+        run(
+            flux_nodes["advanced"], model=tiny_flux_model(CONFIG, seed=1), ipadapter=sd15, embeds=embeds, weight=1.0,
+            start_at=0.0, end_at=1.0, weight_type="style transfer", embeds_scaling="V only", block_weights="",
+        )  # fmt: skip

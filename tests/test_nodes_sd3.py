@@ -83,7 +83,7 @@ def test_encode_refuses_siglip_for_a_clip_adapter(sd3_nodes, tmp_path):
 
 
 def test_apply_patches_every_joint_block_of_an_sd3_model(sd3_nodes, sd3_adapter):
-    from decoupled_ipadapter.ipadapter_core.dit.sd3_patch import JointBlockPatch
+    from decoupled_ipadapter.ipadapter_core.mmdit.patch import JointBlockPatch
 
     model = tiny_sd3_model(CONFIG, seed=1)
     (patched,) = run(sd3_nodes["apply"], model=model, ipadapter=sd3_adapter, embeds=sd3_embeds(), weight=0.7, start_at=0.0, end_at=1.0)
@@ -130,11 +130,56 @@ def test_apply_refuses_a_unet_adapter_on_an_sd3_model(sd3_nodes, tmp_path):
 
 @pytest.mark.parametrize(
     ("options", "named"),
-    [({"weight_type": "style transfer"}, "weight_type 'style transfer'"), ({"block_weights": "0:1.0"}, 'block_weights "0:1.0"')],
+    [
+        ({"weight_type": "style transfer"}, "weight_type 'style transfer'"),
+        ({"block_weights": "0:1.0"}, 'block_weights "0:1.0"'),
+        ({"composition_weight": 0.5}, "composition_weight 0.5"),
+    ],
 )
 def test_apply_refuses_the_advanced_options_on_sd3(sd3_adapter, options, named):
-    from decoupled_ipadapter.ipadapter_core.dit.apply import apply_dit_image_prompt
+    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 
     model = tiny_sd3_model(CONFIG, seed=1)
     with pytest.raises(IPAdapterError, match=f"The SD3.5 IP-Adapter does not take {named}"):
-        apply_dit_image_prompt(model, sd3_adapter.adapter, sd3_adapter.weights_patcher, sd3_embeds(), weight=1.0, start_at=0.0, end_at=1.0, **options)
+        apply_image_prompt(model, sd3_adapter.adapter, sd3_adapter.weights_patcher, sd3_embeds(), weight=1.0, start_at=0.0, end_at=1.0, **options)
+
+
+def test_apply_at_weight_zero_patches_no_joint_block(sd3_nodes, sd3_adapter):
+    model = tiny_sd3_model(CONFIG, seed=1)
+    (patched,) = run(sd3_nodes["apply"], model=model, ipadapter=sd3_adapter, embeds=sd3_embeds(), weight=0.0, start_at=0.0, end_at=1.0)
+    assert not patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit")
+
+
+def second_import_of_the_pack(name: str):
+    """The pack imported a second time under another package name, as when two folders hold it: its classes are not
+    the classes of `decoupled_ipadapter`."""
+    import importlib
+    import sys
+    import types
+    from pathlib import Path
+
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(Path(__file__).resolve().parents[1])]
+        sys.modules[name] = package
+    importlib.import_module(f"{name}.ipadapter_core.memory")
+    importlib.import_module(f"{name}.ipadapter_core.apply")
+    return importlib.import_module(f"{name}.ipadapter_core")
+
+
+def test_stacking_keeps_both_prompts_when_the_pack_is_imported_twice(sd3_nodes, sd3_adapter):
+    import folder_paths
+
+    other_import = second_import_of_the_pack("decoupled_ipadapter_second_copy")
+    path = folder_paths.get_full_path("ipadapter", "sd35-ip-adapter.bin")
+    other_adapter = other_import.memory.manage(other_import.adapter.load_adapter(path))
+    model = tiny_sd3_model(CONFIG, seed=1)
+    first = other_import.apply.apply_image_prompt(
+        model, other_adapter.adapter, other_adapter.weights_patcher, sd3_embeds(), weight=0.7, start_at=0.0, end_at=1.0
+    )
+    (second,) = run(sd3_nodes["apply"], model=first, ipadapter=sd3_adapter, embeds=sd3_embeds(), weight=0.5, start_at=0.0, end_at=1.0)
+    dit = second.model_options["transformer_options"]["patches_replace"]["dit"]
+    for patch in dit.values():
+        # one patch holding both terms: the earlier patch is not kept as another pack's block, which would never
+        # call our block (its original_block) and so drop the later term
+        assert [term.weight for term in patch.terms] == [0.7, 0.5] and patch.base is None

@@ -158,3 +158,23 @@ def test_a_second_pack_after_ours_adds_to_the_same_patch(layout):
     second = layer_output(foreign_apply(model, seed=3), key, inputs) - plain
     stacked = foreign_apply(foreign_apply(apply(model, managed, image_embeds(1), weight=0.8), seed=2), seed=3)
     assert close(layer_output(stacked, key, inputs), plain + ours + first + second, relative=1e-5)
+
+
+class EmptyLookingPatch:
+    """Another pack's replace patch that is falsy (a container with no entries yet): still a patch to call."""
+
+    def __len__(self):
+        return 0
+
+    def __call__(self, q, k, v, extra_options):
+        return torch.full_like(q, 7.0)
+
+
+def test_a_falsy_patch_of_another_pack_is_kept_not_replaced_by_comfyuis_attention(comfy_host):
+    from decoupled_ipadapter.ipadapter_core.unet.patch import LayerPatch
+
+    layer = cross_attention_layers(tiny_comfy_model("SD1.5", seed=0).model.diffusion_model)[0]
+    patch = LayerPatch(layer=layer, terms=(), base=EmptyLookingPatch())
+    q = torch.randn(2, 16, layer.hidden_size)
+    out = patch(q, q, q, {"n_heads": 1, "cond_or_uncond": [0, 1]})
+    assert torch.equal(out, torch.full_like(q, 7.0))

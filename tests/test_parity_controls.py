@@ -3,7 +3,8 @@
 - Per-block weights: a diffusers scale dict in `block_weights` gives what diffusers gives after
   `set_ip_adapter_scale(dict)` (InstantStyle's style and style + layout dicts, dicts weighting the middle block),
   on the tiny SD1.5 and SDXL UNets; a weight type that equals a dict gives the same output as that dict.
-- Masks: diffusers' `ip_adapter_masks` (hard, soft, an aspect that is not the latent's, one mask per image).
+- Masks: diffusers' `ip_adapter_masks` (hard, soft, one mask per image; a mask taller than the picture against
+  diffusers given it stretched to the picture).
 - The denoised prediction of one Euler step from σ = 2 to 0 with cfg 2 (ComfyUI's sample_custom: the cond and
   uncond batch calc_cond_batch builds) against diffusers' cond and uncond predictions combined the same way.
   Tolerance: fp32, |Δ| ≤ 2e-5 · max|IP term| (the change the adapter makes) + 1e-6 · max|output| (the rounding
@@ -34,7 +35,7 @@ from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 from decoupled_ipadapter.ipadapter_core.memory import manage
-from decoupled_ipadapter.ipadapter_core.unet.apply import apply_image_prompt
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 from decoupled_ipadapter.ipadapter_core.unet.blocks import unet_transformer_modules
 from decoupled_ipadapter.ipadapter_core.unet.layer_map import cross_attention_layers
 
@@ -185,22 +186,25 @@ def picture_mask(kind: str, height: int = 8 * LATENT, width: int = 8 * LATENT) -
     raise ValueError(kind)
 
 
-MASK_CASES = {  # name: (reference images, masks [M, H, W])
-    "hard": (1, lambda: picture_mask("hard")[None]),
-    "soft": (1, lambda: picture_mask("soft")[None]),
-    "taller than the latent": (1, lambda: picture_mask("hard", 96, 64)[None]),
-    "one per image": (2, lambda: torch.stack([picture_mask("hard"), 1 - picture_mask("soft")])),
+MASK_CASES = {  # name: (reference images, masks [M, H, W], the masks diffusers gets: None for the same)
+    "hard": (1, lambda: picture_mask("hard")[None], None),
+    "soft": (1, lambda: picture_mask("soft")[None], None),
+    # stretched to the square picture here; diffusers, which would shear it, gets it stretched already (the left
+    # half stays the left half: the mask is constant along its height, so bicubic along that axis changes nothing)
+    "taller than the picture": (1, lambda: picture_mask("hard", 96, 64)[None], lambda: picture_mask("hard")[None]),
+    "one per image": (2, lambda: torch.stack([picture_mask("hard"), 1 - picture_mask("soft")]), None),
 }
 
 
 @pytest.mark.parametrize("name", list(MASK_CASES))
 def test_attention_masks_match_diffusers_ip_adapter_masks(tiny, name):
-    images, make_masks = MASK_CASES[name]
+    images, make_masks, make_their_masks = MASK_CASES[name]
     masks = make_masks()
     noise, start, texts = inputs(tiny.layout, 7)
     embeds = embeds_of(images, 8)
     ours = comfy_denoised(apply(tiny, embeds, weight=0.8, attn_mask=masks), noise, start, texts)
-    theirs = diffusers_denoised(tiny, noise, start, texts, embeds, scale=0.8, masks=masks)
+    their_masks = masks if make_their_masks is None else make_their_masks()
+    theirs = diffusers_denoised(tiny, noise, start, texts, embeds, scale=0.8, masks=their_masks)
     check(f"{tiny.layout} mask {name}", ours, theirs, comfy_denoised(tiny.model, noise, start, texts))
     unmasked = comfy_denoised(apply(tiny, embeds, weight=0.8), noise, start, texts)
     assert (unmasked - ours).abs().max() > 1e-4, "the mask must change what the prompt does"

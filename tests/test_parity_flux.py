@@ -24,7 +24,7 @@ from tiny_flux import (
 from tiny_models import tiny_comfy_model
 
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
-from decoupled_ipadapter.ipadapter_core.dit.apply import apply_flux_image_prompt
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 from decoupled_ipadapter.ipadapter_core.memory import manage
@@ -127,7 +127,7 @@ def test_xlabs_flux_matches_diffusers(flux, tmp_path):
         from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
 
         FluxIPAdapterMixin.set_ip_adapter_scale(pipeline, scale)
-        patched = apply_flux_image_prompt(model, adapter, weights, embeds, weight=scale, start_at=0.0, end_at=1.0)
+        patched = apply_image_prompt(model, adapter, weights, embeds, weight=scale, start_at=0.0, end_at=1.0)
         ours = comfy_denoised(patched, x, sigma, text, pooled, [1, 0])
         theirs = diffusers_denoised(transformer, x, sigma, text, pooled, rows)
         if scale == 0.0:
@@ -147,7 +147,7 @@ def test_stacked_xlabs_adapters_match_diffusers_multi_adapter(flux, tmp_path):
         adapter = load_adapter(str(tmp_path / name / "ip_adapter.safetensors"))
         positive, negative = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
         embeds = make_embeds(positive, negative, clip_output="image_embeds")
-        patched = apply_flux_image_prompt(patched, adapter, manage(adapter).weights_patcher, embeds, weight=scale, start_at=0.0, end_at=1.0)
+        patched = apply_image_prompt(patched, adapter, manage(adapter).weights_patcher, embeds, weight=scale, start_at=0.0, end_at=1.0)
         rows.append(torch.stack([negative, positive]))
     from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
 
@@ -168,7 +168,7 @@ def test_sampler_path_with_cfg_matches_diffusers(flux, tmp_path):
     generator, x, text, pooled = inputs(12)
     positive, negative = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
     embeds = make_embeds(positive, negative, clip_output="image_embeds")
-    patched = apply_flux_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    patched = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
     from diffusers.loaders.ip_adapter import FluxIPAdapterMixin
 
     FluxIPAdapterMixin.set_ip_adapter_scale(pipeline, 1.0)
@@ -183,7 +183,7 @@ def test_sampler_path_with_cfg_matches_diffusers(flux, tmp_path):
 
 
 def test_other_packs_dit_patch_keeps_working(flux, tmp_path):
-    """A `dit` double-block patch set by another pack still runs (in place of the original block, inside ours)."""
+    """A `dit` double-block patch set by another pack still runs (with our image-prompt block as its original block)."""
     model, _ = flux
     adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=13) / "ip_adapter.safetensors"))
     generator, x, text, pooled = inputs(14)
@@ -196,14 +196,14 @@ def test_other_packs_dit_patch_keeps_working(flux, tmp_path):
         theirs.set_model_patch_replace(foreign, "dit", "double_block", index)
     sigma = torch.tensor(0.5)
     foreign_only = comfy_denoised(theirs, x, sigma, text, pooled, [0, 1])
-    at_zero = apply_flux_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=0.0, start_at=0.0, end_at=1.0)
+    at_zero = apply_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=0.0, start_at=0.0, end_at=1.0)
     assert torch.equal(comfy_denoised(at_zero, x, sigma, text, pooled, [0, 1]), foreign_only)
     calls.clear()
-    both = apply_flux_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    both = apply_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
     with_ip = comfy_denoised(both, x, sigma, text, pooled, [0, 1])
     assert len(calls) == CONFIG["depth"], "the other pack's patch must run once per double block"
     assert (with_ip - foreign_only).abs().max() > 1e-3
-    ours_only = apply_flux_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    ours_only = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
     assert (comfy_denoised(ours_only, x, sigma, text, pooled, [0, 1]) - with_ip).abs().max() > 1e-3
 
 
@@ -221,13 +221,13 @@ def test_the_image_query_is_the_blocks_own_not_computed_again(flux, tmp_path):
     adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=15) / "ip_adapter.safetensors"))
     generator, x, text, pooled = inputs(16)
     embeds = make_embeds(torch.randn(1, 768, generator=generator), torch.zeros(1, 768), clip_output="image_embeds")
-    patched = apply_flux_image_prompt(model.clone(), adapter, manage(adapter).weights_patcher, embeds, weight=1.0,
+    patched = apply_image_prompt(model.clone(), adapter, manage(adapter).weights_patcher, embeds, weight=1.0,
                                       start_at=0.0, end_at=1.0)  # fmt: skip
     measured = tiny_flux_model(CONFIG, seed=1)  # the fixture's weights, with hooks of its own
     calls = _qkv_calls(measured)
     comfy_denoised(measured, x, torch.tensor(0.5), text, pooled, [0, 1])
     plain_calls = len(calls)
-    patched_measured = apply_flux_image_prompt(measured, adapter, manage(adapter).weights_patcher, embeds,
+    patched_measured = apply_image_prompt(measured, adapter, manage(adapter).weights_patcher, embeds,
                                                weight=1.0, start_at=0.0, end_at=1.0)  # fmt: skip
     calls.clear()
     ours = comfy_denoised(patched_measured, x, torch.tensor(0.5), text, pooled, [0, 1])
@@ -235,10 +235,10 @@ def test_the_image_query_is_the_blocks_own_not_computed_again(flux, tmp_path):
     assert torch.equal(ours, comfy_denoised(patched, x, torch.tensor(0.5), text, pooled, [0, 1]))
 
 
-def test_a_block_run_twice_by_another_pack_gets_the_query_rebuilt_from_its_input(flux, tmp_path):
-    """Another pack's patch that runs the block twice (the QK-norm runs twice: which query is the block's is
-    unclear) gets the query rebuilt from the block's input as it came in, not as the block left it: the same result
-    as a patch that runs the block once."""
+def test_a_block_run_twice_by_another_pack_reads_the_query_of_each_run(flux, tmp_path):
+    """Another pack's patch that runs the block twice (a trial run on copies, then the real one) calls our
+    image-prompt block twice, each run with the query of its own input: the same result as a patch that runs the
+    block once."""
     model, _ = flux
     adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=17) / "ip_adapter.safetensors"))
     generator, x, text, pooled = inputs(18)
@@ -256,7 +256,7 @@ def test_a_block_run_twice_by_another_pack_gets_the_query_rebuilt_from_its_input
         theirs = model.clone()
         for index in range(CONFIG["depth"]):
             theirs.set_model_patch_replace(foreign, "dit", "double_block", index)
-        both = apply_flux_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0,
+        both = apply_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0,
                                        start_at=0.0, end_at=1.0)  # fmt: skip
         results.append(comfy_denoised(both, x, torch.tensor(0.5), text, pooled, [0, 1]))
     plain = comfy_denoised(model, x, torch.tensor(0.5), text, pooled, [0, 1])
@@ -286,10 +286,10 @@ def test_adapter_and_model_families_must_match(flux, tmp_path):
     embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
     unet = tiny_comfy_model("SD1.5", seed=0)
     with pytest.raises(IPAdapterError, match="Flux IP-Adapter but it was applied to a model that is not Flux"):
-        apply_flux_image_prompt(unet, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        apply_image_prompt(unet, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
     deeper = tiny_flux_model(tiny_flux_config(double_blocks=3, single_blocks=1), seed=2)
     with pytest.raises(IPAdapterError, match="2 double blocks of width 256, but this Flux model has 3"):
-        apply_flux_image_prompt(deeper, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        apply_image_prompt(deeper, flux_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
 
 
 def test_double_block_weights_match_diffusers_per_block_scales(flux, tmp_path):
@@ -309,7 +309,7 @@ def test_double_block_weights_match_diffusers_per_block_scales(flux, tmp_path):
     for text_weights, scales in (("0:1.0, 1:0.5", [0.8, 0.4]), ("1:1", [0.0, 0.8])):
         for index, scale in enumerate(scales):
             transformer.attn_processors[f"transformer_blocks.{index}.attn.processor"].scale = [scale]
-        patched = apply_flux_image_prompt(
+        patched = apply_image_prompt(
             model, adapter, manage(adapter).weights_patcher, embeds, weight=0.8, start_at=0.0, end_at=1.0, block_weights=text_weights
         )
         dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
@@ -334,5 +334,49 @@ def test_unet_only_options_are_refused_on_flux_with_what_it_takes(flux, tmp_path
     adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=20) / "ip_adapter.safetensors"))
     embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
     with pytest.raises(IPAdapterError, match=named) as refused:
-        apply_flux_image_prompt(model, adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0, **options)
+        apply_image_prompt(model, adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0, **options)
     assert "double-block" in str(refused.value)
+
+
+def sample_steps(model, *, steps: int) -> torch.Tensor:
+    """KSampler's path (comfy.sample.sample, euler/simple, cfg 2) on the tiny Flux."""
+    import comfy.sample
+
+    generator, x, text, pooled = inputs(20)
+    positive = [[text[:1], {"pooled_output": pooled[:1], "guidance": 3.5}]]
+    negative = [[text[1:], {"pooled_output": pooled[1:], "guidance": 3.5}]]
+    noise = x[:1]
+    return comfy.sample.sample(
+        model, noise, steps, 2.0, "euler", "simple", positive, negative, torch.zeros_like(noise), seed=0, disable_pbar=True
+    )
+
+
+def test_under_torch_compile_the_patched_flux_is_one_graph_compiled_once_for_every_step(flux, tmp_path, monkeypatch):
+    """TorchCompileModel's wrapper (`set_torch_compile_wrapper`) around the patched Flux, with fullgraph (any graph
+    break, such as registering a hook inside the call, is an error) and backend "eager" (dynamo's graphs and guards
+    are what the backend is given, so the backend does not change them; inductor would compile for minutes on the
+    CPU): the compiled graphs of a 4-step run are those of a 2-step run (dynamo's counters), no recompile per step.
+    ComfyUI's CPU attention reads the free memory from a file (a graph break of its own): PyTorch's attention here."""
+    import comfy.ldm.flux.math
+    import comfy.ldm.modules.attention as comfy_attention
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(comfy_attention, "optimized_attention", comfy_attention.attention_pytorch)
+    monkeypatch.setattr(comfy.ldm.flux.math, "optimized_attention", comfy_attention.attention_pytorch)
+    model, _ = flux
+    adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=19) / "ip_adapter.safetensors"))
+    embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
+    graphs = []
+    for steps in (2, 4):
+        patched = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        set_torch_compile_wrapper(patched, backend="eager", fullgraph=True)
+        torch._dynamo.reset()
+        counters.clear()
+        try:
+            sample_steps(patched, steps=steps)
+            graphs.append(counters["stats"]["unique_graphs"])
+        finally:
+            torch._dynamo.reset()
+    assert graphs[0] > 0, "the model must have been compiled"
+    assert graphs[0] == graphs[1], f"compiled graphs: {graphs[0]} for 2 steps, {graphs[1]} for 4"

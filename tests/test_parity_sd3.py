@@ -28,7 +28,7 @@ from tiny_sd3 import (
 )
 
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
-from decoupled_ipadapter.ipadapter_core.dit.apply import apply_dit_image_prompt
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 from decoupled_ipadapter.ipadapter_core.memory import manage
@@ -147,7 +147,7 @@ def check(case, ours, theirs, plain):
 
 
 def apply(model, adapter, embeds, weight, *, start_at=0.0, end_at=1.0):
-    return apply_dit_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=weight, start_at=start_at, end_at=end_at)
+    return apply_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=weight, start_at=start_at, end_at=end_at)
 
 
 @pytest.mark.parametrize("container", ["bin", "safetensors"])
@@ -294,9 +294,9 @@ def test_adapter_and_model_families_must_match(sd3, tmp_path):
     sd3_adapter = load_adapter(str(adapter_file(tmp_path, "a", seed=17)))
     _, _, embeds = image_embeds(torch.Generator().manual_seed(18))
     with pytest.raises(IPAdapterError, match="SD3.5 IP-Adapter but it was applied to a model that is not SD3"):
-        apply_dit_image_prompt(tiny_comfy_model("SD1.5", seed=0), sd3_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        apply_image_prompt(tiny_comfy_model("SD1.5", seed=0), sd3_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
     with pytest.raises(IPAdapterError, match="SD3.5 IP-Adapter but it was applied to a model that is not SD3"):
-        apply_dit_image_prompt(tiny_flux_model(tiny_flux_config(), seed=0), sd3_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        apply_image_prompt(tiny_flux_model(tiny_flux_config(), seed=0), sd3_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
     deeper = tiny_sd3_model(tiny_sd3_config(blocks=4), seed=2)
     with pytest.raises(IPAdapterError, match="3 joint blocks of width 192, but this SD3 model has 4 of width \\[256\\]"):
-        apply_dit_image_prompt(deeper, sd3_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        apply_image_prompt(deeper, sd3_adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)

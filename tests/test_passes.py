@@ -12,7 +12,7 @@ from tiny_models import tiny_comfy_model
 
 from decoupled_ipadapter.ipadapter_core.attention import COND, UNCOND, rows_for_batch
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
-from decoupled_ipadapter.ipadapter_core.unet.passes import MODEL_CALL_OPTION, ModelCall, chunk_sides, conds_sides
+from decoupled_ipadapter.ipadapter_core.guider_sides import MODEL_CALL_OPTION, ModelCall, chunk_sides, conds_sides
 
 
 def conditioning(*, negative_prompt_type: bool = False) -> list[dict]:

@@ -63,7 +63,8 @@ def test_the_prompt_acts_in_exactly_the_steps_of_its_range_and_computes_nothing_
     the plain model to the bit and run no image attention; every layer takes the step's one decision."""
     import comfy.samplers
 
-    from decoupled_ipadapter.ipadapter_core.unet import passes, patch
+    from decoupled_ipadapter.ipadapter_core import guider_sides
+    from decoupled_ipadapter.ipadapter_core.unet import patch
 
     steps = 8
     model_sampling = sd15.get_model_object("model_sampling")
@@ -76,8 +77,8 @@ def test_the_prompt_acts_in_exactly_the_steps_of_its_range_and_computes_nothing_
     original = patch.image_attention
 
     def recording(q, k, v, extra_options):
-        assert passes.MODEL_CALL_OPTION in extra_options, "the layer must use the step's decision, not read the sigma"
-        attention_sigmas.append(extra_options[passes.MODEL_CALL_OPTION].sigma)
+        assert guider_sides.MODEL_CALL_OPTION in extra_options, "the layer must use the step's decision, not read the sigma"
+        attention_sigmas.append(extra_options[guider_sides.MODEL_CALL_OPTION].sigma)
         return original(q, k, v, extra_options)
 
     plain = predictions_at_every_step(sd15, scheduler=scheduler, steps=steps)

@@ -9,8 +9,9 @@ equals what diffusers' `set_ip_adapter_scale` sets for that dict.
 import pytest
 from unet_controls import diffusers_layer_scales, tiny_unet
 
+from decoupled_ipadapter.ipadapter_core.controls import LayerControl
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
-from decoupled_ipadapter.ipadapter_core.weight_types import CURVES, WEIGHT_TYPES, LayerControl, layer_controls
+from decoupled_ipadapter.ipadapter_core.weight_types import CURVES, WEIGHT_TYPES, layer_controls
 
 pytestmark = pytest.mark.host
 

@@ -3,18 +3,19 @@
 import torch
 
 from ..adapter import LoadedAdapter
+from ..controls import ApplyOptions
 from ..detection import BASE_OF_LAYER_COUNT
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..embeds_scaling import check_embeds_scaling
 from ..errors import IPAdapterError
+from ..guider_sides import add_pass_wrappers
 from ..masks import mask_batch
-from ..schedule import sigma_range
-from ..term import ImagePromptTerm
+from ..patch_protocol import placed_patch
+from ..term import ImagePromptTerm, term_basics
 from ..weight_types import layer_controls
 from .blocks import unet_transformer_modules
 from .layer_map import CrossAttentionLayer, cross_attention_layers, is_unet
-from .passes import add_pass_wrappers
-from .patch import LayerPatch, copy_patches_on_clone, is_layer_patch
+from .patch import LayerPatch, copy_patches_on_clone
 
 EXAMPLE_FILE = {"SD1.5": "ip-adapter_sd15.safetensors", "SDXL": "ip-adapter_sdxl_vit-h.safetensors"}
 
@@ -69,21 +70,12 @@ def check_mask_fits(mask: torch.Tensor, embeds: ImagePromptEmbeds, composition_e
     )
 
 
-def apply_image_prompt(
+def apply_unet_image_prompt(
     model,
     adapter: LoadedAdapter,
     weights_patcher,
     embeds: ImagePromptEmbeds,
-    *,
-    weight: float,
-    start_at: float,
-    end_at: float,
-    weight_type: str = "linear",
-    embeds_scaling: str = "V only",
-    block_weights: str = "",
-    attn_mask: torch.Tensor | None = None,
-    composition_embeds: ImagePromptEmbeds | None = None,
-    composition_weight: float = 1.0,
+    options: ApplyOptions,
 ):
     """Return a clone of the ModelPatcher `model` whose cross-attention layers also attend to the image prompt.
 
@@ -93,47 +85,42 @@ def apply_image_prompt(
     layer by another pack is kept and called for the text attention, not dropped; a pack that comes later and calls
     `add()` on the patch it finds (cubiq's protocol) adds its callback to ours.
     """
-    check_embeds_scaling(embeds_scaling)
     check_model_is_unet(adapter, model)
     diffusion_model = model.get_model_object("diffusion_model")
     layers = cross_attention_layers(diffusion_model)
     check_adapter_fits_model(adapter, layers)
+    check_embeds_scaling(options.embeds_scaling)
     check_embeds_fit(embeds, adapter.spec, adapter.source)
+    composition_embeds = options.composition_embeds
     if composition_embeds is not None:
         check_embeds_fit(composition_embeds, adapter.spec, adapter.source)
-    masks = check_mask_fits(attn_mask, embeds, composition_embeds) if attn_mask is not None else None
+    masks = check_mask_fits(options.attn_mask, embeds, composition_embeds) if options.attn_mask is not None else None
     controls = layer_controls(
         unet_transformer_modules(diffusion_model),
-        weight_type=weight_type,
-        weight=float(weight),
-        composition_weight=float(composition_weight),
-        block_weights=block_weights,
+        weight_type=options.weight_type,
+        weight=float(options.weight),
+        composition_weight=float(options.composition_weight),
+        block_weights=options.block_weights,
     )
-    sampling = model.get_model_object("model_sampling")
     term = ImagePromptTerm(
-        adapter=adapter,
-        weights_patcher=weights_patcher,
-        embeds=embeds,
-        weight=float(weight),
-        sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
+        **term_basics(model, adapter, weights_patcher, embeds, options),
         controls=controls,
-        embeds_scaling=embeds_scaling,
+        embeds_scaling=options.embeds_scaling,
         composition_embeds=composition_embeds,
         mask=masks,
     )
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in layers:
-        previous = existing.get(layer.key, existing.get(layer.key[:2]))
-        if is_layer_patch(previous):
-            new_patch = previous.stacked_with(term)
-        elif term.layer_weight(layer) == 0:
+        patch = placed_patch(
+            existing.get(layer.key, existing.get(layer.key[:2])), term, acts=term.layer_weight(layer) != 0,
+            new_patch=lambda base, layer=layer: LayerPatch(layer=layer, terms=(term,), base=base),
+        )
+        if patch is None:
             continue  # nothing of ours acts here: ComfyUI's own attention (or the other pack's patch) stays
-        else:
-            new_patch = LayerPatch(layer=layer, terms=(term,), base=previous)
         for key in (layer.key, layer.block_key):  # both keys other packs look up on SD1.5: see layer_map
             if key is not None:
-                patched.set_model_attn2_replace(new_patch, *key)
+                patched.set_model_attn2_replace(patch, *key)
     add_pass_wrappers(patched)
     copy_patches_on_clone(patched)
     return patched

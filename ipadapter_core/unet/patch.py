@@ -6,7 +6,7 @@ the text attention instead of ComfyUI's optimized_attention), and the callbacks 
 through the `add(callback, **kwargs)` protocol of cubiq's IPAdapter, InstantID and PuLID packs.
 
 Per call: the text attention, then each term that acts at this layer and step (its λ here ≠ 0, sigma in range: a
-Python decision, see passes.py) adds `Attn(Q, K', λ·V')` (times its mask, if it has one) with the tokens of each
+Python decision, see guider_sides.py) adds `Attn(Q, K', λ·V')` (times its mask, if it has one) with the tokens of each
 chunk's side, then the added callbacks.
 
 `__call__(q, k, v, extra_options)` returns the attention output before `to_out`; `to`, `models` and `__deepcopy__`
@@ -18,10 +18,10 @@ terms, so another pack's `add()` on a clone changes that clone only.
 import torch
 
 from ..attention import image_prompt_attention, masked_image_prompt_attention, merge_heads, split_heads
-from ..patch_protocol import TermsPatch
+from ..guider_sides import call_sigma, chunk_sides
+from ..patch_protocol import TermsPatch, is_terms_patch
 from ..term import ImagePromptTerm
 from .layer_map import CrossAttentionLayer
-from .passes import call_sigma, chunk_sides
 
 CLONE_CALLBACK_KEY = "decoupled_ipadapter"
 
@@ -62,7 +62,7 @@ class LayerPatch(TermsPatch):
         self.added = list(added)  # (callback, kwargs) that other packs put here with add()
 
     def __call__(self, q, k, v, extra_options):
-        out = (self.base or host_attention)(q, k, v, extra_options)
+        out = (host_attention if self.base is None else self.base)(q, k, v, extra_options)
         sigma = call_sigma(extra_options)
         active = [term for term in self.terms if term.acts_at(self.layer, sigma)]
         if active:
@@ -76,6 +76,8 @@ class LayerPatch(TermsPatch):
         """Σ_terms Attn(Q, K', λ·V') (· mask), each term its own attention call (its own softmax), Q split into heads
         once for all of them. q: `[B, Nq, H·D]`."""
         sides = chunk_sides(extra_options)
+        latent_shape = extra_options.get("original_shape")  # [B, C, H, W] of the latent, as ComfyUI's UNet gives it
+        latent_size = tuple(latent_shape[-2:]) if latent_shape is not None else None
         q_heads = split_heads(q, extra_options["n_heads"]).contiguous()  # [B, H, Nq, D]
 
         def attention(q, k, v):
@@ -87,7 +89,7 @@ class LayerPatch(TermsPatch):
             if term.mask is None:
                 term_out = image_prompt_attention(q_heads, keys, values, sides, attention)  # [B, H, Nq, D], new
             else:
-                masks = term.masks(q.shape[1], q.device, q.dtype)  # [M, Nq, 1]
+                masks = term.masks(q.shape[1], q.device, q.dtype, latent_size=latent_size)  # [M, Nq, 1]
                 term_out = masked_image_prompt_attention(q_heads, keys, values, sides, attention, masks=masks)
             total = term_out if total is None else total.add_(term_out)
         return merge_heads(total)  # [B, Nq, H·D]
@@ -104,17 +106,12 @@ class LayerPatch(TermsPatch):
         return LayerPatch(layer=self.layer, terms=self.terms, base=self.base, added=self.added)
 
 
-def is_layer_patch(patch) -> bool:
-    """Ours, also when the pack was imported twice under two module names (so no isinstance)."""
-    return isinstance(getattr(patch, "terms", None), tuple) and hasattr(patch, "stacked_with")
-
-
 def copy_patches_for_clone(original, clone) -> None:
     """ON_CLONE callback: the clone's attn2 patches become its own LayerPatch objects (one copy per object, so a
     patch set under two keys stays one), in new dicts, so a later `add()` on the clone does not reach the original."""
     options = clone.model_options.get("transformer_options", {})
     attn2 = options.get("patches_replace", {}).get("attn2", {})
-    copies = {id(patch): patch.copy() for patch in attn2.values() if is_layer_patch(patch)}
+    copies = {id(patch): patch.copy() for patch in attn2.values() if is_terms_patch(patch)}
     if copies:
         own = {key: copies.get(id(patch), patch) for key, patch in attn2.items()}
         clone.model_options["transformer_options"] = {**options, "patches_replace": {**options["patches_replace"], "attn2": own}}

@@ -13,7 +13,7 @@ import torch
 from ...models.flux_adapter import FluxIPAdapterModel
 from ..detection import ENCODER_IMAGE_EMBEDS_DIM, IMAGE_EMBEDS, VIT_L
 from ..errors import IPAdapterError
-from ..formats import assign_weights
+from ..formats import with_adapter_weights
 
 FLUX = "Flux"
 PROJECTION_PREFIX = "ip_adapter_proj_model."
@@ -106,10 +106,5 @@ def build_flux_adapter_model(spec: FluxAdapterSpec, tensors: dict[str, torch.Ten
             hidden_size=spec.hidden_size,
             double_blocks=spec.double_blocks,
         )
-    assign_weights(
-        model,
-        tensors,
-        mismatch=f"'{name}' looks like {spec.variant} but its weights do not fit that layout",
-        fix="The file may be damaged; download ip_adapter.safetensors from XLabs-AI/flux-ip-adapter again.",
-    )
-    return model.eval().requires_grad_(False)
+    fix = "The file may be damaged; download ip_adapter.safetensors from XLabs-AI/flux-ip-adapter again."
+    return with_adapter_weights(model, tensors, name=name, variant=spec.variant, fix=fix)

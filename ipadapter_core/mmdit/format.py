@@ -15,7 +15,7 @@ import torch
 from ...models.sd3_adapter import RESAMPLER_DIM_HEAD, SD3IPAdapterModel
 from ..detection import ENCODER_HIDDEN_DIM, PENULTIMATE, SIGLIP
 from ..errors import IPAdapterError
-from ..formats import assign_weights
+from ..formats import with_adapter_weights
 
 SD3 = "SD3.5"
 SD3_FILE = "ip-adapter.bin of InstantX/SD3.5-Large-IP-Adapter"
@@ -120,10 +120,5 @@ def build_sd3_adapter_model(spec: SD3AdapterSpec, parts: dict[str, dict[str, tor
             hidden_size=spec.hidden_size, head_dim=spec.head_dim, joint_blocks=spec.joint_blocks,
         )  # fmt: skip
     flat = {f"{part}.{key}": tensor for part, tensors in parts.items() for key, tensor in tensors.items()}
-    assign_weights(
-        model,
-        flat,
-        mismatch=f"'{name}' looks like {spec.variant} but its weights do not fit that layout",
-        fix=f"The file may be damaged; download {SD3_FILE} again.",
-    )
-    return model.eval().requires_grad_(False)
+    fix = f"The file may be damaged; download {SD3_FILE} again."
+    return with_adapter_weights(model, flat, name=name, variant=spec.variant, fix=fix)

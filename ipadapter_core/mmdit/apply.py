@@ -4,40 +4,33 @@ clone."""
 import torch
 
 from ..adapter import LoadedAdapter
+from ..controls import ApplyOptions
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
-from ..schedule import sigma_range
-from ..unet.passes import add_pass_wrappers
-from .flux_format import FLUX
-from .options import refuse_unet_options
-from .sd3_format import SD3_FILE, SD3AdapterSpec
-from .sd3_patch import JointBlockPatch
-from .sd3_term import TimestepImagePromptTerm
+from ..families import blocks_of_class, check_family
+from ..guider_sides import add_pass_wrappers
+from ..patch_protocol import placed_patch
+from ..refused_options import refuse_unet_options
+from ..term import term_basics
+from .format import SD3_FILE, SD3AdapterSpec
+from .patch import JointBlockPatch
+from .term import TimestepImagePromptTerm
 
 
 def mmdit_joint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module] | None:
     """The joint blocks of a ComfyUI MMDiT (SD3, SD3.5), or None for a model of another kind."""
     from comfy.ldm.modules.diffusionmodules.mmdit import JointBlock
 
-    blocks = getattr(diffusion_model, "joint_blocks", None)
-    if blocks is None or not all(isinstance(block, JointBlock) for block in blocks):
-        return None
-    return list(blocks)
+    return blocks_of_class(diffusion_model, "joint_blocks", JointBlock)
 
 
 def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
+    check_family(
+        adapter, blocks, spec_type=SD3AdapterSpec, model_kind="SD3", blocks_name="MMDiT joint blocks",
+        wanted=f"an SD3.5 IP-Adapter ({SD3_FILE})",
+        connect="Stable Diffusion 3.5 Large",
+    )  # fmt: skip
     spec = adapter.spec
-    if not isinstance(spec, SD3AdapterSpec):
-        article = "a" if spec.base == FLUX else "an"  # a Flux, an SD1.5, an SDXL
-        raise IPAdapterError(
-            f"'{adapter.source}' is {article} {spec.base} IP-Adapter but it was applied to an SD3 model. Load an SD3.5 "
-            f"IP-Adapter ({SD3_FILE}), or apply this one to {article} {spec.base} checkpoint."
-        )
-    if blocks is None:
-        raise IPAdapterError(
-            f"'{adapter.source}' is an SD3.5 IP-Adapter but it was applied to a model that is not SD3 (no MMDiT joint "
-            "blocks). Connect Stable Diffusion 3.5 Large, or load an IP-Adapter made for this model."
-        )
     if any(block.x_block.x_block_self_attn or block.x_block.scale_mod_only for block in blocks):
         raise IPAdapterError(
             f"'{adapter.source}' was made for SD3.5 Large, but this SD3 model has blocks of another kind (MMDiT-X "
@@ -55,16 +48,17 @@ def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) 
 
 def patch_every_joint_block(model, blocks: list[torch.nn.Module], term: TimestepImagePromptTerm):
     """A clone of `model` whose `("double_block", i)` dit replace patch holds `term`: added to our patch already
-    there (stacked Apply nodes), or wrapping another pack's patch (`base`)."""
+    there (stacked Apply nodes), or wrapping another pack's patch (`base`); at λ = 0 a block without our patch
+    gets none."""
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for index, block in enumerate(blocks):
-        previous = existing.get(("double_block", index))
-        if isinstance(previous, JointBlockPatch):
-            new_patch = previous.stacked_with(term)
-        else:
-            new_patch = JointBlockPatch(index=index, block=block, terms=(term,), base=previous)
-        patched.set_model_patch_replace(new_patch, "dit", "double_block", index)
+        patch = placed_patch(
+            existing.get(("double_block", index)), term, acts=term.weight != 0,
+            new_patch=lambda base, index=index, block=block: JointBlockPatch(index=index, block=block, terms=(term,), base=base),
+        )  # fmt: skip
+        if patch is not None:
+            patched.set_model_patch_replace(patch, "dit", "double_block", index)
     return patched
 
 
@@ -73,39 +67,25 @@ def apply_sd3_image_prompt(
     adapter: LoadedAdapter,
     weights_patcher,
     embeds: ImagePromptEmbeds,
-    *,
-    weight: float,
-    start_at: float,
-    end_at: float,
-    weight_type: str = "linear",
-    embeds_scaling: str = "V only",
-    block_weights: str = "",
-    attn_mask=None,
-    composition_embeds: ImagePromptEmbeds | None = None,
-    composition_weight: float = 1.0,
+    options: ApplyOptions,
 ):
     """Return a clone of the ModelPatcher `model` whose joint blocks also attend to the image prompt (λ = weight;
-    the advanced options are refused, `composition_weight` has no use here).
+    the advanced options are refused). At λ = 0 no block is patched.
 
     Several calls stack: every joint block keeps one patch holding all terms. A `dit` replace patch set on a block
     by another pack is kept, with our image-prompt block as its original block.
     """
-    refuse_unet_options(
-        "SD3.5", weight_type=weight_type, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-        composition_embeds=composition_embeds, block_weights=block_weights,
-        takes='weight_type linear, embeds_scaling "V only", empty block_weights, no mask and no composition embeds',
-    )  # fmt: skip
     blocks = mmdit_joint_blocks(model.get_model_object("diffusion_model"))
     check_sd3_fit(adapter, blocks)
+    refuse_unet_options(
+        "SD3.5", options, takes_block_weights=False,
+        takes='weight_type linear, embeds_scaling "V only", empty block_weights, no mask, no composition embeds and '
+        "composition_weight 1",
+    )  # fmt: skip
     check_embeds_fit(embeds, adapter.spec, adapter.source)
-    sampling = model.get_model_object("model_sampling")
     term = TimestepImagePromptTerm(
-        adapter=adapter,
-        weights_patcher=weights_patcher,
-        embeds=embeds,
-        weight=float(weight),
-        sigmas=sigma_range(sampling.percent_to_sigma, start_at=start_at, end_at=end_at),
-        timestep_of_sigma=sampling.timestep,
+        **term_basics(model, adapter, weights_patcher, embeds, options),
+        timestep_of_sigma=model.get_model_object("model_sampling").timestep,
     )
     patched = patch_every_joint_block(model, blocks, term)
     add_pass_wrappers(patched)  # which image tokens each chunk gets under every guider, and one sigma per call

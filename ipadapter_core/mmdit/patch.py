@@ -20,9 +20,9 @@ A patch another pack set on the block first is kept: it is called with our image
 import torch
 
 from ..attention import rows_for_batch
+from ..guider_sides import call_sigma, chunk_sides
 from ..patch_protocol import TermsPatch
-from ..unet.passes import call_sigma, chunk_sides
-from .sd3_term import TimestepImagePromptTerm
+from .term import TimestepImagePromptTerm
 
 
 def image_stream_pre_attention(x_block: torch.nn.Module, x: torch.Tensor, c: torch.Tensor):

@@ -13,6 +13,7 @@ The rule: a chunk gets the unconditional (negative-image) tokens when its condit
 or is marked `prompt_type: "negative"` (ComfyUI marks DualCFG's cond2 and PerpNeg's empty prompt so, as it does for
 SDXL's aesthetic score); every other chunk gets the image prompt. A conditioning the guider does not hold is
 placed by its position in ComfyUI's own [positive, negative] order: 1 is negative, any other position positive.
+A call that names no positions at all (no `cond_or_uncond`: not a sampler's call) is refused (`chunk_sides`).
 
 Two ComfyUI wrappers on the patched model find this: PREDICT_NOISE hands the guider's conds down, and
 CALC_COND_BATCH names the side of every position of each `conds` list (the very lists the guider holds, found by
@@ -23,7 +24,8 @@ Both travel in `transformer_options`, where every attention patch of the call fi
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..attention import COND, UNCOND
+from .attention import COND, UNCOND
+from .errors import IPAdapterError
 
 WRAPPER_KEY = "decoupled_ipadapter"
 GUIDER_CONDS_OPTION = "decoupled_ipadapter_guider_conds"
@@ -66,8 +68,17 @@ def conds_sides(conds: Sequence, guider_conds: dict | None) -> tuple[int, ...]:
 
 
 def chunk_sides(extra_options: dict) -> list[int]:
-    """COND/UNCOND for each batch chunk of an attention call, from its `cond_or_uncond` positions."""
-    positions = extra_options.get("cond_or_uncond") or [0]
+    """COND/UNCOND for each batch chunk of an attention call, from its `cond_or_uncond` positions.
+
+    A call without them (not made by a ComfyUI sampler, which always names them) is refused: nothing says which rows
+    are unconditional, and giving every row the image prompt would put it into the unconditional pass too."""
+    positions = extra_options.get("cond_or_uncond")
+    if not positions:
+        raise IPAdapterError(
+            "Apply IPAdapter: the model was called without transformer_options 'cond_or_uncond', so which batch rows "
+            "are conditional and which unconditional is unknown. Run the patched model through a ComfyUI sampler, or "
+            "pass cond_or_uncond (the conditioning position of each batch chunk: 0 positive, 1 negative)."
+        )
     call = extra_options.get(MODEL_CALL_OPTION)
     known = call.sides if call is not None else ()
     return [known[position] if position < len(known) else side_by_position(position) for position in positions]

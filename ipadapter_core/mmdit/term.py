@@ -9,10 +9,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..adapter import LoadedAdapter
-from ..embeds import ImagePromptEmbeds
 from ..errors import IPAdapterError
-from ..schedule import SigmaRange
+from ..patch_protocol import is_same_device
+from ..term import TermBasics
 
 
 class StepTokens:
@@ -25,22 +24,9 @@ class StepTokens:
         self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-class TimestepImagePromptTerm:
-    def __init__(
-        self,
-        *,
-        adapter: LoadedAdapter,
-        weights_patcher,
-        embeds: ImagePromptEmbeds,
-        weight: float,
-        sigmas: SigmaRange,
-        timestep_of_sigma: Callable[[torch.Tensor], torch.Tensor],
-    ):
-        self.adapter = adapter
-        self.weights_patcher = weights_patcher  # ModelPatcher over adapter.model, shared by every term of this file
-        self.embeds = embeds
-        self.weight = weight
-        self.sigmas = sigmas
+class TimestepImagePromptTerm(TermBasics):
+    def __init__(self, *, timestep_of_sigma: Callable[[torch.Tensor], torch.Tensor], **basics):
+        super().__init__(**basics)
         self.timestep_of_sigma = timestep_of_sigma  # the model's model_sampling.timestep
         self._steps: dict[tuple, StepTokens] = {}
 
@@ -86,4 +72,4 @@ class TimestepImagePromptTerm:
 
     def keep_cached_only_on(self, device: torch.device) -> None:
         """Drop the tokens and K'/V' held on other devices (the model moved): memory is freed where it left."""
-        self._steps = {key: value for key, value in self._steps.items() if key[0] == device}
+        self._steps = {key: value for key, value in self._steps.items() if is_same_device(key[0], device)}

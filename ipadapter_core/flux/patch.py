@@ -1,0 +1,128 @@
+"""The Flux double-block replace patch that runs the XLabs IP-Adapter inside ComfyUI's samplers.
+
+What diffusers' `FluxIPAdapterAttnProcessor` computes in double block i, image stream only:
+
+    ip_query = norm_q(q of the modulated image tokens)     # after the QK-norm, before RoPE: [B, H, L, D]
+    ip       = Σ_adapters Attn(ip_query, K', λ·V')     # = λ · Attn(ip_query, K', V'); K' = to_k_ip(tokens), V' = to_v_ip(tokens)
+    img_out  = block(img, txt, …).img + ip                 # at the very end of the block: ungated, no to_out
+
+ComfyUI calls `patches_replace["dit"][("double_block", i)](args, {"original_block": …})` on every host. The query is
+the one the block itself computes: a forward hook on the block's QK-norm (`img_attn.norm`, whose first output is the
+normalised image query on both hosts) keeps it while our patch runs the block, so the image stream's qkv projection
+is not computed a second time and the block's input is not copied. The hook is put on the norm once, when the first
+patch for that block is made, and stays there (it keeps nothing outside our calls): no hook is registered or
+removed per call, which would break a TorchCompileModel graph at every call. Another pack's patch on the block is
+kept as patch_protocol.py says: it is called with our image-prompt block as its `original_block`, so each run of
+the block (it may run it twice) reads its own query.
+
+`to`, `models` and `__deepcopy__` are ComfyUI's patch protocol (patch_protocol.py).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import rows_for_batch, split_heads
+from ..errors import IPAdapterError
+from ..patch_protocol import TermsPatch
+from ..term import ImagePromptTerm
+from ..guider_sides import call_sigma, chunk_sides
+
+
+@dataclass(frozen=True)
+class DoubleBlock:
+    """What an ImagePromptTerm needs to know of a double block: its number in the adapter file (K'/V' per block)
+    and the key its per-block weight is found under."""
+
+    number: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("double_block", self.number)
+
+
+class QueryKeeper:
+    """The forward hook on a double block's QK-norm: while `queries` is a list, each call's query is appended."""
+
+    def __init__(self):
+        self.queries: list | None = None
+
+    def __call__(self, module, inputs, output):
+        if self.queries is not None:
+            self.queries.append(output[0])  # [B, H, L, D]
+
+
+QUERY_KEEPER = "decoupled_ipadapter_query_keeper"  # the norm module's attribute holding its QueryKeeper
+
+
+def query_keeper(norm: torch.nn.Module) -> QueryKeeper:
+    """The QueryKeeper hooked on `norm`, hooked there on the first request (one hook per module, ever)."""
+    keeper = getattr(norm, QUERY_KEEPER, None)
+    if keeper is None:
+        keeper = QueryKeeper()
+        norm.register_forward_hook(keeper)
+        setattr(norm, QUERY_KEEPER, keeper)
+    return keeper
+
+
+def ip_attention(query: torch.Tensor, image_keys: torch.Tensor, image_values: torch.Tensor, transformer_options) -> torch.Tensor:
+    """`Attn(query, K', V')` with ComfyUI's optimized attention. query `[B, H, L, D]`, K'/V' `[B, T, H·D]` -> `[B, L, H·D]`."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    heads = query.shape[1]
+    keys = split_heads(image_keys, heads)  # [B, H, T, D]
+    values = split_heads(image_values, heads)  # [B, H, T, D]
+    return optimized_attention(query, keys, values, heads, skip_reshape=True, transformer_options=transformer_options)
+
+
+class DoubleBlockPatch(TermsPatch):
+    def __init__(self, *, index: int, block: torch.nn.Module, terms: tuple[ImagePromptTerm, ...], base=None):
+        self.index = index
+        self.block = block  # the model's own DoubleStreamBlock i (shared, never copied)
+        self.terms = terms
+        self.base = base  # another pack's replace patch on this block (it gets ours as its original block), or None
+        query_keeper(block.img_attn.norm)  # hooked now, outside any sampling (and compiled) call
+
+    def __call__(self, args, extra):
+        sigma = call_sigma(args.get("transformer_options") or {})
+        block = DoubleBlock(number=self.index)
+        active = [term for term in self.terms if term.acts_at(block, sigma)]  # one decision per call, no device sync
+        if not active:
+            return self.base(args, extra) if self.base is not None else extra["original_block"](args)
+
+        def with_image_prompt(block_args):
+            return self.block_with_image_prompt(block_args, extra["original_block"], active)
+
+        if self.base is not None:
+            return self.base(args, {**extra, "original_block": with_image_prompt})
+        return with_image_prompt(args)
+
+    def block_with_image_prompt(self, args, original_block, terms: list[ImagePromptTerm]) -> dict:
+        """The original block, then Σ_terms Attn(query, K', λ·V') added to its image stream, with the image query its
+        QK-norm computed (`[B, H, L, D]`)."""
+        keeper = query_keeper(self.block.img_attn.norm)
+        keeper.queries = []
+        try:
+            out = original_block(args)
+        finally:
+            queries, keeper.queries = keeper.queries, None
+        if len(queries) != 1:
+            raise IPAdapterError(
+                f"Apply IPAdapter: Flux double block {self.index} ran its QK-norm {len(queries)} times in one call "
+                "(once is ComfyUI's block). A patch on the block's modules changed how it runs; remove it or apply "
+                "the IP-Adapter without it."
+            )
+        query = queries[0]
+        options = args.get("transformer_options") or {}
+        sides = chunk_sides(options)
+        image = out["img"]
+        block = DoubleBlock(number=self.index)
+        for term in terms:
+            image_keys, image_values = term.keys_values(block, query.device, query.dtype)  # K', λ·V': [2, T, H·D] each
+            keys = rows_for_batch(image_keys, sides, query.shape[0])  # [B, T, H·D]
+            values = rows_for_batch(image_values, sides, query.shape[0])  # [B, T, H·D]
+            image = image + ip_attention(query, keys, values, options).to(image.dtype)
+        return {**out, "img": image}
+
+    def stacked_with(self, term: ImagePromptTerm) -> "DoubleBlockPatch":
+        return DoubleBlockPatch(index=self.index, block=self.block, terms=(*self.terms, term), base=self.base)
