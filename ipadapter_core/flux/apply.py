@@ -3,7 +3,6 @@
 import torch
 
 from ..adapter import LoadedAdapter
-from ..block_weights import parse_double_block_weights
 from ..controls import ApplyOptions, LayerControl
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
@@ -12,6 +11,7 @@ from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import placed_patch
 from ..refused_options import refuse_unet_options
 from ..term import ImagePromptTerm, term_basics
+from .block_weights import parse_double_block_weights
 from .format import FluxAdapterSpec
 from .patch import DoubleBlock, DoubleBlockPatch
 

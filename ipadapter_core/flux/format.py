@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ...models.flux_adapter import FluxIPAdapterModel
-from ..detection import ENCODER_IMAGE_EMBEDS_DIM, IMAGE_EMBEDS, VIT_L
+from ..encoders import ENCODER_IMAGE_EMBEDS_DIM, IMAGE_EMBEDS, VIT_L
 from ..errors import IPAdapterError
 from ..formats import with_adapter_weights
 

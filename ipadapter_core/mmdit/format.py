@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ...models.sd3_adapter import RESAMPLER_DIM_HEAD, SD3IPAdapterModel
-from ..detection import ENCODER_HIDDEN_DIM, PENULTIMATE, SIGLIP
+from ..encoders import ENCODER_HIDDEN_DIM, PENULTIMATE, SIGLIP
 from ..errors import IPAdapterError
 from ..formats import with_adapter_weights
 
