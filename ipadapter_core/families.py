@@ -1,38 +1,61 @@
-"""What the DiT mechanisms' apply functions share about families: a model's blocks of one class, and the refusal of
-an adapter file of another family."""
+"""What the DiT mechanisms share about families: a family's blocks in a ComfyUI model, and the refusal of an adapter
+file or a model of another family."""
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .adapter import LoadedAdapter
 from .errors import IPAdapterError
 
+if TYPE_CHECKING:  # adapter.py imports the rooms' formats, which import this module
+    from .adapter import LoadedAdapter
 
-def blocks_of_class(diffusion_model: torch.nn.Module, attribute: str, block_class: type) -> list[torch.nn.Module] | None:
-    """The blocks of `diffusion_model.<attribute>` when all are `block_class`, or None (a model of another kind)."""
-    blocks = getattr(diffusion_model, attribute, None)
+
+@dataclass(frozen=True)
+class DitFamily:
+    """One DiT mechanism's family: where its blocks are in a ComfyUI model, how refusals name its files and models."""
+
+    model_kind: str  # "Flux": the model, in refusals
+    blocks_attribute: str  # "double_blocks": the diffusion model's attribute that holds the blocks
+    block_class: str  # "comfy.ldm.flux.layers.DoubleStreamBlock": every block's class, imported at call time
+    blocks_name: str  # "double-stream blocks": the blocks, in refusals
+    spec_type: type  # the adapter spec of the family's files
+    wanted: str  # the adapter file to load, in refusals
+    connect: str  # the model to connect, in refusals
+
+
+def family_blocks(diffusion_model: torch.nn.Module, family: DitFamily) -> list[torch.nn.Module] | None:
+    """The family's blocks of a ComfyUI diffusion model when all are of its class, or None (a model of another kind)."""
+    module_name, _, class_name = family.block_class.rpartition(".")
+    block_class = getattr(importlib.import_module(module_name), class_name)
+    blocks = getattr(diffusion_model, family.blocks_attribute, None)
     if blocks is None or not all(isinstance(block, block_class) for block in blocks):
         return None
     return list(blocks)
 
 
-def with_article(name: str) -> str:
-    """"an SD1.5", "an SDXL", "an SD3" (read letter by letter), "a Flux"."""
-    return f"{'an' if name.startswith('SD') else 'a'} {name}"
-
-
-def check_family(
-    adapter: LoadedAdapter, blocks: list | None, *, spec_type: type, model_kind: str, blocks_name: str, wanted: str, connect: str
-) -> None:
-    """The adapter file is of the mechanism's family (`spec_type`, for a `model_kind` model: `wanted` names its file)
-    and the model has the mechanism's blocks (`blocks_name`; `connect` names the model to use); refused otherwise."""
+def fitting_family_blocks(model, adapter: "LoadedAdapter", family: DitFamily) -> list[torch.nn.Module]:
+    """The family's blocks of the ModelPatcher `model`, once the adapter file is known to be of the family and the
+    model to have them; refused otherwise, naming the family and what to load or connect."""
+    blocks = family_blocks(model.get_model_object("diffusion_model"), family)
     base = adapter.spec.base
-    if not isinstance(adapter.spec, spec_type):
+    if not isinstance(adapter.spec, family.spec_type):
         raise IPAdapterError(
-            f"'{adapter.source}' is {with_article(base)} IP-Adapter but it was applied to {with_article(model_kind)} "
-            f"model. Load {wanted}, or apply this one to {with_article(base)} checkpoint."
+            f"'{adapter.source}' is {with_article(base)} IP-Adapter but it was applied to "
+            f"{with_article(family.model_kind)} model. Load {family.wanted}, or apply this one to {with_article(base)} "
+            "checkpoint."
         )
     if blocks is None:
         raise IPAdapterError(
             f"'{adapter.source}' is {with_article(base)} IP-Adapter but it was applied to a model that is not "
-            f"{model_kind} (no {blocks_name}). Connect {connect}, or load an IP-Adapter made for this model."
+            f"{family.model_kind} (no {family.blocks_name}). Connect {family.connect}, or load an IP-Adapter made for "
+            "this model."
         )
+    return blocks
+
+
+def with_article(name: str) -> str:
+    """"an SD1.5", "an SDXL", "an SD3" (read letter by letter), "a Flux"."""
+    return f"{'an' if name.startswith('SD') else 'a'} {name}"

@@ -6,31 +6,17 @@ from ..adapter import LoadedAdapter
 from ..controls import ApplyOptions, LayerControl
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..errors import IPAdapterError
-from ..families import blocks_of_class, check_family
+from ..families import fitting_family_blocks
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import placed_patch
 from ..refused_options import refuse_unet_options
 from ..term import ImagePromptTerm, term_basics
 from .block_weights import parse_double_block_weights
-from .format import FluxAdapterSpec
+from .format import FLUX_FAMILY, FLUX_FILE
 from .patch import DoubleBlock, DoubleBlockPatch
 
-FLUX_FILE = "ip_adapter.safetensors of XLabs-AI/flux-ip-adapter (or flux-ip-adapter-v2)"
-
-
-def flux_double_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module] | None:
-    """The double-stream blocks of a ComfyUI Flux transformer, or None for a model of another kind."""
-    from comfy.ldm.flux.layers import DoubleStreamBlock
-
-    return blocks_of_class(diffusion_model, "double_blocks", DoubleStreamBlock)
-
-
-def check_flux_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
-    check_family(
-        adapter, blocks, spec_type=FluxAdapterSpec, model_kind="Flux", blocks_name="double-stream blocks",
-        wanted=f"a Flux IP-Adapter ({FLUX_FILE})",
-        connect="a FLUX.1 model (dev or schnell)",
-    )  # fmt: skip
+def check_flux_sizes(adapter: LoadedAdapter, blocks: list[torch.nn.Module]) -> None:
+    """The adapter has K'/V' for as many double blocks as the model, of the model's width; refused otherwise."""
     spec = adapter.spec
     hidden_sizes = {block.hidden_size for block in blocks}
     if len(blocks) != spec.double_blocks or hidden_sizes != {spec.hidden_size}:
@@ -55,8 +41,8 @@ def apply_flux_image_prompt(
     terms. A `dit` replace patch set on a block by another pack is kept, with our image-prompt block as its original
     block (patch_protocol.py).
     """
-    blocks = flux_double_blocks(model.get_model_object("diffusion_model"))
-    check_flux_fit(adapter, blocks)
+    blocks = fitting_family_blocks(model, adapter, FLUX_FAMILY)
+    check_flux_sizes(adapter, blocks)
     refuse_unet_options(
         "Flux", options, takes_block_weights=True,
         takes='weight_type linear, embeds_scaling "V only", no mask, no composition embeds and composition_weight 1; '

@@ -13,12 +13,14 @@ import torch
 from ...models.flux_adapter import FluxIPAdapterModel
 from ..encoders import ENCODER_IMAGE_EMBEDS_DIM, IMAGE_EMBEDS, VIT_L
 from ..errors import IPAdapterError
+from ..families import DitFamily
 from ..formats import with_adapter_weights
 
 FLUX = "Flux"
 PROJECTION_PREFIX = "ip_adapter_proj_model."
 BLOCK_KEY = re.compile(r"^double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)$")
 PROJECTION_KEYS = {"proj.weight", "proj.bias", "norm.weight", "norm.bias"}
+FLUX_FILE = "ip_adapter.safetensors of XLabs-AI/flux-ip-adapter (or flux-ip-adapter-v2)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,13 @@ class FluxAdapterSpec:
             f"{self.double_blocks} double blocks of width {self.hidden_size}, needs the {self.image_encoder} image "
             "encoder (image embeds)"
         )
+
+
+FLUX_FAMILY = DitFamily(
+    model_kind="Flux", blocks_attribute="double_blocks", block_class="comfy.ldm.flux.layers.DoubleStreamBlock",
+    blocks_name="double-stream blocks", spec_type=FluxAdapterSpec, wanted=f"a Flux IP-Adapter ({FLUX_FILE})",
+    connect="a FLUX.1 model (dev or schnell)",
+)  # fmt: skip
 
 
 def is_flux_adapter_file(tensors: dict) -> bool:

@@ -15,6 +15,7 @@ import torch
 from ...models.sd3_adapter import RESAMPLER_DIM_HEAD, SD3IPAdapterModel
 from ..encoders import ENCODER_HIDDEN_DIM, PENULTIMATE, SIGLIP
 from ..errors import IPAdapterError
+from ..families import DitFamily
 from ..formats import with_adapter_weights
 
 SD3 = "SD3.5"
@@ -50,6 +51,13 @@ class SD3AdapterSpec:
             f"attention in {self.joint_blocks} joint blocks of width {self.hidden_size}, needs the {self.image_encoder} "
             "image encoder (penultimate hidden states)"
         )
+
+
+SD3_FAMILY = DitFamily(
+    model_kind="SD3", blocks_attribute="joint_blocks", block_class="comfy.ldm.modules.diffusionmodules.mmdit.JointBlock",
+    blocks_name="MMDiT joint blocks", spec_type=SD3AdapterSpec, wanted=f"an SD3.5 IP-Adapter ({SD3_FILE})",
+    connect="Stable Diffusion 3.5 Large",
+)  # fmt: skip
 
 
 def is_sd3_adapter_file(parts: dict[str, dict[str, torch.Tensor]]) -> bool:
