@@ -1,13 +1,17 @@
-"""What the DiT mechanisms share about families: a family's blocks in a ComfyUI model, and the refusal of an adapter
-file or a model of another family."""
+"""What the DiT mechanisms share about families: a family's blocks in a ComfyUI model, the refusal of an adapter file
+or a model of another family, and the checks before a mechanism patches (blocks, options, embeds)."""
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from .controls import ApplyOptions
+from .embeds import ImagePromptEmbeds, check_embeds_fit
 from .errors import IPAdapterError
+from .refused_options import refuse_unet_options
 
 if TYPE_CHECKING:  # adapter.py imports the rooms' formats, which import this module
     from .adapter import LoadedAdapter
@@ -18,6 +22,7 @@ class DitFamily:
     """One DiT mechanism's family: where its blocks are in a ComfyUI model, how refusals name its files and models."""
 
     model_kind: str  # "Flux": the model, in refusals
+    adapter_name: str  # "SD3.5": the adapter, in the refusal of options it does not take
     blocks_attribute: str  # "double_blocks": the diffusion model's attribute that holds the blocks
     block_class: str  # "comfy.ldm.flux.layers.DoubleStreamBlock": every block's class, imported at call time
     blocks_name: str  # "double-stream blocks": the blocks, in refusals
@@ -53,6 +58,27 @@ def fitting_family_blocks(model, adapter: "LoadedAdapter", family: DitFamily) ->
             f"{family.model_kind} (no {family.blocks_name}). Connect {family.connect}, or load an IP-Adapter made for "
             "this model."
         )
+    return blocks
+
+
+def fitting_dit_blocks(
+    model,
+    adapter: "LoadedAdapter",
+    embeds: ImagePromptEmbeds,
+    options: ApplyOptions,
+    *,
+    family: DitFamily,
+    check_blocks: Callable[["LoadedAdapter", list[torch.nn.Module]], None],
+    takes_block_weights: bool,
+    takes: str,
+) -> list[torch.nn.Module]:
+    """The family's blocks of the ModelPatcher `model` once all fits: file and model of the family
+    (`fitting_family_blocks`), blocks the adapter was made for (`check_blocks`, refusing otherwise), options the
+    mechanism takes (`refuse_unet_options`: `takes` says what it takes), and embeds the adapter reads."""
+    blocks = fitting_family_blocks(model, adapter, family)
+    check_blocks(adapter, blocks)
+    refuse_unet_options(family.adapter_name, options, takes_block_weights=takes_block_weights, takes=takes)
+    check_embeds_fit(embeds, adapter.spec, adapter.source)
     return blocks
 
 

@@ -4,12 +4,11 @@ import torch
 
 from ..adapter import LoadedAdapter
 from ..controls import ApplyOptions, LayerControl
-from ..embeds import ImagePromptEmbeds, check_embeds_fit
+from ..embeds import ImagePromptEmbeds
 from ..errors import IPAdapterError
-from ..families import fitting_family_blocks
+from ..families import fitting_dit_blocks
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import placed_patch
-from ..refused_options import refuse_unet_options
 from ..term import ImagePromptTerm, term_basics
 from .block_weights import parse_double_block_weights
 from .format import FLUX_FAMILY, FLUX_FILE
@@ -41,14 +40,11 @@ def apply_flux_image_prompt(
     terms. A `dit` replace patch set on a block by another pack is kept, with our image-prompt block as its original
     block (patch_protocol.py).
     """
-    blocks = fitting_family_blocks(model, adapter, FLUX_FAMILY)
-    check_flux_sizes(adapter, blocks)
-    refuse_unet_options(
-        "Flux", options, takes_block_weights=True,
+    blocks = fitting_dit_blocks(
+        model, adapter, embeds, options, family=FLUX_FAMILY, check_blocks=check_flux_sizes, takes_block_weights=True,
         takes='weight_type linear, embeds_scaling "V only", no mask, no composition embeds and composition_weight 1; '
         'per-block weights go in block_weights as double-block indexes with weights, such as "0:1.0, 5:0.5"',
     )  # fmt: skip
-    check_embeds_fit(embeds, adapter.spec, adapter.source)
     per_block = parse_double_block_weights(options.block_weights, count=len(blocks), weight=float(options.weight))
     term = ImagePromptTerm(
         **term_basics(model, adapter, weights_patcher, embeds, options),

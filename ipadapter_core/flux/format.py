@@ -48,17 +48,17 @@ class FluxAdapterSpec:
         )
 
 
-FLUX_FAMILY = DitFamily(
-    model_kind="Flux", blocks_attribute="double_blocks", block_class="comfy.ldm.flux.layers.DoubleStreamBlock",
-    blocks_name="double-stream blocks", spec_type=FluxAdapterSpec, wanted=f"a Flux IP-Adapter ({FLUX_FILE})",
-    connect="a FLUX.1 model (dev or schnell)",
-)  # fmt: skip
-
-
 def is_flux_adapter_file(tensors: dict) -> bool:
     """True for the XLabs layout: a projection under `ip_adapter_proj_model.` and K'/V' under `double_blocks.`."""
     keys = [key for key in tensors if isinstance(key, str)]
     return any(key.startswith(PROJECTION_PREFIX) for key in keys) and any(key.startswith("double_blocks.") for key in keys)
+
+
+FLUX_FAMILY = DitFamily(
+    model_kind=FLUX, adapter_name=FLUX, blocks_attribute="double_blocks",
+    block_class="comfy.ldm.flux.layers.DoubleStreamBlock", blocks_name="double-stream blocks", spec_type=FluxAdapterSpec,
+    wanted=f"a Flux IP-Adapter ({FLUX_FILE})", connect="a FLUX.1 model (dev or schnell)",
+)  # fmt: skip
 
 
 def detect_flux_spec(tensors: dict[str, torch.Tensor], name: str) -> FluxAdapterSpec:

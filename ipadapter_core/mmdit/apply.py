@@ -5,12 +5,11 @@ import torch
 
 from ..adapter import LoadedAdapter
 from ..controls import ApplyOptions
-from ..embeds import ImagePromptEmbeds, check_embeds_fit
+from ..embeds import ImagePromptEmbeds
 from ..errors import IPAdapterError
-from ..families import fitting_family_blocks
+from ..families import fitting_dit_blocks
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import placed_patch
-from ..refused_options import refuse_unet_options
 from ..term import term_basics
 from .format import SD3_FAMILY, SD3_FILE
 from .patch import JointBlockPatch
@@ -63,14 +62,11 @@ def apply_sd3_image_prompt(
     Several calls stack: every joint block keeps one patch holding all terms. A `dit` replace patch set on a block
     by another pack is kept, with our image-prompt block as its original block.
     """
-    blocks = fitting_family_blocks(model, adapter, SD3_FAMILY)
-    check_sd3_blocks(adapter, blocks)
-    refuse_unet_options(
-        "SD3.5", options, takes_block_weights=False,
+    blocks = fitting_dit_blocks(
+        model, adapter, embeds, options, family=SD3_FAMILY, check_blocks=check_sd3_blocks, takes_block_weights=False,
         takes='weight_type linear, embeds_scaling "V only", empty block_weights, no mask, no composition embeds and '
         "composition_weight 1",
     )  # fmt: skip
-    check_embeds_fit(embeds, adapter.spec, adapter.source)
     term = TimestepImagePromptTerm(
         **term_basics(model, adapter, weights_patcher, embeds, options),
         timestep_of_sigma=model.get_model_object("model_sampling").timestep,

@@ -53,16 +53,16 @@ class SD3AdapterSpec:
         )
 
 
-SD3_FAMILY = DitFamily(
-    model_kind="SD3", blocks_attribute="joint_blocks", block_class="comfy.ldm.modules.diffusionmodules.mmdit.JointBlock",
-    blocks_name="MMDiT joint blocks", spec_type=SD3AdapterSpec, wanted=f"an SD3.5 IP-Adapter ({SD3_FILE})",
-    connect="Stable Diffusion 3.5 Large",
-)  # fmt: skip
-
-
 def is_sd3_adapter_file(parts: dict[str, dict[str, torch.Tensor]]) -> bool:
     """True for the InstantX layout: a timestep embedding in the resampler, adaptive norms in the blocks."""
     return "time_embedding.linear_1.weight" in parts["image_proj"] or any(".norm_ip." in key for key in parts["ip_adapter"])
+
+
+SD3_FAMILY = DitFamily(
+    model_kind="SD3", adapter_name=SD3, blocks_attribute="joint_blocks",
+    block_class="comfy.ldm.modules.diffusionmodules.mmdit.JointBlock", blocks_name="MMDiT joint blocks",
+    spec_type=SD3AdapterSpec, wanted=f"an SD3.5 IP-Adapter ({SD3_FILE})", connect="Stable Diffusion 3.5 Large",
+)  # fmt: skip
 
 
 def _damaged(name: str, what: str) -> IPAdapterError:
