@@ -9,10 +9,10 @@ from ..errors import IPAdapterError
 from ..families import fitting_dit_blocks
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import placed_patch
-from ..term import ImagePromptTerm, term_basics
+from ..term import DitBlock, ImagePromptTerm, term_basics
 from .block_weights import parse_double_block_weights
 from .format import FLUX_FAMILY, FLUX_FILE
-from .patch import DoubleBlock, DoubleBlockPatch
+from .patch import DoubleBlockPatch
 
 def check_flux_sizes(adapter: LoadedAdapter, blocks: list[torch.nn.Module]) -> None:
     """The adapter has K'/V' for as many double blocks as the model, of the model's width; refused otherwise."""
@@ -48,13 +48,13 @@ def apply_flux_image_prompt(
     per_block = parse_double_block_weights(options.block_weights, count=len(blocks), weight=float(options.weight))
     term = ImagePromptTerm(
         **term_basics(model, adapter, weights_patcher, embeds, options),
-        controls=None if per_block is None else {DoubleBlock(index).key: LayerControl(weight=w) for index, w in per_block.items()},
+        controls=None if per_block is None else {DitBlock(index).key: LayerControl(weight=w) for index, w in per_block.items()},
     )
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for index, block in enumerate(blocks):
         patch = placed_patch(
-            existing.get(("double_block", index)), term, acts=term.layer_weight(DoubleBlock(index)) != 0,
+            existing.get(("double_block", index)), term, acts=term.layer_weight(DitBlock(index)) != 0,
             new_patch=lambda base, index=index, block=block: DoubleBlockPatch(index=index, block=block, terms=(term,), base=base),
         )  # fmt: skip
         if patch is not None:
