@@ -9,19 +9,20 @@ prompt (each mechanism refuses what does not fit it, naming the family and what 
 from .adapter import LoadedAdapter
 from .controls import ApplyOptions
 from .embeds import ImagePromptEmbeds
-from .flux.apply import apply_flux_image_prompt, flux_double_blocks
-from .flux.format import FluxAdapterSpec
-from .mmdit.apply import apply_sd3_image_prompt, mmdit_joint_blocks
-from .mmdit.format import SD3AdapterSpec
+from .families import family_blocks
+from .flux.apply import apply_flux_image_prompt
+from .flux.format import FLUX_FAMILY, FluxAdapterSpec
+from .mmdit.apply import apply_sd3_image_prompt
+from .mmdit.format import SD3_FAMILY, SD3AdapterSpec
 from .unet.apply import apply_unet_image_prompt
 
 
 def mechanism_apply(model, adapter: LoadedAdapter):
     """The apply function of the mechanism that takes this adapter on this model."""
     diffusion_model = model.get_model_object("diffusion_model")
-    if isinstance(adapter.spec, SD3AdapterSpec) or mmdit_joint_blocks(diffusion_model) is not None:
+    if isinstance(adapter.spec, SD3AdapterSpec) or family_blocks(diffusion_model, SD3_FAMILY) is not None:
         return apply_sd3_image_prompt
-    if isinstance(adapter.spec, FluxAdapterSpec) or flux_double_blocks(diffusion_model) is not None:
+    if isinstance(adapter.spec, FluxAdapterSpec) or family_blocks(diffusion_model, FLUX_FAMILY) is not None:
         return apply_flux_image_prompt
     return apply_unet_image_prompt
 

@@ -11,13 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .detection import (
-    ENCODER_FILES,
-    ENCODER_HIDDEN_DIM,
-    ENCODER_IMAGE_EMBEDS_DIM,
-    IMAGE_EMBEDS,
-    AdapterSpec,
-)
+from .encoders import ENCODER_FILES, ENCODER_HIDDEN_DIM, ENCODER_IMAGE_EMBEDS_DIM, IMAGE_EMBEDS, EncoderReadingSpec
 from .errors import IPAdapterError
 
 
@@ -80,7 +74,7 @@ def provenance(embeds: ImagePromptEmbeds) -> str:
     return f" (encoded {' '.join(parts)})" if parts else ""
 
 
-def check_embeds_fit(embeds: ImagePromptEmbeds, spec: AdapterSpec, source: str) -> None:
+def check_embeds_fit(embeds: ImagePromptEmbeds, spec: EncoderReadingSpec, source: str) -> None:
     """Raise a clear error unless these embeds are what the adapter's projection reads."""
     if embeds.image_count == 0 or embeds.positive.numel() == 0:
         raise IPAdapterError("The image-prompt embeds are empty. Connect at least one reference image to Encode.")

@@ -11,7 +11,7 @@ import os
 import safetensors
 import torch
 
-from .detection import IMAGE_EMBEDS, PENULTIMATE
+from .encoders import IMAGE_EMBEDS, PENULTIMATE
 from .embeds import ImagePromptEmbeds, make_embeds
 from .errors import IPAdapterError
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .detection import ENCODER_FILES, IMAGE_EMBEDS, SIGLIP, AdapterSpec
 from .embeds import ImagePromptEmbeds, encoder_of_width, make_embeds
+from .encoders import ENCODER_FILES, IMAGE_EMBEDS, SIGLIP, EncoderReadingSpec
 from .errors import IPAdapterError
 
 ENCODE_BATCH_SIZE = 16
@@ -55,7 +55,7 @@ def check_siglip_fits(clip_vision, spec, source: str) -> None:
         )
 
 
-def check_encoder_fits(clip_vision, spec: AdapterSpec, source: str) -> None:
+def check_encoder_fits(clip_vision, spec: EncoderReadingSpec, source: str) -> None:
     if spec.image_encoder == SIGLIP:
         return check_siglip_fits(clip_vision, spec, source)
     widths = encoder_widths(clip_vision)
@@ -129,7 +129,7 @@ def unconditional_output(clip_vision, positive: torch.Tensor, *, clip_output: st
 
 
 def encode_image_prompt(
-    clip_vision, spec: AdapterSpec, source: str, images, negative_images, *, crop: str = "center", after_batch
+    clip_vision, spec: EncoderReadingSpec, source: str, images, negative_images, *, crop: str = "center", after_batch
 ) -> ImagePromptEmbeds:
     check_encoder_fits(clip_vision, spec, source)
     if negative_images is None and spec.black_negative_image:

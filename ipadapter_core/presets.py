@@ -49,7 +49,7 @@ class Preset:
     name: str
     adapter: ModelFile
     encoder: ModelFile
-    variants: tuple[str, ...]  # what Load IPAdapter may detect the adapter file as (detection.AdapterSpec.variant)
+    variants: tuple[str, ...]  # what Load IPAdapter may detect the adapter file as (unet/format.py AdapterSpec.variant)
 
 
 VIT_H_FILE = ModelFile(

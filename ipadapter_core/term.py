@@ -7,10 +7,13 @@ per embeds) and each layer's K'/V' (once per layer, not per step), with the laye
 folded in: `Attn(Q, K', s·V') = s·Attn(Q, K', V')`. A term with an attention mask also caches the mask brought to
 each query count.
 
-A layer is anything with a `number` (the adapter file's K'/V' layer) and a `key` (what `controls` is keyed by).
+Every term keeps one contract, whatever its mechanism: `acts_at(layer, sigma)` and `keys_values(layer, device, dtype,
+*, sigma)` (sigma: the step, which only the SD3 term's K'/V' depend on). A layer is anything with a `number` (the
+adapter file's K'/V' layer) and a `key` (what `controls` is keyed by): a UNet `CrossAttentionLayer`, or a `DitBlock`.
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +29,18 @@ from .schedule import SigmaRange, model_sigma_range
 UNPATCHED = LayerControl(weight=0.0)
 
 
+@dataclass(frozen=True)
+class DitBlock:
+    """A DiT block as a term's layer: its number in the adapter file (K'/V' per block) and the key its per-block
+    control is found under (the key of ComfyUI's `dit` patch on a Flux double block or an MMDiT joint block)."""
+
+    number: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("double_block", self.number)
+
+
 class TermBasics:
     """What every mechanism's term holds: the adapter, its weights' ModelPatcher, the embeds, λ and the step range."""
 
@@ -37,6 +52,13 @@ class TermBasics:
         self.embeds = embeds
         self.weight = weight
         self.sigmas = sigmas
+
+    def layer_weight(self, layer) -> float:
+        """λ at `layer`: the term's weight, unless the term has a control per layer."""
+        return self.weight
+
+    def acts_at(self, layer, sigma: float | None) -> bool:
+        return self.layer_weight(layer) != 0 and self.sigmas.contains(sigma)
 
 
 def term_basics(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, options: ApplyOptions) -> dict:
@@ -73,11 +95,11 @@ class ImagePromptTerm(TermBasics):
     def layer_weight(self, layer) -> float:
         return self.control(layer).weight
 
-    def acts_at(self, layer, sigma: float | None) -> bool:
-        return self.layer_weight(layer) != 0 and self.sigmas.contains(sigma)
-
-    def keys_values(self, layer, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """K' and s·V' of `layer`, `[2 (cond, uncond), N·T, hidden]`, for the layer's λ and the embeds scaling.
+    def keys_values(
+        self, layer, device: torch.device, dtype: torch.dtype, *, sigma: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K' and s·V' of `layer`, `[2 (cond, uncond), N·T, hidden]`, for the layer's λ and the embeds scaling (the
+        same at every step `sigma`).
 
         Under the precise swap the unconditional side holds the image prompt's K'/V' and the conditional side zeros,
         whose attention is exactly 0 (uniform weights over zero values)."""

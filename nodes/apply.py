@@ -5,7 +5,7 @@ from comfy_api.latest import io
 from ..ipadapter_core.block_weights import check_block_weights_text
 from ..ipadapter_core.apply import apply_image_prompt
 from ..ipadapter_core.embeds_scaling import EMBEDS_SCALINGS
-from ..ipadapter_core.weight_types import WEIGHT_TYPES
+from ..ipadapter_core.unet.weight_types import WEIGHT_TYPES
 from .errors import errors_named_for, one_of, validation_result
 from .types import EmbedsType, IPAdapterType
 

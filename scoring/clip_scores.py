@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ipadapter_core.detection import IMAGE_EMBEDS
+from ..ipadapter_core.encoders import IMAGE_EMBEDS
 from ..ipadapter_core.encoding import ENCODE_BATCH_SIZE, encode_images
 from ..ipadapter_core.errors import IPAdapterError
 

@@ -382,7 +382,7 @@ def sd3_case(label: str, config: dict, resampler: dict, repeats: int, directory:
     from tiny_sd3 import SD3_HEAD_DIM, SD3_POOLED_WIDTH, SD3_TEXT_WIDTH, SIGLIP_WIDTH, instantx_adapter_state_dict, tiny_sd3_model
 
     from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
-    from decoupled_ipadapter.ipadapter_core.detection import PENULTIMATE
+    from decoupled_ipadapter.ipadapter_core.encoders import PENULTIMATE
     from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
     from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
     from decoupled_ipadapter.ipadapter_core.memory import manage

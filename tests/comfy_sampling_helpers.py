@@ -5,7 +5,7 @@ import torch
 from tiny_models import adapter_state_dict, layer_hidden_sizes, nested
 
 from decoupled_ipadapter.ipadapter_core.adapter import LoadedAdapter, build_adapter_model
-from decoupled_ipadapter.ipadapter_core.detection import detect_spec
+from decoupled_ipadapter.ipadapter_core.unet.format import detect_spec
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.memory import manage
 from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt

@@ -19,7 +19,7 @@ from tiny_models import SD15_TEXT_WIDTH, SDXL_TEXT_WIDTH, adapter_state_dict, la
 
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
 from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
-from decoupled_ipadapter.ipadapter_core.detection import ENCODER_FILES, VIT_BIGG, VIT_H
+from decoupled_ipadapter.ipadapter_core.encoders import ENCODER_FILES, VIT_BIGG, VIT_H
 from decoupled_ipadapter.ipadapter_core.embeds import ImagePromptEmbeds, make_embeds
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 from decoupled_ipadapter.ipadapter_core.memory import manage

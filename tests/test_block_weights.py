@@ -14,7 +14,8 @@ import re
 import pytest
 from unet_controls import diffusers_layer_scales, tiny_unet
 
-from decoupled_ipadapter.ipadapter_core.block_weights import check_block_weights_text, parse_block_weights
+from decoupled_ipadapter.ipadapter_core.block_weights import check_block_weights_text
+from decoupled_ipadapter.ipadapter_core.unet.block_weights import parse_block_weights
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 
 pytestmark = pytest.mark.host

@@ -19,6 +19,7 @@ from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
 from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.memory import manage
 from decoupled_ipadapter.ipadapter_core.patch_protocol import TermsPatch
+from decoupled_ipadapter.ipadapter_core.term import DitBlock
 
 pytestmark = pytest.mark.host
 
@@ -114,12 +115,12 @@ def test_the_sd3_terms_per_step_caches_follow_the_model_too(comfy_host, tmp_path
     patch = patched.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)]
     (term,) = patch.terms
     cpu, sigma = torch.device("cpu"), 1.0
-    cached_keys, _ = term.keys_values(0, sigma, cpu, torch.float32)
+    cached_keys, _ = term.keys_values(DitBlock(number=0), cpu, torch.float32, sigma=sigma)
     patch.to(torch.float16)
     patch.to(cpu)
-    assert term.keys_values(0, sigma, cpu, torch.float32)[0] is cached_keys, "a dtype or the same device keeps them"
+    assert term.keys_values(DitBlock(number=0), cpu, torch.float32, sigma=sigma)[0] is cached_keys, "a dtype or the same device keeps them"
     patch.to(ELSEWHERE)
-    assert term.keys_values(0, sigma, cpu, torch.float32)[0] is not cached_keys, "the CPU copies outlived the move"
+    assert term.keys_values(DitBlock(number=0), cpu, torch.float32, sigma=sigma)[0] is not cached_keys, "the CPU copies outlived the move"
 
 
 def test_another_packs_patch_held_by_ours_moves_with_the_model(tiny):

@@ -11,7 +11,7 @@ from unet_controls import diffusers_layer_scales, tiny_unet
 
 from decoupled_ipadapter.ipadapter_core.controls import LayerControl
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
-from decoupled_ipadapter.ipadapter_core.weight_types import CURVES, WEIGHT_TYPES, layer_controls
+from decoupled_ipadapter.ipadapter_core.unet.weight_types import CURVES, WEIGHT_TYPES, layer_controls
 
 pytestmark = pytest.mark.host
 

@@ -3,34 +3,19 @@
 import torch
 
 from ..adapter import LoadedAdapter
-from ..block_weights import parse_double_block_weights
 from ..controls import ApplyOptions, LayerControl
-from ..embeds import ImagePromptEmbeds, check_embeds_fit
+from ..embeds import ImagePromptEmbeds
 from ..errors import IPAdapterError
-from ..families import blocks_of_class, check_family
+from ..families import fitting_dit_blocks
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import placed_patch
-from ..refused_options import refuse_unet_options
-from ..term import ImagePromptTerm, term_basics
-from .format import FluxAdapterSpec
-from .patch import DoubleBlock, DoubleBlockPatch
+from ..term import DitBlock, ImagePromptTerm, term_basics
+from .block_weights import parse_double_block_weights
+from .format import FLUX_FAMILY, FLUX_FILE
+from .patch import DoubleBlockPatch
 
-FLUX_FILE = "ip_adapter.safetensors of XLabs-AI/flux-ip-adapter (or flux-ip-adapter-v2)"
-
-
-def flux_double_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module] | None:
-    """The double-stream blocks of a ComfyUI Flux transformer, or None for a model of another kind."""
-    from comfy.ldm.flux.layers import DoubleStreamBlock
-
-    return blocks_of_class(diffusion_model, "double_blocks", DoubleStreamBlock)
-
-
-def check_flux_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
-    check_family(
-        adapter, blocks, spec_type=FluxAdapterSpec, model_kind="Flux", blocks_name="double-stream blocks",
-        wanted=f"a Flux IP-Adapter ({FLUX_FILE})",
-        connect="a FLUX.1 model (dev or schnell)",
-    )  # fmt: skip
+def check_flux_sizes(adapter: LoadedAdapter, blocks: list[torch.nn.Module]) -> None:
+    """The adapter has K'/V' for as many double blocks as the model, of the model's width; refused otherwise."""
     spec = adapter.spec
     hidden_sizes = {block.hidden_size for block in blocks}
     if len(blocks) != spec.double_blocks or hidden_sizes != {spec.hidden_size}:
@@ -55,24 +40,21 @@ def apply_flux_image_prompt(
     terms. A `dit` replace patch set on a block by another pack is kept, with our image-prompt block as its original
     block (patch_protocol.py).
     """
-    blocks = flux_double_blocks(model.get_model_object("diffusion_model"))
-    check_flux_fit(adapter, blocks)
-    refuse_unet_options(
-        "Flux", options, takes_block_weights=True,
+    blocks = fitting_dit_blocks(
+        model, adapter, embeds, options, family=FLUX_FAMILY, check_blocks=check_flux_sizes, takes_block_weights=True,
         takes='weight_type linear, embeds_scaling "V only", no mask, no composition embeds and composition_weight 1; '
         'per-block weights go in block_weights as double-block indexes with weights, such as "0:1.0, 5:0.5"',
     )  # fmt: skip
-    check_embeds_fit(embeds, adapter.spec, adapter.source)
     per_block = parse_double_block_weights(options.block_weights, count=len(blocks), weight=float(options.weight))
     term = ImagePromptTerm(
         **term_basics(model, adapter, weights_patcher, embeds, options),
-        controls=None if per_block is None else {DoubleBlock(index).key: LayerControl(weight=w) for index, w in per_block.items()},
+        controls=None if per_block is None else {DitBlock(index).key: LayerControl(weight=w) for index, w in per_block.items()},
     )
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for index, block in enumerate(blocks):
         patch = placed_patch(
-            existing.get(("double_block", index)), term, acts=term.layer_weight(DoubleBlock(index)) != 0,
+            existing.get(("double_block", index)), term, acts=term.layer_weight(DitBlock(index)) != 0,
             new_patch=lambda base, index=index, block=block: DoubleBlockPatch(index=index, block=block, terms=(term,), base=base),
         )  # fmt: skip
         if patch is not None:

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 import torch
 
 from ...models.flux_adapter import FluxIPAdapterModel
-from ..detection import ENCODER_IMAGE_EMBEDS_DIM, IMAGE_EMBEDS, VIT_L
+from ..encoders import ENCODER_IMAGE_EMBEDS_DIM, IMAGE_EMBEDS, VIT_L
 from ..errors import IPAdapterError
+from ..families import DitFamily
 from ..formats import with_adapter_weights
 
 FLUX = "Flux"
 PROJECTION_PREFIX = "ip_adapter_proj_model."
 BLOCK_KEY = re.compile(r"^double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)$")
 PROJECTION_KEYS = {"proj.weight", "proj.bias", "norm.weight", "norm.bias"}
+FLUX_FILE = "ip_adapter.safetensors of XLabs-AI/flux-ip-adapter (or flux-ip-adapter-v2)"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,13 @@ def is_flux_adapter_file(tensors: dict) -> bool:
     """True for the XLabs layout: a projection under `ip_adapter_proj_model.` and K'/V' under `double_blocks.`."""
     keys = [key for key in tensors if isinstance(key, str)]
     return any(key.startswith(PROJECTION_PREFIX) for key in keys) and any(key.startswith("double_blocks.") for key in keys)
+
+
+FLUX_FAMILY = DitFamily(
+    model_kind=FLUX, adapter_name=FLUX, blocks_attribute="double_blocks",
+    block_class="comfy.ldm.flux.layers.DoubleStreamBlock", blocks_name="double-stream blocks", spec_type=FluxAdapterSpec,
+    wanted=f"a Flux IP-Adapter ({FLUX_FILE})", connect="a FLUX.1 model (dev or schnell)",
+)  # fmt: skip
 
 
 def detect_flux_spec(tensors: dict[str, torch.Tensor], name: str) -> FluxAdapterSpec:

@@ -18,27 +18,13 @@ the block (it may run it twice) reads its own query.
 `to`, `models` and `__deepcopy__` are ComfyUI's patch protocol (patch_protocol.py).
 """
 
-from dataclasses import dataclass
-
 import torch
 
 from ..attention import rows_for_batch, split_heads
 from ..errors import IPAdapterError
 from ..patch_protocol import TermsPatch
-from ..term import ImagePromptTerm
+from ..term import DitBlock, ImagePromptTerm
 from ..guider_sides import call_sigma, chunk_sides
-
-
-@dataclass(frozen=True)
-class DoubleBlock:
-    """What an ImagePromptTerm needs to know of a double block: its number in the adapter file (K'/V' per block)
-    and the key its per-block weight is found under."""
-
-    number: int
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return ("double_block", self.number)
 
 
 class QueryKeeper:
@@ -85,7 +71,7 @@ class DoubleBlockPatch(TermsPatch):
 
     def __call__(self, args, extra):
         sigma = call_sigma(args.get("transformer_options") or {})
-        block = DoubleBlock(number=self.index)
+        block = DitBlock(number=self.index)
         active = [term for term in self.terms if term.acts_at(block, sigma)]  # one decision per call, no device sync
         if not active:
             return self.base(args, extra) if self.base is not None else extra["original_block"](args)
@@ -116,7 +102,7 @@ class DoubleBlockPatch(TermsPatch):
         options = args.get("transformer_options") or {}
         sides = chunk_sides(options)
         image = out["img"]
-        block = DoubleBlock(number=self.index)
+        block = DitBlock(number=self.index)
         for term in terms:
             image_keys, image_values = term.keys_values(block, query.device, query.dtype)  # K', λ·V': [2, T, H·D] each
             keys = rows_for_batch(image_keys, sides, query.shape[0])  # [B, T, H·D]

@@ -5,31 +5,18 @@ import torch
 
 from ..adapter import LoadedAdapter
 from ..controls import ApplyOptions
-from ..embeds import ImagePromptEmbeds, check_embeds_fit
+from ..embeds import ImagePromptEmbeds
 from ..errors import IPAdapterError
-from ..families import blocks_of_class, check_family
+from ..families import fitting_dit_blocks
 from ..guider_sides import add_pass_wrappers
 from ..patch_protocol import placed_patch
-from ..refused_options import refuse_unet_options
 from ..term import term_basics
-from .format import SD3_FILE, SD3AdapterSpec
+from .format import SD3_FAMILY, SD3_FILE
 from .patch import JointBlockPatch
 from .term import TimestepImagePromptTerm
 
-
-def mmdit_joint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module] | None:
-    """The joint blocks of a ComfyUI MMDiT (SD3, SD3.5), or None for a model of another kind."""
-    from comfy.ldm.modules.diffusionmodules.mmdit import JointBlock
-
-    return blocks_of_class(diffusion_model, "joint_blocks", JointBlock)
-
-
-def check_sd3_fit(adapter: LoadedAdapter, blocks: list[torch.nn.Module] | None) -> None:
-    check_family(
-        adapter, blocks, spec_type=SD3AdapterSpec, model_kind="SD3", blocks_name="MMDiT joint blocks",
-        wanted=f"an SD3.5 IP-Adapter ({SD3_FILE})",
-        connect="Stable Diffusion 3.5 Large",
-    )  # fmt: skip
+def check_sd3_blocks(adapter: LoadedAdapter, blocks: list[torch.nn.Module]) -> None:
+    """The model's joint blocks are SD3.5 Large's kind, as many and as wide as the adapter's; refused otherwise."""
     spec = adapter.spec
     if any(block.x_block.x_block_self_attn or block.x_block.scale_mod_only for block in blocks):
         raise IPAdapterError(
@@ -75,14 +62,11 @@ def apply_sd3_image_prompt(
     Several calls stack: every joint block keeps one patch holding all terms. A `dit` replace patch set on a block
     by another pack is kept, with our image-prompt block as its original block.
     """
-    blocks = mmdit_joint_blocks(model.get_model_object("diffusion_model"))
-    check_sd3_fit(adapter, blocks)
-    refuse_unet_options(
-        "SD3.5", options, takes_block_weights=False,
+    blocks = fitting_dit_blocks(
+        model, adapter, embeds, options, family=SD3_FAMILY, check_blocks=check_sd3_blocks, takes_block_weights=False,
         takes='weight_type linear, embeds_scaling "V only", empty block_weights, no mask, no composition embeds and '
         "composition_weight 1",
     )  # fmt: skip
-    check_embeds_fit(embeds, adapter.spec, adapter.source)
     term = TimestepImagePromptTerm(
         **term_basics(model, adapter, weights_patcher, embeds, options),
         timestep_of_sigma=model.get_model_object("model_sampling").timestep,

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ...models.sd3_adapter import RESAMPLER_DIM_HEAD, SD3IPAdapterModel
-from ..detection import ENCODER_HIDDEN_DIM, PENULTIMATE, SIGLIP
+from ..encoders import ENCODER_HIDDEN_DIM, PENULTIMATE, SIGLIP
 from ..errors import IPAdapterError
+from ..families import DitFamily
 from ..formats import with_adapter_weights
 
 SD3 = "SD3.5"
@@ -55,6 +56,13 @@ class SD3AdapterSpec:
 def is_sd3_adapter_file(parts: dict[str, dict[str, torch.Tensor]]) -> bool:
     """True for the InstantX layout: a timestep embedding in the resampler, adaptive norms in the blocks."""
     return "time_embedding.linear_1.weight" in parts["image_proj"] or any(".norm_ip." in key for key in parts["ip_adapter"])
+
+
+SD3_FAMILY = DitFamily(
+    model_kind="SD3", adapter_name=SD3, blocks_attribute="joint_blocks",
+    block_class="comfy.ldm.modules.diffusionmodules.mmdit.JointBlock", blocks_name="MMDiT joint blocks",
+    spec_type=SD3AdapterSpec, wanted=f"an SD3.5 IP-Adapter ({SD3_FILE})", connect="Stable Diffusion 3.5 Large",
+)  # fmt: skip
 
 
 def _damaged(name: str, what: str) -> IPAdapterError:

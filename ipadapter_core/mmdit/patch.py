@@ -22,6 +22,7 @@ import torch
 from ..attention import rows_for_batch
 from ..guider_sides import call_sigma, chunk_sides
 from ..patch_protocol import TermsPatch
+from ..term import DitBlock
 from .term import TimestepImagePromptTerm
 
 
@@ -67,8 +68,9 @@ def joint_block_with_image_prompt(block, args: dict, terms: list, *, number: int
     text_length = context_qkv[0].shape[1]
     context_attn, x_attn = attn[:, :text_length], attn[:, text_length:]  # [B, L', H·D], [B, L, H·D]
     sides = chunk_sides(options)
+    block_layer = DitBlock(number=number)
     for term in terms:
-        image_keys, image_values = term.keys_values(number, sigma, x.device, x_attn.dtype)  # [2, T, H·D] each
+        image_keys, image_values = term.keys_values(block_layer, x.device, x_attn.dtype, sigma=sigma)  # [2, T, H·D] each
         keys = rows_for_batch(image_keys, sides, x.shape[0])  # [B, T, H·D]
         values = rows_for_batch(image_values, sides, x.shape[0])  # [B, T, H·D]
         layer = term.adapter.model.layer(number)
@@ -87,7 +89,8 @@ class JointBlockPatch(TermsPatch):
     def __call__(self, args, extra):
         options = args.get("transformer_options") or {}
         sigma = call_sigma(options)
-        active = [term for term in self.terms if term.acts_at(self.index, sigma)]  # one decision per call, no sync
+        block = DitBlock(number=self.index)
+        active = [term for term in self.terms if term.acts_at(block, sigma)]  # one decision per call, no sync
         if not active:
             return self.base(args, extra) if self.base is not None else extra["original_block"](args)
 

@@ -30,22 +30,20 @@ class TimestepImagePromptTerm(TermBasics):
         self.timestep_of_sigma = timestep_of_sigma  # the model's model_sampling.timestep
         self._steps: dict[tuple, StepTokens] = {}
 
-    def acts_at(self, block_number: int, sigma: float | None) -> bool:
-        return self.weight != 0 and self.sigmas.contains(sigma)
-
-    def keys_values(self, block_number: int, sigma: float | None, device: torch.device, dtype: torch.dtype):
-        """K' after the block's `norm_ip_k` and V', as `[2 (cond, uncond), T, H·D]` each (λ not folded in: the
-        image-prompt attention also reads the image stream's own keys and values)."""
+    def keys_values(self, layer, device: torch.device, dtype: torch.dtype, *, sigma: float | None):
+        """K' after the block's `norm_ip_k` and V' of `layer` (a `DitBlock`) at the step `sigma`, as
+        `[2 (cond, uncond), T, H·D]` each (λ not folded in: the image-prompt attention also reads the image stream's
+        own keys and values)."""
         step = self._step(sigma, device, dtype)
-        if block_number not in step.blocks:
-            layer = self.adapter.model.layer(block_number)
+        if layer.number not in step.blocks:
+            adapter_layer = self.adapter.model.layer(layer.number)
             with torch.no_grad():
-                keys, values = layer(step.tokens, step.time)  # [2, T, H·D] each
-                heads = keys.shape[-1] // layer.norm_ip_k.weight.shape[0]
+                keys, values = adapter_layer(step.tokens, step.time)  # [2, T, H·D] each
+                heads = keys.shape[-1] // adapter_layer.norm_ip_k.weight.shape[0]
                 split = keys.view(*keys.shape[:2], heads, -1)  # [2, T, H, D]
-                keys = layer.norm_ip_k(split).reshape(keys.shape)  # [2, T, H·D]
-            step.blocks[block_number] = (keys, values)
-        return step.blocks[block_number]
+                keys = adapter_layer.norm_ip_k(split).reshape(keys.shape)  # [2, T, H·D]
+            step.blocks[layer.number] = (keys, values)
+        return step.blocks[layer.number]
 
     def _step(self, sigma: float | None, device: torch.device, dtype: torch.dtype) -> StepTokens:
         if sigma is None:

@@ -4,7 +4,6 @@ import torch
 
 from ..adapter import LoadedAdapter
 from ..controls import ApplyOptions
-from ..detection import BASE_OF_LAYER_COUNT
 from ..embeds import ImagePromptEmbeds, check_embeds_fit
 from ..embeds_scaling import check_embeds_scaling
 from ..errors import IPAdapterError
@@ -12,10 +11,11 @@ from ..guider_sides import add_pass_wrappers
 from ..masks import mask_batch
 from ..patch_protocol import placed_patch
 from ..term import ImagePromptTerm, term_basics
-from ..weight_types import layer_controls
 from .blocks import unet_transformer_modules
+from .format import BASE_OF_LAYER_COUNT
 from .layer_map import CrossAttentionLayer, cross_attention_layers, is_unet
 from .patch import LayerPatch, copy_patches_on_clone
+from .weight_types import layer_controls
 
 EXAMPLE_FILE = {"SD1.5": "ip-adapter_sd15.safetensors", "SDXL": "ip-adapter_sdxl_vit-h.safetensors"}
 

@@ -1,4 +1,5 @@
-"""What an IP-Adapter file is, read from its tensors (and from its name only where tensors cannot tell).
+"""The UNet (SD1.5, SDXL) IP-Adapter file: what it is, read from its tensors (and from its name only where tensors
+cannot tell), and its model built from them.
 
 The tensors give the base model (cross-attention width 768 = SD1.5, 2048 = SDXL), the projection type, the token
 count, and the CLIP width the projection reads (1024 = ViT-H image embeds, 1280 = ViT-bigG image embeds or ViT-H
@@ -11,27 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import IPAdapterError
+from ...models.adapter import IPAdapterModel
+from ...models.image_projection import LinearProjection, MLPProjection, Resampler
+from ..encoders import ENCODER_HIDDEN_DIM, IMAGE_EMBEDS, PENULTIMATE, VIT_BIGG, VIT_H
+from ..errors import IPAdapterError
+from ..formats import with_adapter_weights
 
 BASE_OF_CROSS_ATTENTION_DIM = {768: "SD1.5", 2048: "SDXL"}
 LAYER_COUNT_OF_BASE = {"SD1.5": 16, "SDXL": 70}
 BASE_OF_LAYER_COUNT = {count: base for base, count in LAYER_COUNT_OF_BASE.items()}
-IMAGE_EMBEDS = "image_embeds"
-PENULTIMATE = "penultimate_hidden_states"
-VIT_H = "ViT-H"
-VIT_BIGG = "ViT-bigG"
-VIT_L = "ViT-L"
-SIGLIP = "SigLIP"
-# CLIP image encoders: width of image_embeds (projection) and of the hidden states.
-ENCODER_IMAGE_EMBEDS_DIM = {VIT_H: 1024, VIT_BIGG: 1280, VIT_L: 768}
-ENCODER_HIDDEN_DIM = {VIT_H: 1280, VIT_BIGG: 1664, VIT_L: 1024, SIGLIP: 1152}  # SigLIP: no image projection
-ENCODER_FILES = {
-    VIT_L: "clip_vision_l.safetensors (OpenAI CLIP ViT-L/14, openai/clip-vit-large-patch14, the encoder of XLabs' Flux IP-Adapter)",
-    VIT_H: "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors (the ViT-H image encoder, 'models/image_encoder' of h94/IP-Adapter)",
-    VIT_BIGG: "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors (the ViT-bigG image encoder, 'sdxl_models/image_encoder' of h94/IP-Adapter)",
-    SIGLIP: "sigclip_vision_patch14_384.safetensors (google/siglip-so400m-patch14-384, the encoder of InstantX's SD3.5-Large IP-Adapter)",
-}
 RESAMPLER_DIM_HEAD = 64
+RESAMPLER_FF_MULT = 4
 
 
 @dataclass(frozen=True)
@@ -163,3 +154,35 @@ def _shape(state: dict[str, torch.Tensor], key: str, name: str) -> tuple[int, ..
     if key not in state:
         raise IPAdapterError(f"'{name}' lacks the weight image_proj.{key}; the file is incomplete. Download it again.")
     return tuple(state[key].shape)
+
+
+def build_adapter_model(spec: AdapterSpec, parts: dict[str, dict[str, torch.Tensor]], name: str) -> IPAdapterModel:
+    """Build the modules on the meta device (no memory, no random init), then take the file's tensors as they are."""
+    with torch.device("meta"):
+        model = IPAdapterModel(
+            image_proj=_image_projection(spec),
+            cross_attention_dim=spec.cross_attention_dim,
+            hidden_sizes=dict(zip(spec.layer_numbers, spec.hidden_sizes)),
+        )
+    flat = {f"{part}.{key}": tensor for part, tensors in parts.items() for key, tensor in tensors.items()}
+    fix = "The file may be damaged or an unofficial variant; download the official file again."
+    return with_adapter_weights(model, flat, name=name, variant=spec.variant, fix=fix)
+
+
+def _image_projection(spec: AdapterSpec) -> torch.nn.Module:
+    if spec.projection == "linear":
+        return LinearProjection(
+            embedding_dim=spec.embedding_dim, cross_attention_dim=spec.cross_attention_dim, num_tokens=spec.num_tokens
+        )
+    if spec.projection == "mlp":
+        return MLPProjection(embedding_dim=spec.embedding_dim, cross_attention_dim=spec.cross_attention_dim)
+    return Resampler(
+        dim=spec.resampler_dim,
+        depth=spec.resampler_depth,
+        dim_head=RESAMPLER_DIM_HEAD,
+        heads=spec.resampler_heads,
+        num_queries=spec.num_tokens,
+        embedding_dim=spec.embedding_dim,
+        output_dim=spec.cross_attention_dim,
+        ff_mult=RESAMPLER_FF_MULT,
+    )

@@ -1,7 +1,7 @@
 """`weight_type`: the per-layer map of the weight types users know from cubiq's ComfyUI_IPAdapter_plus.
 
 Each cross-attention layer gets a `LayerControl`: its λ, whose image tokens it reads, and whether the "precise"
-swap applies. t is the layer's transformer index (`unet/blocks.py`), L the number of transformer modules
+swap applies. t is the layer's transformer index (`blocks.py`), L the number of transformer modules
 (SD1.5 16, SDXL 11), w = `weight`, c = `composition_weight`.
 
 - linear: every layer w. Curves (any layout): ease in w·(0.05 + 0.95·(1 − t/L)); ease out w·(0.05 + 0.95·t/L);
@@ -42,10 +42,10 @@ modules read the composition image, where the precise swap applies) stays.
 
 from collections.abc import Sequence
 
+from ..controls import LayerControl
+from ..errors import IPAdapterError
 from .block_weights import LayerKey, parse_block_weights
-from .controls import LayerControl
-from .errors import IPAdapterError
-from .unet.blocks import TransformerModule, layout_name
+from .blocks import TransformerModule, layout_name
 
 CURVES = (
     "linear", "ease in", "ease out", "ease in-out", "reverse in-out",
