@@ -15,14 +15,16 @@ test:
 
 # The same ComfyUI 0.3.75 backend serving the newest front-end (scripts/frontend-latest.txt: comfyui-frontend-package
 # with the workflow templates and embedded docs it reads, laid over the host and served with --front-end-root).
-# Only the tiers a front-end can change run again: the real-server tests (`-m server`: what the server serves, the
-# templates it lists, the workflows queued through it) and, among them, the browser tests (each workflow opened in
-# the editor, its missing models and their links, graph to prompt, run from the page, the templates menu). The unit
-# and in-process tiers import no front-end file, so `make test` runs them once. The full-size SDXL stand-in server
-# (tests/test_workflows_sdxl.py: about 15 GB of RAM and minutes) runs in `make test` only: its editor checks are the
-# same as the SD1.5 workflows' here, which cover what the front-end does with our nodes.
+# Only what a front-end can change runs again: the real-server tests marked `frontend`, which read what the front-end
+# packages give: the browser tests (each workflow opened in the editor, its missing models and their links, graph to
+# prompt, run from the page, the templates menu; SD1.5, Flux and SD3.5) and the templates the server lists and serves.
+# tests/browser.py refuses to open the page in a test without that mark, so no browser test is left out. The other
+# real-server tests send prompts through the HTTP API, whose answers come from the same backend whichever front-end
+# it serves; they, the unit and the in-process tiers (which import no front-end file) run once, in `make test`. The
+# full-size SDXL stand-in server (tests/test_workflows_sdxl.py: about 15 GB of RAM and minutes) runs in `make test`
+# only: its editor checks are the ones the SD1.5 workflows get here.
 test-latest:
-	bash scripts/test.sh --frontend scripts/frontend-latest.txt -m server --deselect tests/test_workflows_sdxl.py
+	bash scripts/test.sh --frontend scripts/frontend-latest.txt -m frontend --deselect tests/test_workflows_sdxl.py
 
 # Moves test-latest's pin to the newest front-end on PyPI (or FRONTEND=x.y.z), with the newest templates and docs.
 pin-frontend:

@@ -15,4 +15,4 @@ while [[ "${1:-}" == --overlay || "${1:-}" == --frontend ]]; do
   shift 2
 done
 export DECOUPLED_IPADAPTER_REQUIRE_HOST=1
-exec bash "$(dirname "${BASH_SOURCE[0]}")/with_host.sh" "${host_options[@]}" python -m pytest -p no:cacheprovider -rs "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/with_host.sh" "${host_options[@]}" python -m pytest -p no:cacheprovider -rs --durations=15 "$@"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import FRONTEND_TESTS
 
 CHROMIUM = Path(os.environ.get("DECOUPLED_IPADAPTER_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -40,7 +41,11 @@ def playwright_driver():
 @contextlib.contextmanager
 def frontend_page(playwright, url: str, *, timeout_ms: float = 90_000):
     """A page with ComfyUI's front-end loaded from `url` (the graph canvas ready), in a fresh browser profile;
-    `page.console` collects the browser's console lines and uncaught page errors."""
+    `page.console` collects the browser's console lines and uncaught page errors. Only a test marked `frontend` may
+    open one (see conftest.FRONTEND_TESTS)."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    if current and current not in FRONTEND_TESTS:
+        pytest.fail(f"{current} opens the editor page: mark it @pytest.mark.frontend, so make test-latest runs it too")
     requests.post(f"{url}/settings", json=SETTINGS, timeout=30).raise_for_status()
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:

@@ -41,6 +41,7 @@ def test_flux_workflow_validates_and_runs_as_a_flux_model(flux_server):
     assert "Requested to load Flux\n" in flux_server.log(), flux_server.log_tail()
 
 
+@pytest.mark.frontend
 def test_flux_workflow_opens_in_the_editor_and_runs_from_it(flux_server):
     with playwright_driver() as playwright, frontend_page(playwright, flux_server.url) as page:
         check_in_the_editor(flux_server, page, FLUX_WORKFLOW)

@@ -43,6 +43,7 @@ def test_sd3_workflow_validates_and_runs_as_an_sd3_model(sd3_server):
     assert "Requested to load SD3\n" in sd3_server.log(), sd3_server.log_tail()
 
 
+@pytest.mark.frontend
 def test_sd3_workflow_opens_in_the_editor_and_runs_from_it(sd3_server):
     with playwright_driver() as playwright, frontend_page(playwright, sd3_server.url) as page:
         check_in_the_editor(sd3_server, page, SD3_WORKFLOW)

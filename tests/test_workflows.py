@@ -177,6 +177,7 @@ def test_the_workflows_inputs_are_the_same_in_every_kept_snapshot():
 
 
 @pytest.mark.server
+@pytest.mark.frontend
 def test_the_pack_templates_are_listed_and_served(sd15_server):
     import requests
 

@@ -32,7 +32,7 @@ from workflow_checks import (
 )
 
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.frontend]
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "tests-output" / "screenshots"
 # Console lines that come from the page being offline (no internet) or from files not there, not from a workflow;

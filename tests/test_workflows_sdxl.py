@@ -37,6 +37,7 @@ def sdxl_page(sdxl_server):
 
 
 @pytest.mark.parametrize("name", SDXL_WORKFLOWS)
+@pytest.mark.frontend
 def test_sdxl_workflow_runs_through_the_api_and_the_editor(sdxl_server, sdxl_page, name):
     validate_and_run(sdxl_server, name)
     # ComfyUI names the model class it built from the checkpoint: model_base.SDXL, not an SD1.5 fallback.
