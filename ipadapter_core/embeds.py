@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .encoders import ENCODER_FILES, ENCODER_HIDDEN_DIM, ENCODER_IMAGE_EMBEDS_DIM, IMAGE_EMBEDS, EncoderReadingSpec
+from .encoders import ENCODER_FILES, ENCODER_HIDDEN_DIM, ENCODER_IMAGE_EMBEDS_DIM, IMAGE_EMBEDS, PENULTIMATE, SIGLIP_POOLED, EncoderReadingSpec
 from .errors import IPAdapterError
 
 
 @dataclass(frozen=True, eq=False)
 class ImagePromptEmbeds:
-    positive: torch.Tensor  # [N, E] image embeds, or [N, S, E] penultimate hidden states
+    positive: torch.Tensor  # [N, E] image embeds or SigLIP's pooled output, or [N, S, E] penultimate hidden states
     negative: torch.Tensor  # same shape as positive
-    clip_output: str  # "image_embeds" | "penultimate_hidden_states"
+    clip_output: str  # "image_embeds" | "penultimate_hidden_states" | "siglip_pooled_output"
     adapter_variant: str = ""  # the adapter they were encoded for, e.g. "ip-adapter-plus_sd15"
     image_encoder: str = ""  # the encoder that made them: "ViT-H" | "ViT-bigG"
 
@@ -44,7 +44,7 @@ def make_embeds(
     positive: torch.Tensor, negative: torch.Tensor, *, clip_output: str, adapter_variant: str = "", image_encoder: str = ""
 ) -> ImagePromptEmbeds:
     """Pair positive and negative rows; a single negative row serves every positive image."""
-    expected_rank = 2 if clip_output == IMAGE_EMBEDS else 3
+    expected_rank = 3 if clip_output == PENULTIMATE else 2
     for label, tensor in (("image", positive), ("negative image", negative)):
         if tensor.dim() != expected_rank or tensor.shape[0] == 0:
             raise IPAdapterError(
@@ -84,7 +84,7 @@ def check_embeds_fit(embeds: ImagePromptEmbeds, spec: EncoderReadingSpec, source
             "if that repeats, the CLIP vision model file is damaged or runs in a precision it cannot handle."
         )
     if embeds.clip_output != spec.clip_output:
-        kind = "image embeds" if spec.clip_output == IMAGE_EMBEDS else "penultimate hidden states"
+        kind = {IMAGE_EMBEDS: "image embeds", PENULTIMATE: "penultimate hidden states", SIGLIP_POOLED: "SigLIP pooled output"}[spec.clip_output]
         raise IPAdapterError(
             f"'{source}' ({spec.variant}) reads the CLIP {kind}, but these embeds{provenance(embeds)} hold "
             f"{embeds.clip_output.replace('_', ' ')}. Encode the image with this adapter connected to the Encode node "

@@ -11,14 +11,14 @@ import os
 import safetensors
 import torch
 
-from .encoders import IMAGE_EMBEDS, PENULTIMATE
+from .encoders import IMAGE_EMBEDS, PENULTIMATE, SIGLIP_POOLED
 from .embeds import ImagePromptEmbeds, make_embeds
 from .errors import IPAdapterError
 
 FORMAT_KEY = "decoupled_ipadapter_embeds"
 FORMAT_VERSION = 1
 TENSOR_NAMES = ("positive", "negative")
-CLIP_OUTPUTS = (IMAGE_EMBEDS, PENULTIMATE)
+CLIP_OUTPUTS = (IMAGE_EMBEDS, PENULTIMATE, SIGLIP_POOLED)
 SAVE_HINT = "Save embeds with IPAdapter Save Embeds and put the file in ComfyUI's input folder."
 
 

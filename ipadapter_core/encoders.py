@@ -5,6 +5,7 @@ from typing import Protocol
 
 IMAGE_EMBEDS = "image_embeds"
 PENULTIMATE = "penultimate_hidden_states"
+SIGLIP_POOLED = "siglip_pooled_output"  # SigLIP's attention-pooling head on its last tokens (siglip_pooling.py)
 VIT_H = "ViT-H"
 VIT_BIGG = "ViT-bigG"
 VIT_L = "ViT-L"
@@ -26,7 +27,8 @@ class EncoderReadingSpec(Protocol):
 
     variant: str
     image_encoder: str  # a key of ENCODER_FILES
-    clip_output: str  # IMAGE_EMBEDS | PENULTIMATE
+    clip_output: str  # IMAGE_EMBEDS | PENULTIMATE | SIGLIP_POOLED
     embedding_dim: int  # width of that output
     black_negative_image: bool  # the negative image is a black picture
     zero_negative_embeds: bool  # the negative embeds are zeros
+    negative_is_positive: bool  # the negative embeds are the image's own (no unconditional image)

@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .embeds import ImagePromptEmbeds, encoder_of_width, make_embeds
-from .encoders import ENCODER_FILES, IMAGE_EMBEDS, SIGLIP, EncoderReadingSpec
+from .encoders import ENCODER_FILES, IMAGE_EMBEDS, SIGLIP, SIGLIP_POOLED, EncoderReadingSpec
 from .errors import IPAdapterError
+from .siglip_pooling import pooled_output
 
 ENCODE_BATCH_SIZE = 16
 CROP_MODES = ("center", "pad")
@@ -109,9 +110,17 @@ def encode_images(
         chunk = images[start : start + batch_size, :, :, :3]  # [b, H, W, 3]: an alpha channel is dropped
         if crop == "pad":
             chunk = pad_to_square(chunk, fill=clip_vision.image_mean)  # [b, S, S, 3]
-        encoded.append(clip_vision.encode_image(chunk, crop=True)[clip_output])
+        encoded.append(clip_vision_output(clip_vision, chunk, clip_output=clip_output))
         after_batch(chunk.shape[0])
     return torch.cat(encoded)
+
+
+def clip_vision_output(clip_vision, pictures: torch.Tensor, *, clip_output: str) -> torch.Tensor:
+    """ComfyUI's encoding of `[b, H, W, 3]` pictures: its centre-cropped `clip_output`, or for SIGLIP_POOLED the
+    pooling head on the tokens of the whole picture resized to the encoder's square (the reference's way)."""
+    if clip_output == SIGLIP_POOLED:
+        return pooled_output(clip_vision, clip_vision.encode_image(pictures, crop=False)["image_embeds"])  # [b, W]
+    return clip_vision.encode_image(pictures, crop=True)[clip_output]
 
 
 def unconditional_output(clip_vision, positive: torch.Tensor, *, clip_output: str) -> torch.Tensor:
@@ -137,7 +146,9 @@ def encode_image_prompt(
         negative_images = torch.zeros(1, size, size, 3)  # [1, S, S, 3]: a black picture, the reference's negative
     reading = dict(clip_output=spec.clip_output, crop=crop, after_batch=after_batch)
     positive = encode_images(clip_vision, images, **reading)
-    if negative_images is None and spec.zero_negative_embeds:
+    if negative_images is None and spec.negative_is_positive:
+        negative = positive  # no unconditional image: every batch row reads the image prompt
+    elif negative_images is None and spec.zero_negative_embeds:
         negative = torch.zeros_like(positive[:1])  # the reference's negative: zero hidden states, not an encoded picture
     elif negative_images is None:
         negative = unconditional_output(clip_vision, positive, clip_output=spec.clip_output)

@@ -32,13 +32,17 @@ UNPATCHED = LayerControl(weight=0.0)
 @dataclass(frozen=True)
 class DitBlock:
     """A DiT block as a term's layer: its number in the adapter file (K'/V' per block) and the key its per-block
-    control is found under (the key of ComfyUI's `dit` patch on a Flux double block or an MMDiT joint block)."""
+    control is found under (the key of ComfyUI's `dit` patch: a Flux double block or an MMDiT joint block,
+    `("double_block", number)`, or a Flux single block, `("single_block", index)` with `index` counted among the
+    single blocks while the InstantX Flux file numbers them after the double blocks)."""
 
     number: int
+    kind: str = "double_block"
+    index: int | None = None  # the block's index among its kind; None: `number`
 
     @property
     def key(self) -> tuple[str, int]:
-        return ("double_block", self.number)
+        return (self.kind, self.number if self.index is None else self.index)
 
 
 class TermBasics:

@@ -39,6 +39,8 @@ class FluxAdapterSpec:
     clip_output: str = IMAGE_EMBEDS
     black_negative_image: bool = True  # diffusers' Flux pipeline encodes a black picture as the negative image
     zero_negative_embeds = False  # (not a field)
+    negative_is_positive = False  # (not a field)
+    adds_inside_attention = False  # (not a field) the term is added at the end of the double block
 
     def describe(self) -> str:
         return (

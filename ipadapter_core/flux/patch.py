@@ -20,11 +20,11 @@ the block (it may run it twice) reads its own query.
 
 import torch
 
-from ..attention import rows_for_batch, split_heads
 from ..errors import IPAdapterError
+from ..guider_sides import call_sigma
 from ..patch_protocol import TermsPatch
 from ..term import DitBlock, ImagePromptTerm
-from ..guider_sides import call_sigma, chunk_sides
+from .blocks import add_image_prompt, double_block_with_image_prompt, single_block_with_image_prompt
 
 
 class QueryKeeper:
@@ -51,16 +51,6 @@ def query_keeper(norm: torch.nn.Module) -> QueryKeeper:
     return keeper
 
 
-def ip_attention(query: torch.Tensor, image_keys: torch.Tensor, image_values: torch.Tensor, transformer_options) -> torch.Tensor:
-    """`Attn(query, K', V')` with ComfyUI's optimized attention. query `[B, H, L, D]`, K'/V' `[B, T, H·D]` -> `[B, L, H·D]`."""
-    from comfy.ldm.modules.attention import optimized_attention
-
-    heads = query.shape[1]
-    keys = split_heads(image_keys, heads)  # [B, H, T, D]
-    values = split_heads(image_values, heads)  # [B, H, T, D]
-    return optimized_attention(query, keys, values, heads, skip_reshape=True, transformer_options=transformer_options)
-
-
 class DoubleBlockPatch(TermsPatch):
     def __init__(self, *, index: int, block: torch.nn.Module, terms: tuple[ImagePromptTerm, ...], base=None):
         self.index = index
@@ -84,8 +74,23 @@ class DoubleBlockPatch(TermsPatch):
         return with_image_prompt(args)
 
     def block_with_image_prompt(self, args, original_block, terms: list[ImagePromptTerm]) -> dict:
-        """The original block, then Σ_terms Attn(query, K', λ·V') added to its image stream, with the image query its
-        QK-norm computed (`[B, H, L, D]`)."""
+        """The block with the terms that enter inside its attention (InstantX: the block computed here, from its
+        modules) or else the original block, then Σ Attn(query, K', λ·V') of the other terms (XLabs) added to its
+        image stream, with the image query its QK-norm computed (`[B, H, L, D]`)."""
+        layer = DitBlock(number=self.index)
+        inside = [term for term in terms if term.adapter.spec.adds_inside_attention]
+        at_end = [term for term in terms if not term.adapter.spec.adds_inside_attention]
+        if inside:
+            out, query = double_block_with_image_prompt(self.block, args, inside, layer)
+        else:
+            out, query = self.original_block_and_query(args, original_block)
+        if not at_end:
+            return out
+        image = add_image_prompt(out["img"], at_end, layer, query, args.get("transformer_options") or {})
+        return {**out, "img": image}
+
+    def original_block_and_query(self, args, original_block) -> tuple[dict, torch.Tensor]:
+        """The original block's output, and the image query its QK-norm computed (kept by the hook)."""
         keeper = query_keeper(self.block.img_attn.norm)
         keeper.queries = []
         try:
@@ -98,17 +103,36 @@ class DoubleBlockPatch(TermsPatch):
                 "(once is ComfyUI's block). A patch on the block's modules changed how it runs; remove it or apply "
                 "the IP-Adapter without it."
             )
-        query = queries[0]
-        options = args.get("transformer_options") or {}
-        sides = chunk_sides(options)
-        image = out["img"]
-        block = DitBlock(number=self.index)
-        for term in terms:
-            image_keys, image_values = term.keys_values(block, query.device, query.dtype)  # K', λ·V': [2, T, H·D] each
-            keys = rows_for_batch(image_keys, sides, query.shape[0])  # [B, T, H·D]
-            values = rows_for_batch(image_values, sides, query.shape[0])  # [B, T, H·D]
-            image = image + ip_attention(query, keys, values, options).to(image.dtype)
-        return {**out, "img": image}
+        return out, queries[0]
 
     def stacked_with(self, term: ImagePromptTerm) -> "DoubleBlockPatch":
         return DoubleBlockPatch(index=self.index, block=self.block, terms=(*self.terms, term), base=self.base)
+
+
+class SingleBlockPatch(TermsPatch):
+    """The `("single_block", index)` patch of the InstantX Flux IP-Adapter (file block `number`, after the double
+    blocks): where a term acts, the block computed from its modules with the terms inside its attention."""
+
+    def __init__(self, *, index: int, number: int, block: torch.nn.Module, terms: tuple[ImagePromptTerm, ...], base=None):
+        self.index = index
+        self.number = number
+        self.block = block  # the model's own SingleStreamBlock (shared, never copied)
+        self.terms = terms
+        self.base = base  # another pack's replace patch on this block (it gets ours as its original block), or None
+
+    def __call__(self, args, extra):
+        sigma = call_sigma(args.get("transformer_options") or {})
+        layer = DitBlock(number=self.number, kind="single_block", index=self.index)
+        active = [term for term in self.terms if term.acts_at(layer, sigma)]  # one decision per call, no device sync
+        if not active:
+            return self.base(args, extra) if self.base is not None else extra["original_block"](args)
+
+        def with_image_prompt(block_args):
+            return single_block_with_image_prompt(self.block, block_args, active, layer)
+
+        if self.base is not None:
+            return self.base(args, {**extra, "original_block": with_image_prompt})
+        return with_image_prompt(args)
+
+    def stacked_with(self, term: ImagePromptTerm) -> "SingleBlockPatch":
+        return SingleBlockPatch(index=self.index, number=self.number, block=self.block, terms=(*self.terms, term), base=self.base)

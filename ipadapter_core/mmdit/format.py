@@ -44,6 +44,7 @@ class SD3AdapterSpec:
     clip_output: str = PENULTIMATE
     black_negative_image = False  # (not a field)
     zero_negative_embeds = True  # (not a field) diffusers' SD3 pipeline: zeros_like(image embeds) for the uncond pass
+    negative_is_positive = False  # (not a field)
 
     def describe(self) -> str:
         return (

@@ -44,6 +44,7 @@ class AdapterSpec:
     resampler_heads: int = 0
     black_negative_image = False  # (not a field) the UNet references never use a black picture as negative image
     zero_negative_embeds = False  # (not a field) their negative is encoded (or a zero image embedding, see encoding)
+    negative_is_positive = False  # (not a field)
 
     @property
     def layer_count(self) -> int:
