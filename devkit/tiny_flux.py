@@ -94,3 +94,24 @@ def xlabs_adapter_state_dict(*, hidden_size: int, double_blocks: int, seed: int,
     )  # fmt: skip
     fill_random_(model, seed=seed)
     return {key: value.to(dtype).contiguous() for key, value in model.state_dict().items()}
+
+
+SIGLIP_WIDTH = 1152
+
+
+def instantx_adapter_parts(*, hidden_size: int, layers: int, seed: int, num_tokens: int = 4, inner_dim: int = 64) -> dict:
+    """A random InstantX FLUX.1-dev IP-Adapter as `ip-adapter.bin` nests it (`{"image_proj": …, "ip_adapter": …}`),
+    from the pack's own module: SigLIP's width 1152 and the T5 width 4096 as in the official file, a small inner
+    width and token count."""
+    from decoupled_ipadapter.models.instantx_flux_adapter import InstantXFluxAdapterModel
+
+    model = InstantXFluxAdapterModel(
+        embedding_dim=SIGLIP_WIDTH, inner_dim=inner_dim, token_dim=FLUX_TEXT_WIDTH, num_tokens=num_tokens,
+        hidden_size=hidden_size, head_dim=FLUX_HEAD_DIM, layers=layers,
+    )  # fmt: skip
+    fill_random_(model, seed=seed)
+    parts: dict = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in model.state_dict().items():
+        part, _, rest = key.partition(".")
+        parts[part][rest] = value.contiguous()
+    return parts

@@ -117,6 +117,7 @@ def pytest_terminal_summary(terminalreporter):
         ("test_parity_flux", "XLabs Flux parity with diffusers (|Δ| / max|IP term|)"),
         ("test_parity_controls", "controls parity with diffusers (|Δ| / max|IP term|)"),
         ("test_parity_sd3", "InstantX SD3.5 parity with diffusers (|Δ| / max|IP term|)"),
+        ("test_parity_instantx_flux", "InstantX Flux parity with its reference formula (|Δ| / max|IP term|)"),
         ("test_formats_detection", "projection parity with diffusers"),
     ):
         errors = getattr(sys.modules.get(module), "PARITY_ERRORS", None)

@@ -1,0 +1,222 @@
+"""InstantX FLUX.1-dev IP-Adapter: parity with its reference formula, written out here from InstantX's
+`IPAFluxAttnProcessor2_0` and pipeline (diffusers does not implement this adapter), run as attention processors
+of diffusers' FluxTransformer2DModel on the same weights as ComfyUI's real Flux model and sampler; the SigLIP
+pooled output against transformers' `SiglipVisionModel(...).pooler_output`; detection and refusals.
+
+The reference, per attention block n (19 double blocks then 38 single blocks in FLUX.1, here 2 + 2):
+
+    tokens = LayerNorm(reshape(Linear₂(GELU(Linear₀(pooled SigLIP))), [T, 4096]))
+    K' = RMSNorm_per_head(to_k_ip(tokens)) (no weights, eps 1e-5), V' = to_v_ip(tokens) (not normed)
+    ip = λ · SDPA(q, K', V'), q = the block's image (double) or whole (single) query after QK-norm, before RoPE
+    double: image attention output += ip before to_out; single: attention output += ip (before proj_out)
+
+Tolerance: fp32, |Δ| <= 2e-5 · max|IP term|; λ = 0 and an excluded step are bit-exact.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dit_parity import RELATIVE_TOLERANCE, CFG, OneStepSampling, check_parity, halving_block_patch
+from test_parity_flux import LATENT, comfy_denoised, diffusers_denoised, inputs
+from tiny_flux import (
+    FLUX_HEAD_DIM,
+    SIGLIP_WIDTH,
+    flux_diffusers_twin,
+    instantx_adapter_parts,
+    tiny_flux_config,
+    tiny_flux_model,
+    xlabs_adapter_state_dict,
+)
+from tiny_models import tiny_comfy_model
+
+from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
+from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
+from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
+from decoupled_ipadapter.ipadapter_core.memory import manage
+
+PARITY_ERRORS: list[tuple[str, float]] = []  # printed at the end of the run by conftest
+CONFIG = tiny_flux_config()
+HIDDEN = CONFIG["hidden_size"]
+LAYERS = CONFIG["depth"] + CONFIG["depth_single_blocks"]
+POOLED = "siglip_pooled_output"
+
+
+@pytest.fixture(scope="module")
+def flux(comfy_host):
+    model = tiny_flux_model(CONFIG, seed=1)
+    return model, flux_diffusers_twin(model, CONFIG)
+
+
+def instantx_file(directory, name: str, *, seed: int):
+    """A random InstantX adapter saved as the official container: a torch pickle of nested dicts."""
+    parts = instantx_adapter_parts(hidden_size=HIDDEN, layers=LAYERS, seed=seed)
+    path = directory / name
+    torch.save(parts, str(path))
+    return str(path), parts
+
+
+def reference_tokens(parts: dict, pooled: torch.Tensor) -> torch.Tensor:
+    """InstantX's MLPProjModel on `[B, 1152]` -> `[B, T, 4096]`."""
+    proj = parts["image_proj"]
+    hidden = F.gelu(F.linear(pooled, proj["proj.0.weight"], proj["proj.0.bias"]))
+    tokens = F.linear(hidden, proj["proj.2.weight"], proj["proj.2.bias"])
+    width = proj["norm.weight"].shape[0]
+    return F.layer_norm(tokens.reshape(pooled.shape[0], -1, width), (width,), proj["norm.weight"], proj["norm.bias"])
+
+
+class ReferenceProcessor:
+    """`IPAFluxAttnProcessor2_0` of one attention block, written out, for any number of InstantX adapters
+    (`instantx`: (to_k_ip, to_v_ip, λ, tokens per batch row)) and, in double blocks, XLabs adapters (`xlabs`:
+    (K' weight, K' bias, V' weight, V' bias, λ, tokens)), whose term diffusers' block adds at the end of the block
+    (the third output)."""
+
+    def __init__(self, instantx, xlabs=()):
+        self.instantx = instantx
+        self.xlabs = xlabs
+
+    @staticmethod
+    def heads(x, attn):
+        return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)  # [B, H, L, D]
+
+    @staticmethod
+    def merged(x):
+        return x.transpose(1, 2).flatten(2)  # [B, L, H·D]
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        query = attn.norm_q(self.heads(attn.to_q(hidden_states), attn))
+        key = attn.norm_k(self.heads(attn.to_k(hidden_states), attn))
+        value = self.heads(attn.to_v(hidden_states), attn)
+        ip = torch.zeros_like(self.merged(query))
+        for k_weight, v_weight, scale, tokens in self.instantx:
+            ip_key = self.heads(F.linear(tokens, k_weight), attn).float()
+            ip_key = (ip_key * torch.rsqrt(ip_key.pow(2).mean(-1, keepdim=True) + 1e-5)).to(query.dtype)
+            ip_value = self.heads(F.linear(tokens, v_weight), attn)
+            ip = ip + scale * self.merged(F.scaled_dot_product_attention(query, ip_key, ip_value))
+        end_of_block = torch.zeros_like(ip)
+        for k_weight, k_bias, v_weight, v_bias, scale, tokens in self.xlabs:
+            ip_key = self.heads(F.linear(tokens, k_weight, k_bias), attn)
+            ip_value = self.heads(F.linear(tokens, v_weight, v_bias), attn)
+            end_of_block = end_of_block + scale * self.merged(F.scaled_dot_product_attention(query, ip_key, ip_value))
+        if encoder_hidden_states is not None:
+            context_query = attn.norm_added_q(self.heads(attn.add_q_proj(encoder_hidden_states), attn))
+            context_key = attn.norm_added_k(self.heads(attn.add_k_proj(encoder_hidden_states), attn))
+            context_value = self.heads(attn.add_v_proj(encoder_hidden_states), attn)
+            query, key = torch.cat([context_query, query], dim=2), torch.cat([context_key, key], dim=2)
+            value = torch.cat([context_value, value], dim=2)
+        query, key = apply_rotary_emb(query, image_rotary_emb), apply_rotary_emb(key, image_rotary_emb)
+        out = self.merged(F.scaled_dot_product_attention(query, key, value))
+        if encoder_hidden_states is None:
+            return out + ip
+        text_length = encoder_hidden_states.shape[1]
+        context_out, out = out[:, :text_length], out[:, text_length:]
+        out = attn.to_out[1](attn.to_out[0](out + ip))
+        return out, attn.to_add_out(context_out), end_of_block
+
+
+def set_reference(transformer, adapters, *, xlabs=(), scales=None):
+    """Reference processors on every block: `adapters` = [(parts, λ, tokens [B, T, C])], block n of the file is
+    double block n, then single block n − D; `scales` (optional): λ factor per file block."""
+    names = list(transformer.attn_processors)
+    processors = {}
+    for number, name in enumerate(names):
+        factor = 1.0 if scales is None else scales[number]
+        instantx = [
+            (parts["ip_adapter"][f"{number}.to_k_ip.weight"], parts["ip_adapter"][f"{number}.to_v_ip.weight"], scale * factor, tokens)
+            for parts, scale, tokens in adapters
+        ]  # fmt: skip
+        double = name.startswith("transformer_blocks.")
+        block_xlabs = [
+            (weights[f"double_blocks.{number}.processor.ip_adapter_double_stream_k_proj.weight"],
+             weights[f"double_blocks.{number}.processor.ip_adapter_double_stream_k_proj.bias"],
+             weights[f"double_blocks.{number}.processor.ip_adapter_double_stream_v_proj.weight"],
+             weights[f"double_blocks.{number}.processor.ip_adapter_double_stream_v_proj.bias"], scale, tokens)
+            for weights, scale, tokens in xlabs
+        ] if double else []  # fmt: skip
+        processors[name] = ReferenceProcessor(instantx, block_xlabs)
+    transformer.set_attn_processor(processors)
+
+
+def reference_denoised(transformer, x, sigma, text, pooled):
+    return diffusers_denoised(transformer, x, sigma, text, pooled, None)
+
+
+def check(case, ours, theirs, plain):
+    check_parity(PARITY_ERRORS, case, ours, theirs, plain)
+
+
+def rows(tokens_by_side: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(tokens_by_side)  # [B, T, C]: one row per batch row
+
+
+def test_instantx_flux_matches_the_reference(flux, tmp_path):
+    """Rows [uncond, cond]; Encode's default (no negative image: every row gets the image's tokens) and a negative
+    image (the uncond row gets its tokens); λ ∈ {0, 0.6, 1}."""
+    model, transformer = flux
+    path, parts = instantx_file(tmp_path, "ip-adapter.bin", seed=3)
+    adapter = load_adapter(path)
+    weights = manage(adapter).weights_patcher
+    generator, x, text, pooled = inputs(5)
+    image, negative = torch.randn(1, SIGLIP_WIDTH, generator=generator), torch.randn(1, SIGLIP_WIDTH, generator=generator)
+    sigma = torch.tensor(0.6)
+    plain = comfy_denoised(model, x, sigma, text, pooled, [1, 0])
+    tokens, negative_tokens = reference_tokens(parts, image), reference_tokens(parts, negative)
+    for label, embeds, by_row in (
+        ("no negative image", make_embeds(image, image, clip_output=POOLED), rows([tokens, tokens])),
+        ("negative image", make_embeds(image, negative, clip_output=POOLED), rows([negative_tokens, tokens])),
+    ):
+        for scale in (0.0, 0.6, 1.0):
+            patched = apply_image_prompt(model, adapter, weights, embeds, weight=scale, start_at=0.0, end_at=1.0)
+            ours = comfy_denoised(patched, x, sigma, text, pooled, [1, 0])
+            set_reference(transformer, [(parts, scale, by_row)])
+            theirs = reference_denoised(transformer, x, sigma, text, pooled)
+            if scale == 0.0:
+                assert torch.equal(ours, plain), "λ = 0 must give exactly the unpatched output"
+                assert (ours - theirs).abs().max() <= RELATIVE_TOLERANCE * theirs.abs().max()
+            else:
+                check(f"InstantX Flux λ={scale}, {label}", ours, theirs, plain)
+
+
+def test_two_stacked_instantx_adapters_and_one_beside_xlabs_match_the_reference(flux, tmp_path):
+    model, transformer = flux
+    generator, x, text, pooled = inputs(9)
+    sigma = torch.tensor(0.8)
+    plain = comfy_denoised(model, x, sigma, text, pooled, [1, 0])
+    stacked, references = model, []
+    for name, seed, scale in (("a.bin", 7, 0.6), ("b.bin", 8, 1.0)):
+        path, parts = instantx_file(tmp_path, name, seed=seed)
+        adapter = load_adapter(path)
+        image = torch.randn(1, SIGLIP_WIDTH, generator=generator)
+        embeds = make_embeds(image, image, clip_output=POOLED)
+        stacked = apply_image_prompt(stacked, adapter, manage(adapter).weights_patcher, embeds, weight=scale, start_at=0.0, end_at=1.0)
+        tokens = reference_tokens(parts, image)
+        references.append((parts, scale, rows([tokens, tokens])))
+    set_reference(transformer, references)
+    check("InstantX Flux stacked 0.6 + 1.0", comfy_denoised(stacked, x, sigma, text, pooled, [1, 0]),
+          reference_denoised(transformer, x, sigma, text, pooled), plain)  # fmt: skip
+
+    from safetensors.torch import save_file
+
+    xlabs_weights = xlabs_adapter_state_dict(hidden_size=HIDDEN, double_blocks=CONFIG["depth"], seed=10)
+    save_file(xlabs_weights, str(tmp_path / "ip_adapter.safetensors"))
+    xlabs = load_adapter(str(tmp_path / "ip_adapter.safetensors"))
+    clip_image, clip_negative = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
+    xlabs_embeds = make_embeds(clip_image, clip_negative, clip_output="image_embeds")
+    for first_xlabs in (True, False):
+        instantx_part = references[0]
+        instantx = load_adapter(str(tmp_path / "a.bin"))
+        image = torch.randn(1, SIGLIP_WIDTH, generator=generator)
+        embeds = make_embeds(image, image, clip_output=POOLED)
+        steps = [(xlabs, xlabs_embeds, 0.7), (instantx, embeds, 0.9)]
+        patched = model
+        for adapter, adapter_embeds, scale in steps if first_xlabs else steps[::-1]:
+            patched = apply_image_prompt(patched, adapter, manage(adapter).weights_patcher, adapter_embeds, weight=scale, start_at=0.0, end_at=1.0)
+        projection = xlabs.model.image_proj
+        with torch.no_grad():
+            xlabs_tokens = torch.cat([projection(clip_negative), projection(clip_image)])  # [2, 4, 4096]: uncond, cond
+        tokens = reference_tokens(instantx_part[0], image)
+        set_reference(transformer, [(instantx_part[0], 0.9, rows([tokens, tokens]))], xlabs=[(xlabs_weights, 0.7, xlabs_tokens)])
+        check(f"InstantX beside XLabs ({'XLabs' if first_xlabs else 'InstantX'} applied first)",
+              comfy_denoised(patched, x, sigma, text, pooled, [1, 0]), reference_denoised(transformer, x, sigma, text, pooled), plain)  # fmt: skip
