@@ -22,7 +22,8 @@ class OneStepSampling:
     cfg 2: the batch of cond and uncond rows that calc_cond_batch builds) from a non-empty latent (ComfyUI leaves
     an empty one unshifted). Text rows [0] positive, [1] negative; pooled likewise."""
 
-    def __init__(self, model, x, text, pooled, generator):
+    def __init__(self, model, x, text, pooled, generator, *, cfg: float = CFG):
+        self.cfg = cfg  # at cfg 1 ComfyUI runs the cond rows only
         self.noise = x[:1]
         self.conditioning = [[text[:1], {"pooled_output": pooled[:1]}]]
         self.negative_conditioning = [[text[1:], {"pooled_output": pooled[1:]}]]
@@ -35,7 +36,7 @@ class OneStepSampling:
 
         sampler = comfy.samplers.ksampler("euler")
         out = comfy.sample.sample_custom(
-            patcher, self.noise, CFG, sampler, torch.tensor([START_SIGMA, 0.0]), self.conditioning,
+            patcher, self.noise, self.cfg, sampler, torch.tensor([START_SIGMA, 0.0]), self.conditioning,
             self.negative_conditioning, self.start, disable_pbar=True, seed=0,
         )  # fmt: skip
         return self.latent_format.process_in(out)  # back to the model's space: the denoised prediction
@@ -45,10 +46,9 @@ class OneStepSampling:
         x_in = START_SIGMA * self.noise + (1 - START_SIGMA) * self.latent_format.process_in(self.start)
         return x_in.expand(2, -1, -1, -1)
 
-    @staticmethod
-    def guided(both: torch.Tensor) -> torch.Tensor:
+    def guided(self, both: torch.Tensor) -> torch.Tensor:
         """uncond + cfg · (cond − uncond) of the reference's rows [cond, uncond]."""
-        return both[1:] + CFG * (both[:1] - both[1:])
+        return both[1:] + self.cfg * (both[:1] - both[1:])
 
 
 def halving_block_patch(calls: list):

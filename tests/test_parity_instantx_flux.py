@@ -220,3 +220,132 @@ def test_two_stacked_instantx_adapters_and_one_beside_xlabs_match_the_reference(
         set_reference(transformer, [(instantx_part[0], 0.9, rows([tokens, tokens]))], xlabs=[(xlabs_weights, 0.7, xlabs_tokens)])
         check(f"InstantX beside XLabs ({'XLabs' if first_xlabs else 'InstantX'} applied first)",
               comfy_denoised(patched, x, sigma, text, pooled, [1, 0]), reference_denoised(transformer, x, sigma, text, pooled), plain)  # fmt: skip
+
+
+@pytest.mark.parametrize("cfg", [1.0, CFG])
+def test_sampler_path_matches_the_reference_at_cfg_1_and_above(flux, tmp_path, cfg):
+    """ComfyUI's sampler, one Euler step from σ = 0.6 to 0 (the denoised prediction): at cfg 1 only the cond rows
+    run, above it cond and uncond rows, every one with the image's tokens (Encode's default)."""
+    model, transformer = flux
+    path, parts = instantx_file(tmp_path, "ip-adapter.bin", seed=11)
+    adapter = load_adapter(path)
+    generator, x, text, pooled = inputs(12)
+    image = torch.randn(1, SIGLIP_WIDTH, generator=generator)
+    patched = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, make_embeds(image, image, clip_output=POOLED),
+                                 weight=1.0, start_at=0.0, end_at=1.0)  # fmt: skip
+    sampling = OneStepSampling(model, x, text, pooled, generator, cfg=cfg)
+    ours, plain = sampling.denoised(patched), sampling.denoised(model)
+    tokens = reference_tokens(parts, image)
+    set_reference(transformer, [(parts, 1.0, rows([tokens, tokens]))])
+    both = reference_denoised(transformer, sampling.model_input(), torch.tensor(0.6), text, pooled)  # rows [cond, uncond]
+    check(f"InstantX Flux sampler cfg {cfg:g}", ours, sampling.guided(both), plain)
+
+
+def test_a_step_range_that_excludes_the_step_is_the_plain_model(flux, tmp_path):
+    model, _ = flux
+    path, _ = instantx_file(tmp_path, "ip-adapter.bin", seed=13)
+    adapter = load_adapter(path)
+    generator, x, text, pooled = inputs(14)
+    image = torch.randn(1, SIGLIP_WIDTH, generator=generator)
+    embeds = make_embeds(image, image, clip_output=POOLED)
+    sigma = torch.tensor(0.6)
+    plain = comfy_denoised(model, x, sigma, text, pooled, [1, 0])
+    for start_at, end_at, acts in ((0.0, 1.0, True), (0.8, 1.0, False), (0.0, 0.1, False)):
+        patched = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=start_at, end_at=end_at)
+        ours = comfy_denoised(patched, x, sigma, text, pooled, [1, 0])
+        assert torch.equal(ours, plain) != acts, (start_at, end_at)
+
+
+def test_block_weights_number_the_double_then_the_single_blocks(flux, tmp_path):
+    """block_weights "1:1.0, 2:0.5" = the reference with file block 1 (double block 1) at λ and block 2 (single block
+    0) at λ/2, the others 0; blocks weighted 0 get no patch."""
+    model, transformer = flux
+    path, parts = instantx_file(tmp_path, "ip-adapter.bin", seed=15)
+    adapter = load_adapter(path)
+    generator, x, text, pooled = inputs(16)
+    image = torch.randn(1, SIGLIP_WIDTH, generator=generator)
+    sigma = torch.tensor(0.7)
+    patched = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, make_embeds(image, image, clip_output=POOLED),
+                                 weight=0.8, start_at=0.0, end_at=1.0, block_weights="1:1.0, 2:0.5")  # fmt: skip
+    dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert sorted(dit) == [("double_block", 1), ("single_block", 0)]
+    tokens = reference_tokens(parts, image)
+    set_reference(transformer, [(parts, 0.8, rows([tokens, tokens]))], scales=[0.0, 1.0, 0.5, 0.0])
+    check("InstantX Flux block_weights 1:1, 2:0.5", comfy_denoised(patched, x, sigma, text, pooled, [1, 0]),
+          reference_denoised(transformer, x, sigma, text, pooled), comfy_denoised(model, x, sigma, text, pooled, [1, 0]))  # fmt: skip
+
+
+def test_other_packs_single_block_patch_keeps_working(flux, tmp_path):
+    """Another pack's `dit` patch on the single blocks runs, with our image-prompt block as its original block."""
+    model, _ = flux
+    path, _ = instantx_file(tmp_path, "ip-adapter.bin", seed=17)
+    adapter = load_adapter(path)
+    generator, x, text, pooled = inputs(18)
+    image = torch.randn(1, SIGLIP_WIDTH, generator=generator)
+    embeds = make_embeds(image, image, clip_output=POOLED)
+    calls = []
+    theirs = model.clone()
+    for index in range(CONFIG["depth_single_blocks"]):
+        theirs.set_model_patch_replace(halving_block_patch(calls), "dit", "single_block", index)
+    sigma = torch.tensor(0.5)
+    foreign_only = comfy_denoised(theirs, x, sigma, text, pooled, [1, 0])
+    at_zero = apply_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=0.0, start_at=0.0, end_at=1.0)
+    assert torch.equal(comfy_denoised(at_zero, x, sigma, text, pooled, [1, 0]), foreign_only)
+    calls.clear()
+    both = apply_image_prompt(theirs, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    with_ip = comfy_denoised(both, x, sigma, text, pooled, [1, 0])
+    assert len(calls) == CONFIG["depth_single_blocks"], "the other pack's patch must run once per single block"
+    assert (with_ip - foreign_only).abs().max() > 1e-3
+
+
+def test_the_instantx_file_is_detected_beside_xlabs(comfy_host, tmp_path):
+    """The official container (a pickle of nested dicts, read as weights only) and flat safetensors keys."""
+    from safetensors.torch import save_file
+
+    path, parts = instantx_file(tmp_path, "ip-adapter.bin", seed=19)
+    flat = {f"{part}.{key}": tensor for part, tensors in parts.items() for key, tensor in tensors.items()}
+    save_file(flat, str(tmp_path / "ip-adapter.safetensors"))
+    for file in (path, str(tmp_path / "ip-adapter.safetensors")):
+        spec = load_adapter(file).spec
+        assert (spec.variant, spec.base, spec.num_tokens, spec.embedding_dim, spec.context_dim, spec.hidden_size, spec.layers,
+                spec.image_encoder, spec.clip_output) == ("instantx-flux.1-dev-ip-adapter", "Flux", 4, SIGLIP_WIDTH, 4096,
+                                                          HIDDEN, LAYERS, "SigLIP", POOLED)  # fmt: skip
+
+
+def test_a_damaged_instantx_file_is_refused(comfy_host, tmp_path):
+    parts = instantx_adapter_parts(hidden_size=HIDDEN, layers=LAYERS, seed=20)
+    del parts["ip_adapter"]["2.to_v_ip.weight"]
+    torch.save(parts, str(tmp_path / "cut.bin"))
+    with pytest.raises(IPAdapterError, match="cut.bin' looks like the InstantX FLUX.1-dev IP-Adapter but its blocks have K'/V' of different shapes"):
+        load_adapter(str(tmp_path / "cut.bin"))
+
+
+def test_the_instantx_adapter_is_refused_on_other_families_and_sizes(flux, tmp_path):
+    path, _ = instantx_file(tmp_path, "ip-adapter.bin", seed=21)
+    adapter = load_adapter(path)
+    embeds = make_embeds(torch.randn(1, SIGLIP_WIDTH), torch.randn(1, SIGLIP_WIDTH), clip_output=POOLED)
+    with pytest.raises(IPAdapterError, match="'ip-adapter.bin' is a Flux IP-Adapter but it was applied to a model that is not Flux"):
+        apply_image_prompt(tiny_comfy_model("SD1.5", seed=0), adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    deeper = tiny_flux_model(tiny_flux_config(double_blocks=3, single_blocks=2), seed=2)
+    with pytest.raises(IPAdapterError, match="K'/V' for 4 blocks of width 256 .*this Flux model has 3 double and 2 single"):
+        apply_image_prompt(deeper, adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    clip_embeds = make_embeds(torch.randn(1, 768), torch.zeros(1, 768), clip_output="image_embeds")
+    with pytest.raises(IPAdapterError, match="reads the CLIP SigLIP pooled output, but these embeds hold image embeds"):
+        apply_image_prompt(flux[0], adapter, None, clip_embeds, weight=1.0, start_at=0.0, end_at=1.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"weight_type": "style transfer"}, "weight_type 'style transfer'"),
+        ({"embeds_scaling": "K+V"}, "embeds_scaling 'K\\+V'"),
+        ({"attn_mask": torch.ones(1, 64, 64)}, "attn_mask"),
+        ({"block_weights": "4:1.0"}, "no block 4 .*give block indexes 0–3"),
+    ],
+)
+def test_unet_only_options_are_refused_naming_them(flux, tmp_path, options, named):
+    path, _ = instantx_file(tmp_path, "ip-adapter.bin", seed=22)
+    adapter = load_adapter(path)
+    embeds = make_embeds(torch.randn(1, SIGLIP_WIDTH), torch.randn(1, SIGLIP_WIDTH), clip_output=POOLED)
+    with pytest.raises(IPAdapterError, match=named):
+        apply_image_prompt(flux[0], adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0, **options)
