@@ -27,6 +27,7 @@ VOLATILE = {
     ("DecoupledIPAdapterOpenCLIPVisionLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
     ("DecoupledIPAdapterOpenCLIPLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
     ("DecoupledIPAdapterLoadEmbeds", "embeds_file"): ("options", "<the .safetensors files in the input folder>"),
+    ("DecoupledIPAdapterSigLIPLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
 }
 NOT_PINNED = {"tooltip"}
 
