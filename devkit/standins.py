@@ -11,12 +11,12 @@ and gets ComfyUI's models layout (checkpoints/, clip_vision/, ipadapter/, contro
 text_encoders/, vae/). `--groups` picks the files: demo (the default: what the demo and the server tests use),
 workflows (the other SD1.5 files the example workflows name), sdxl (a full-size SDXL base checkpoint, written tensor
 by tensor, and its adapter), flux (a FLUX.1-shaped transformer with 2 double blocks, CLIP-L text, ViT-L/14, the
-16-channel VAE, an XLabs adapter; see FLUX_MODEL below), sd3 (an SD3-detected MMDiT checkpoint, SigLIP so400m, an
+16-channel VAE, an XLabs and an InstantX adapter, SigLIP so400m with its pooling head; see FLUX_MODEL below), sd3 (an SD3-detected MMDiT checkpoint, SigLIP so400m, an
 InstantX adapter; see SD3_CHECKPOINT below). Needs the ComfyUI host:
 COMFYUI_DIR names its folder (default: the repo's .host/ComfyUI), and this script must run with the host's Python.
 Every file is written under a temporary name, renamed, and recorded in a stamp file; a second run finds them and
 does nothing. demo: about 4 GB of fp16 files, 40-90 s on two CPU cores; workflows: 3.2 GB more; sdxl: 7.7 GB more;
-flux: 2.7 GB more, about 80 s; sd3: 1.2 GB more (with flux's clip_l), about 60 s.
+flux: 3.7 GB more, about 2 min; sd3: 1.2 GB more (with flux's clip_l), about 60 s.
 """
 
 import argparse
@@ -65,7 +65,12 @@ FLUX_T5XXL = "text_encoders/t5xxl_fp16.safetensors"
 FLUX_VAE = "vae/ae.safetensors"
 CLIP_VISION_L = "clip_vision/clip_vision_l.safetensors"
 XLABS_IPADAPTER = "ipadapter/flux-ip-adapter.safetensors"
-FLUX_FILES = (FLUX_MODEL, FLUX_CLIP_L, FLUX_T5XXL, FLUX_VAE, CLIP_VISION_L, XLABS_IPADAPTER)
+# The InstantX Flux adapter of the Flux stand-in's width and its 2 + 1 blocks (4 tokens, a small inner width), and a
+# full-size SigLIP so400m that keeps the pooling head (`vision_model.head.*`), as google's file does.
+INSTANTX_FLUX_IPADAPTER = "ipadapter/flux1-dev-ip-adapter-instantx.bin"
+SIGLIP_WITH_HEAD = "clip_vision/siglip-so400m-patch14-384.safetensors"
+FLUX_FILES = (FLUX_MODEL, FLUX_CLIP_L, FLUX_T5XXL, FLUX_VAE, CLIP_VISION_L, XLABS_IPADAPTER, INSTANTX_FLUX_IPADAPTER,
+              SIGLIP_WITH_HEAD)  # fmt: skip
 FLUX_DOUBLE_BLOCKS, FLUX_SINGLE_BLOCKS, FLUX_HEADS = 2, 1, 24
 CLIP_L_WIDTH = 768
 # SD3.5 Large under its file names. ComfyUI's MMDiT has as many heads (of 64) as joint blocks, so an SD3.5-detected
@@ -286,6 +291,27 @@ def _xlabs_ipadapter():
     )
 
 
+def _instantx_flux_ipadapter():
+    """An InstantX FLUX.1-dev IP-Adapter for the Flux stand-in (its width, 2 double and 1 single block), nested as
+    the official `.bin`, random values, fp16."""
+    import pack_import  # noqa: F401  (tiny_flux builds it with the pack's own module)
+    import tiny_flux
+
+    config = flux_standin_config()
+    parts = tiny_flux.instantx_adapter_parts(hidden_size=config["hidden_size"], layers=config["depth"] + config["depth_single_blocks"], seed=56)
+    return {part: _half(tensors) for part, tensors in parts.items()}
+
+
+def _siglip_with_head():
+    """SigLIP so400m at full size with a pooling head of so400m's shapes (16 heads, MLP 4304), random, fp16."""
+    import pack_import  # noqa: F401  (the head is the pack's own module)
+
+    from decoupled_ipadapter.models.siglip_head import SigLIPPoolingHead
+
+    head = SigLIPPoolingHead(width=1152, heads=16, inner_dim=4304)
+    return {**_clip_vision("clip_vision_siglip_384.json", seed=57), **_half(_randomised(head, seed=58).state_dict(), "vision_model.head.")}
+
+
 def _sd3_checkpoint():
     """sd3.5_large.safetensors as ComfyUI saves an SD3 checkpoint without text encoders: the MMDiT
     (`model.diffusion_model.`) and the VAE (`first_stage_model.`), checked with ComfyUI's own detection."""
@@ -445,6 +471,8 @@ WRITERS = {
     SD3_CLIP_G: _saved_safetensors(_placeholder),
     SIGLIP_VISION: _saved_safetensors(lambda: _clip_vision("clip_vision_siglip_384.json", seed=62)),
     INSTANTX_IPADAPTER: _saved_pth(_instantx_ipadapter),
+    INSTANTX_FLUX_IPADAPTER: _saved_pth(_instantx_flux_ipadapter),
+    SIGLIP_WITH_HEAD: _saved_safetensors(_siglip_with_head),
 }
 
 

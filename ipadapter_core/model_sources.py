@@ -129,6 +129,18 @@ MODEL_SOURCES = (
         "[InstantX/SD3.5-Large-IP-Adapter](https://huggingface.co/InstantX/SD3.5-Large-IP-Adapter)",
     ),
     ModelSource(
+        "ipadapter", "flux1-dev-ip-adapter-instantx.bin",
+        "https://huggingface.co/InstantX/FLUX.1-dev-IP-Adapter/resolve/main/ip-adapter.bin",
+        "[InstantX/FLUX.1-dev-IP-Adapter](https://huggingface.co/InstantX/FLUX.1-dev-IP-Adapter) (published as "
+        "`ip-adapter.bin`, the SD3.5 file's name: save it under this one)",
+    ),
+    ModelSource(
+        "clip_vision", "siglip-so400m-patch14-384.safetensors",
+        "https://huggingface.co/google/siglip-so400m-patch14-384/resolve/main/model.safetensors",
+        "[google/siglip-so400m-patch14-384](https://huggingface.co/google/siglip-so400m-patch14-384) "
+        "`model.safetensors` (vision and text; it keeps the pooling head that the InstantX Flux adapter reads)",
+    ),
+    ModelSource(
         "controlnet", "control_v11p_sd15_canny.pth",
         "https://huggingface.co/lllyasviel/ControlNet-v1-1/resolve/main/control_v11p_sd15_canny.pth",
         "[lllyasviel/ControlNet-v1-1](https://huggingface.co/lllyasviel/ControlNet-v1-1)",

@@ -8,6 +8,8 @@ MLP after a LayerNorm (`layernorm`, `mlp.fc1`, tanh GELU, `mlp.fc2`). The result
 import torch
 import torch.nn.functional as F
 
+LAYER_NORM_EPS = 1e-6  # SigLIP so400m's layer_norm_eps
+
 
 class SigLIPMLP(torch.nn.Module):
     def __init__(self, *, width: int, inner_dim: int):
@@ -24,7 +26,7 @@ class SigLIPPoolingHead(torch.nn.Module):
         super().__init__()
         self.probe = torch.nn.Parameter(torch.empty(1, 1, width))
         self.attention = torch.nn.MultiheadAttention(width, heads, batch_first=True)
-        self.layernorm = torch.nn.LayerNorm(width)
+        self.layernorm = torch.nn.LayerNorm(width, eps=LAYER_NORM_EPS)
         self.mlp = SigLIPMLP(width=width, inner_dim=inner_dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

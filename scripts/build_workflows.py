@@ -68,10 +68,13 @@ SD35_LARGE = model_source("checkpoints", "sd3.5_large.safetensors")
 CLIP_G = model_source("text_encoders", "clip_g.safetensors")
 SIGLIP = model_source("clip_vision", "sigclip_vision_patch14_384.safetensors")
 IPADAPTER_SD35 = model_source("ipadapter", "ip-adapter.bin")
+SIGLIP_WITH_HEAD = model_source("clip_vision", "siglip-so400m-patch14-384.safetensors")
+IPADAPTER_FLUX_INSTANTX = model_source("ipadapter", "flux1-dev-ip-adapter-instantx.bin")
 # The loader inputs that name a model file: (node type, input) -> models sub-folder.
 MODEL_INPUTS = {
     ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
     ("CLIPVisionLoader", "clip_name"): "clip_vision",
+    ("DecoupledIPAdapterSigLIPLoader", "clip_name"): "clip_vision",
     ("DecoupledIPAdapterLoader", "ipadapter_name"): "ipadapter",
     ("ControlNetLoader", "control_net_name"): "controlnet",
     ("UNETLoader", "unet_name"): "diffusion_models",
@@ -452,9 +455,10 @@ def regional_two_references() -> Graph:
 
 
 def _dit_image_prompt(graph: Graph, model, *, encoder: ModelSource, encoder_title: str, ipadapter: ModelSource,
-                      weight: float) -> Node:  # fmt: skip
+                      weight: float, encoder_loader: str = "CLIPVisionLoader") -> Node:  # fmt: skip
     """Image encoder, reference image, adapter, encode and Apply on `model`: the image prompt of the DiT graphs."""
-    vision = graph.add("CLIPVisionLoader", 0, title=f"Load CLIP Vision ({encoder_title})", clip_name=encoder.name)
+    loader_title = "Load SigLIP Vision (pooled)" if encoder_loader == "DecoupledIPAdapterSigLIPLoader" else "Load CLIP Vision"
+    vision = graph.add(encoder_loader, 0, title=f"{loader_title} ({encoder_title})", clip_name=encoder.name)
     reference = graph.add("LoadImage", 0, title="Reference Image", image=REFERENCE)
     adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=ipadapter.name)
     embeds = _encode(graph, adapter, vision, reference)
@@ -507,10 +511,38 @@ def sd35_instantx() -> Graph:
     return graph
 
 
+def flux_instantx() -> Graph:
+    graph = Graph("22_flux_instantx", "FLUX.1-dev with the InstantX IP-Adapter",
+                  "FLUX.1-dev guided by the reference through InstantX's FLUX.1-dev IP-Adapter (SigLIP so400m, pooled), "
+                  "λ 0.6, cfg 1",
+                  (FLUX_DEV, T5XXL, CLIP_L, FLUX_VAE, SIGLIP_WITH_HEAD, IPADAPTER_FLUX_INSTANTX), (REFERENCE,),
+                  "Apply IPAdapter patches FLUX.1's 19 double and 38 single blocks, inside their attention. The "
+                  "adapter reads SigLIP's pooled output: **Load SigLIP Vision (pooled)** keeps the file's pooling "
+                  "head, which Load CLIP Vision drops (google's `model.safetensors`; Comfy-Org's "
+                  "sigclip_vision_patch14_384.safetensors has no head and is refused when the prompt is queued). "
+                  "Encode Image resizes the whole reference to 384², and every batch row gets its tokens, as in "
+                  "InstantX's reference (FLUX.1-dev runs no unconditional pass). λ 0.6 is in InstantX's suggested "
+                  "range.")  # fmt: skip
+    unet = graph.add("UNETLoader", 0, unet_name=FLUX_DEV.name, weight_dtype="default")
+    text = graph.add("DualCLIPLoader", 0, title="Load Text Encoders (T5-XXL + CLIP-L)", clip_name1=T5XXL.name,
+                     clip_name2=CLIP_L.name, type="flux", device="default")  # fmt: skip
+    vae = graph.add("VAELoader", 0, vae_name=FLUX_VAE.name)
+    model = _dit_image_prompt(graph, unet, encoder=SIGLIP_WITH_HEAD, encoder_title="SigLIP so400m",
+                              ipadapter=IPADAPTER_FLUX_INSTANTX, weight=0.6,
+                              encoder_loader="DecoupledIPAdapterSigLIPLoader")  # fmt: skip
+    pos = graph.add("CLIPTextEncode", 2, title="Positive Prompt", text="a photograph of a cat in a garden", clip=text)
+    neg = graph.add("CLIPTextEncode", 2, title="Negative Prompt (unused at cfg 1)", text="", clip=text)
+    guided = graph.add("FluxGuidance", 2, conditioning=pos, guidance=3.5)
+    latent = graph.add("EmptySD3LatentImage", 2, width=1024, height=1024, batch_size=1)
+    _sample_and_save(graph, model, guided, neg, latent, vae, prefix="ipadapter_flux_instantx", steps=24, cfg=1.0,
+                     sampler="euler", scheduler="simple")  # fmt: skip
+    return graph
+
+
 GRAPHS = (image_prompt_only, image_and_text_prompt, lambda_comparison, with_controlnet, with_t2i_adapter,
           image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint, unified_loader,
           save_and_load_embeds, sdxl_style_transfer, sdxl_style_and_composition, regional_two_references,
-          flux_xlabs, sd35_instantx)  # fmt: skip
+          flux_xlabs, sd35_instantx, flux_instantx)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,8 +22,12 @@ import build_workflows  # noqa: E402  (scripts/)
 SDXL_WORKFLOWS = ("08_sdxl_vit_h", "13_sdxl_style_transfer", "14_sdxl_style_and_composition")
 FLUX_WORKFLOW = "16_flux_xlabs"
 SD3_WORKFLOW = "17_sd35_instantx"
+FLUX_INSTANTX_WORKFLOW = "22_flux_instantx"
 WORKFLOW_NAMES = tuple(build().name for build in build_workflows.GRAPHS)
-SD15_WORKFLOWS = tuple(name for name in WORKFLOW_NAMES if name not in (*SDXL_WORKFLOWS, FLUX_WORKFLOW, SD3_WORKFLOW))
+SD15_WORKFLOWS = tuple(
+    name for name in WORKFLOW_NAMES if name not in (*SDXL_WORKFLOWS, FLUX_WORKFLOW, SD3_WORKFLOW, FLUX_INSTANTX_WORKFLOW)
+)
+ENCODER_LOADERS = ("CLIPVisionLoader", "DecoupledIPAdapterSigLIPLoader")  # the loaders latent_prompt's `encoder` sets
 SMALL_SIZE, SMALL_STEPS = 64, 2
 SIZE_INPUTS = {"EmptyLatentImage": ("width", "height"), "EmptySD3LatentImage": ("width", "height"),
                "ImageScale": ("width", "height")}  # fmt: skip
@@ -120,7 +124,8 @@ def latent_prompt(name: str, *, weight: float | None, adapter: str | None = None
                   seed: int = 42) -> dict:  # fmt: skip
     """A one-adapter workflow (one KSampler, one Apply IPAdapter) on the stand-ins, saving the sampled latent
     (SaveLatent, node "900") instead of decoding it. `weight` None: the sampler takes the model Apply would have
-    patched (no pack node runs); `adapter` and `encoder` replace the files of Load IPAdapter and Load CLIP Vision."""
+    patched (no pack node runs); `adapter` and `encoder` replace the files of Load IPAdapter and of the image
+    encoder's loader (Load CLIP Vision, or Load SigLIP Vision (pooled))."""
     prompt = on_standins(shrunk(api_workflow(name)))
     sampler_id, sampler = node_of(prompt, "KSampler")
     sampler["inputs"]["seed"] = seed
@@ -132,7 +137,8 @@ def latent_prompt(name: str, *, weight: float | None, adapter: str | None = None
     if adapter is not None:
         node_of(prompt, "DecoupledIPAdapterLoader")[1]["inputs"]["ipadapter_name"] = adapter
     if encoder is not None:
-        node_of(prompt, "CLIPVisionLoader")[1]["inputs"]["clip_name"] = encoder
+        (loader,) = [node for node in prompt.values() if node["class_type"] in ENCODER_LOADERS]
+        loader["inputs"]["clip_name"] = encoder
     for class_type in ("SaveImage", "VAEDecode"):
         del prompt[node_of(prompt, class_type)[0]]
     prompt["900"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler_id, 0], "filename_prefix": name}}
