@@ -215,6 +215,26 @@ INSTANTX_SD35_LARGE_SHAPE = dict(
 )  # fmt: skip
 
 
+# InstantX/FLUX.1-dev-IP-Adapter's ip-adapter.bin: SigLIP so400m's pooled 1152 -> 2304 -> 128 tokens of 4096, K'/V'
+# of width 3072 for FLUX.1's 19 double and 38 single blocks (about 2.6 B parameters, 5.3 GB in fp16).
+INSTANTX_FLUX_SHAPE = dict(embedding_dim=1152, inner_dim=2304, token_dim=4096, num_tokens=128, hidden_size=3072, head_dim=128,
+                           layers=57)  # fmt: skip
+
+
+def instantx_flux_meta_model() -> torch.nn.Module:
+    """The full-size InstantX FLUX.1-dev adapter on the meta device: its shapes, no memory."""
+    from decoupled_ipadapter.models.instantx_flux_adapter import InstantXFluxAdapterModel
+
+    with torch.device("meta"):
+        return InstantXFluxAdapterModel(**INSTANTX_FLUX_SHAPE)
+
+
+def instantx_flux_official_state_dict(*, seed: int = 33) -> dict[str, torch.Tensor]:
+    """InstantX/FLUX.1-dev-IP-Adapter's ip-adapter.bin, flattened: official keys and shapes, random fp16 (about
+    5.3 GB; `write_state_dict(..., path.bin)` nests it as the official file)."""
+    return _random_fp16_state_dict(instantx_flux_meta_model(), seed=seed)
+
+
 def _random_fp16_state_dict(meta_module: torch.nn.Module, *, seed: int) -> dict[str, torch.Tensor]:
     """Random fp16 tensors under a module's own key names and shapes (the module is built on the meta device, so
     nothing is allocated twice); one tensor at a time is drawn in fp32."""

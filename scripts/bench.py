@@ -30,6 +30,12 @@ jobs share the machine (the load average is printed at the start and the end).
   double and two single blocks, FLUX.1's 19 : 38 ratio of patched to unpatched blocks: a whole FLUX.1 (12B
   parameters, 48 GB in fp32) does not fit this machine. 128×128 pixels (64 image
   tokens) and 8 text tokens, FLUX.1's 8 : 1 ratio of image to text tokens at 1024² with 512 text tokens.
+- instantx_flux: the InstantX FLUX.1-dev adapter's per-step overhead, per step as above (3 steps), cfg 1, 128 image
+  tokens (the official count; a small projection, which runs once per run): on the tiny Flux of the tests and on a
+  full-width Flux (24 heads of 128, width 3072) with 1 double + 2 single and 2 double + 4 single blocks (FLUX.1's
+  19 : 38), every block patched as in FLUX.1. A line through the two full-width cases (per group of one double and
+  two single blocks, and once per step, plain and patched) gives an estimate of FLUX.1's per-step ratio with all 19
+  groups, said to be an estimate: FLUX.1 itself does not fit this machine.
 - sd3: the InstantX SD3.5 adapter's per-step overhead, per step as above (3 steps), cfg 5 (a cond and an uncond
   pass per step), 729 SigLIP tokens (so400m at 384²): on the tiny SD3 of the tests (devkit/tiny_sd3.py, small
   resampler) and on a full-width SD3.5 Large (38 heads of 64, width 2432) with 2 and with 4 of its 38 joint blocks
@@ -60,7 +66,7 @@ sys.path.insert(0, str(REPO / "devkit"))
 import repo_paths  # noqa: E402,F401  (devkit/ and tools/ on sys.path)
 from model_configs import SD15_UNET, SDXL_UNET  # noqa: E402
 
-PARTS = ("stacking", "end_at", "style", "flux", "sd3", "loading", "encode", "cache")
+PARTS = ("stacking", "end_at", "style", "flux", "instantx_flux", "sd3", "loading", "encode", "cache")
 DEFAULT_PARTS = PARTS[:-1]  # "cache" (K'/V' recomputed per call) on request
 SD15_SIZE = 128  # pixels: a 16×16 latent
 SD15_STEPS = 6
@@ -69,6 +75,9 @@ SD3_STEPS = 3
 SIGLIP_TOKENS = 729  # SigLIP so400m at 384²: 27² patches
 SD35_LARGE_HEADS = 38  # SD3.5 Large: 38 heads of 64 (width 2432), 38 joint blocks
 SD3_FULL_WIDTH_BLOCKS = (2, 4)  # two full-width cases: the line through them extends to 38 blocks
+FLUX1_BLOCK_GROUPS = 19  # FLUX.1: 19 double and 38 single blocks, 19 groups of one double and two single blocks
+INSTANTX_FLUX_GROUPS = (1, 2)  # full-width cases of 1 + 2 and 2 + 4 blocks: the line through them extends to 19
+INSTANTX_FLUX_TOKENS = 128  # the official file's image-prompt tokens
 SDXL_LATENT = 128  # 1024² pixels
 
 
@@ -375,6 +384,49 @@ def flux_costs(repeats: int, directory: Path) -> list[dict]:
     return [{**row, "setup": setup} for row in rows]
 
 
+def instantx_flux_case(label: str, config: dict, repeats: int, directory: Path) -> dict:
+    """Per-step overhead of one InstantX adapter (128 tokens) on a Flux built from `config`, every double and single
+    block patched (cfg 1, one pass per step)."""
+    from tiny_flux import FLUX_POOLED_WIDTH, FLUX_TEXT_WIDTH, SIGLIP_WIDTH, instantx_adapter_parts, tiny_flux_model
+
+    from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
+    from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
+    from decoupled_ipadapter.ipadapter_core.encoders import SIGLIP_POOLED
+    from decoupled_ipadapter.ipadapter_core.memory import manage
+
+    model = tiny_flux_model(config, seed=0)
+    blocks = config["depth"] + config["depth_single_blocks"]
+    path = directory / "flux1-dev-ip-adapter-instantx.bin"
+    torch.save(instantx_adapter_parts(hidden_size=config["hidden_size"], layers=blocks, seed=3,
+                                      num_tokens=INSTANTX_FLUX_TOKENS), str(path))  # fmt: skip
+    managed = manage(load_adapter(str(path)))
+    generator = torch.Generator().manual_seed(5)
+    pooled = torch.randn(1, SIGLIP_WIDTH, generator=generator)
+    embeds = make_embeds(pooled, pooled, clip_output=SIGLIP_POOLED)
+    patched = apply_image_prompt(model, managed.adapter, managed.weights_patcher, embeds, weight=0.6, start_at=0.0, end_at=1.0)
+    positive = [[torch.randn(1, 8, FLUX_TEXT_WIDTH, generator=generator),
+                 {"pooled_output": torch.randn(1, FLUX_POOLED_WIDTH, generator=generator), "guidance": 3.5}]]  # fmt: skip
+    path.unlink()
+    row = per_step_row(label, model, patched, repeats=repeats, positive=positive, negative=positive, steps=FLUX_STEPS,
+                       cfg=1.0)  # fmt: skip
+    return {**row, "blocks": config["depth"]}  # groups of one double and two single blocks
+
+
+def instantx_flux_costs(repeats: int, directory: Path) -> dict:
+    from tiny_flux import tiny_flux_config
+
+    setup = (f"{SD15_SIZE}x{SD15_SIZE} px (64 image tokens), 8 text tokens, {INSTANTX_FLUX_TOKENS} image-prompt tokens, "
+             f"cfg 1, euler {FLUX_STEPS} steps, {repeats} rounds")  # fmt: skip
+    rows = [instantx_flux_case("tiny Flux (2 double, 2 single, 2 heads)", tiny_flux_config(), repeats, directory)]
+    for groups in INSTANTX_FLUX_GROUPS:
+        full_width = tiny_flux_config(double_blocks=groups, single_blocks=2 * groups, heads=24)
+        rows.append(instantx_flux_case(f"full-width Flux ({groups} double, {2 * groups} single, 24 heads)", full_width,
+                                       repeats, directory))  # fmt: skip
+    return {"rows": [{**row, "setup": setup} for row in rows],
+            "flux1_estimate": whole_model_estimate(rows[1:], blocks=FLUX1_BLOCK_GROUPS)}  # fmt: skip
+
+
 def sd3_case(label: str, config: dict, resampler: dict, repeats: int, directory: Path) -> dict:
     """Per-step overhead of one InstantX adapter on an SD3 built from `config` (cfg 5: a cond and an uncond pass per
     step; the resampler runs at every step, since it reads the timestep)."""
@@ -420,25 +472,27 @@ def sd3_costs(repeats: int, directory: Path) -> list[dict]:
         full_width = {**tiny_sd3_config(blocks=SD35_LARGE_HEADS), "num_blocks": blocks}
         rows.append(sd3_case(f"full-width SD3.5 Large ({blocks} joint blocks, 38 heads; official resampler)", full_width,
                              INSTANTX_RESAMPLER, repeats, directory))  # fmt: skip
-    return {"rows": [{**row, "setup": setup} for row in rows], "sd35_large_estimate": sd35_large_estimate(rows[1:])}
+    return {"rows": [{**row, "setup": setup} for row in rows],
+            "sd35_large_estimate": whole_model_estimate(rows[1:], blocks=SD35_LARGE_HEADS)}  # fmt: skip
 
 
-def sd35_large_estimate(rows: list[dict]) -> dict:
-    """SD3.5 Large's per-step ratio with all 38 joint blocks, from the two full-width cases: a straight line through
-    each case's s/step against its block count, plain and patched, gives the per-block cost and the once-per-step
-    rest (embedders and final layer; with the adapter also the resampler, which runs once per step), extended to 38."""
+def whole_model_estimate(rows: list[dict], *, blocks: int) -> dict:
+    """A whole model's per-step ratio with all its `blocks` (SD3.5 Large: 38 joint blocks; FLUX.1: 19 groups of one
+    double and two single blocks), from two full-width cases: a straight line through each case's s/step against its
+    block count, plain and patched, gives the per-block cost and the once-per-step rest (embedders and final layer;
+    with the SD3.5 adapter also the resampler, which runs once per step), extended to `blocks`."""
     (few, many) = rows
-    blocks = [few["blocks"], many["blocks"]]
+    counts = [few["blocks"], many["blocks"]]
 
     def line(key):
-        per_block = (many[key] - few[key]) / (blocks[1] - blocks[0])
-        return per_block, few[key] - blocks[0] * per_block
+        per_block = (many[key] - few[key]) / (counts[1] - counts[0])
+        return per_block, few[key] - counts[0] * per_block
 
     plain_per_block, plain_rest = line("plain_s_per_step")
     adapter_per_block, adapter_rest = line("adapter_s_per_step")
-    plain = plain_rest + SD35_LARGE_HEADS * plain_per_block
-    adapter = adapter_rest + SD35_LARGE_HEADS * adapter_per_block
-    return {"blocks": SD35_LARGE_HEADS, "added_per_block_s": adapter_per_block - plain_per_block,
+    plain = plain_rest + blocks * plain_per_block
+    adapter = adapter_rest + blocks * adapter_per_block
+    return {"blocks": blocks, "added_per_block_s": adapter_per_block - plain_per_block,
             "added_once_per_step_s": adapter_rest - plain_rest, "plain_s_per_step": plain, "per_step_ratio": adapter / plain}  # fmt: skip
 
 
@@ -521,6 +575,8 @@ def main():
             finished("style", style_costs(device, directory), render_style)
         if "flux" in parts:
             finished("flux", flux_costs(repeats, directory), render_dit("flux"))
+        if "instantx_flux" in parts:
+            finished("instantx_flux", instantx_flux_costs(repeats, directory), render_instantx_flux)
         if "sd3" in parts:
             finished("sd3", sd3_costs(repeats, directory), render_sd3)
         if parts & {"stacking", "end_at", "cache"}:
@@ -585,14 +641,24 @@ def render_dit(family: str):
     return render
 
 
-def render_sd3(sd3) -> list[str]:
-    estimate = sd3["sd35_large_estimate"]
-    return render_dit("sd3")(sd3["rows"]) + [
-        f"SD3.5 Large with all {estimate['blocks']} joint blocks (a line through the two full-width cases): "
-        f"{estimate['added_per_block_s']:+.4f} s per patched block, {estimate['added_once_per_step_s']:+.4f} s once "
-        f"per step (the resampler), per-step ratio {estimate['per_step_ratio']:.3f} "
-        f"(plain {estimate['plain_s_per_step']:.2f} s/step)"
-    ]
+def render_with_estimate(family: str, estimate_key: str, *, model: str, per: str, once: str):
+    """The renderer of a DiT section with full-width cases and the whole model's estimate from them."""
+
+    def render(section) -> list[str]:
+        estimate = section[estimate_key]
+        return render_dit(family)(section["rows"]) + [
+            f"{model}, an estimate (a line through the two full-width cases): {estimate['added_per_block_s']:+.4f} s "
+            f"per {per}, {estimate['added_once_per_step_s']:+.4f} s once per step{once}, per-step ratio "
+            f"{estimate['per_step_ratio']:.3f} (plain {estimate['plain_s_per_step']:.2f} s/step)"
+        ]
+
+    return render
+
+
+render_sd3 = render_with_estimate("sd3", "sd35_large_estimate", model="SD3.5 Large with all 38 joint blocks",
+                                  per="patched block", once=" (the resampler)")  # fmt: skip
+render_instantx_flux = render_with_estimate("instantx_flux", "flux1_estimate", model="FLUX.1 with all 19 double and 38 single blocks",
+                                            per="group of one double and two single blocks", once="")  # fmt: skip
 
 
 def render_loading(rows) -> list[str]:

@@ -7,8 +7,10 @@ import dataclasses
 import pytest
 import torch
 from official_shapes import (
+    INSTANTX_FLUX_SHAPE,
     INSTANTX_SD35_LARGE_SHAPE,
     XLABS_FLUX_SHAPE,
+    instantx_flux_meta_model,
     instantx_sd35_meta_model,
     instantx_sd35_official_state_dict,
     write_state_dict,
@@ -17,6 +19,7 @@ from official_shapes import (
 from tiny_models import nested
 
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+from decoupled_ipadapter.ipadapter_core.flux.instantx_format import detect_instantx_flux_spec, is_instantx_flux_file
 from decoupled_ipadapter.ipadapter_core.mmdit.format import detect_sd3_spec
 
 SD35_SPEC = dict(
@@ -46,6 +49,23 @@ def test_sd35_shapes_are_detected_without_memory(comfy_host):
     assert spec.hidden_size == INSTANTX_SD35_LARGE_SHAPE["hidden_size"]
     parameters = sum(tensor.numel() for tensor in meta.values())
     assert 780e6 < parameters < 800e6, parameters  # about 1.6 GB in fp16
+
+
+def test_instantx_flux_shapes_are_detected_without_memory(comfy_host):
+    """The full-size InstantX FLUX.1-dev layout (128 tokens of 4096, 19 + 38 blocks of 3072) from meta tensors: the
+    official file (5.3 GB) is too large to write in the tests."""
+    meta = instantx_flux_meta_model().state_dict()
+    assert all(tensor.is_meta for tensor in meta.values())
+    parts = nested(meta)
+    assert is_instantx_flux_file(parts)
+    spec = detect_instantx_flux_spec(parts, "ip-adapter.bin")
+    assert dataclasses.asdict(spec) == dict(
+        variant="instantx-flux.1-dev-ip-adapter", num_tokens=128, embedding_dim=1152, inner_dim=2304, context_dim=4096,
+        hidden_size=3072, layers=57, base="Flux", projection="mlp", image_encoder="SigLIP", clip_output="siglip_pooled_output",
+    )  # fmt: skip
+    assert spec.hidden_size == INSTANTX_FLUX_SHAPE["hidden_size"]
+    parameters = sum(tensor.numel() for tensor in meta.values())
+    assert 2.6e9 < parameters < 2.7e9, parameters  # about 5.3 GB in fp16, as the official file
 
 
 @pytest.mark.slow

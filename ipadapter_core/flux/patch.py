@@ -1,4 +1,6 @@
-"""The Flux double-block replace patch that runs the XLabs IP-Adapter inside ComfyUI's samplers.
+"""The Flux block replace patches that run the XLabs and InstantX IP-Adapters inside ComfyUI's samplers.
+
+XLabs (double blocks only):
 
 What diffusers' `FluxIPAdapterAttnProcessor` computes in double block i, image stream only:
 
@@ -14,6 +16,11 @@ patch for that block is made, and stays there (it keeps nothing outside our call
 removed per call, which would break a TorchCompileModel graph at every call. Another pack's patch on the block is
 kept as patch_protocol.py says: it is called with our image-prompt block as its `original_block`, so each run of
 the block (it may run it twice) reads its own query.
+
+InstantX (double and single blocks): its term enters inside the block's attention, so where it acts the block is
+computed from its own modules (blocks.py), and its image query is that computation's; a double block that also
+holds XLabs terms adds them to that output with that query. Where no term acts (λ = 0, outside the step range) the
+original block runs unchanged.
 
 `to`, `models` and `__deepcopy__` are ComfyUI's patch protocol (patch_protocol.py).
 """
