@@ -53,7 +53,7 @@ def run(node, **inputs):
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
     from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, loader, openclip_loader
-    from decoupled_ipadapter.nodes import unified_loader
+    from decoupled_ipadapter.nodes import siglip_loader, unified_loader
 
     return {
         "load": loader.LoadIPAdapter,
@@ -67,6 +67,7 @@ def nodes(comfy_host):
         "unified_loader": unified_loader.UnifiedLoader,
         "save_embeds": embeds_files.SaveEmbeds,
         "load_embeds": embeds_files.LoadEmbeds,
+        "load_siglip": siglip_loader.LoadSigLIPVision,
     }
 
 
