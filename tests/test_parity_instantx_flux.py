@@ -17,9 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dit_parity import RELATIVE_TOLERANCE, CFG, OneStepSampling, check_parity, halving_block_patch
-from test_parity_flux import LATENT, comfy_denoised, diffusers_denoised, inputs
+from test_parity_flux import comfy_denoised, diffusers_denoised, inputs
 from tiny_flux import (
-    FLUX_HEAD_DIM,
     SIGLIP_WIDTH,
     flux_diffusers_twin,
     instantx_adapter_parts,

@@ -7,7 +7,6 @@ batch row the image's own tokens unless a negative image is given."""
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_nodes import run
 from tiny_clip_vision import IMAGE_SIZE, LAYERS, PATCH_SIZE, tiny_siglip_vision
 from tiny_flux import SIGLIP_WIDTH, instantx_adapter_parts
 from tiny_models import fill_random_
