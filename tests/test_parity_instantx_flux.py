@@ -348,3 +348,36 @@ def test_unet_only_options_are_refused_naming_them(flux, tmp_path, options, name
     embeds = make_embeds(torch.randn(1, SIGLIP_WIDTH), torch.randn(1, SIGLIP_WIDTH), clip_output=POOLED)
     with pytest.raises(IPAdapterError, match=named):
         apply_image_prompt(flux[0], adapter, None, embeds, weight=1.0, start_at=0.0, end_at=1.0, **options)
+
+
+def test_in_bf16_the_patch_runs_and_changes_the_output_as_in_fp32(flux, tmp_path):
+    """The same tiny Flux stored and run in bf16 (as ComfyUI runs FLUX.1 on most GPUs): λ = 0 is the plain bf16 model
+    exactly, and the change λ = 1 makes points the way of the fp32 change (cosine > 0.8: random tiny weights in bf16
+    move even the plain output by about 20% of its size, so no tighter figure is meaningful here)."""
+    import comfy.model_patcher
+    from tiny_flux import flux_model_config
+    from tiny_models import fill_random_
+
+    model_config = flux_model_config(CONFIG)
+    model_config.set_inference_dtype(torch.bfloat16, None)
+    half = model_config.get_model({}, device=torch.device("cpu"))
+    fill_random_(half.diffusion_model, seed=1)  # the fixture's weights, rounded to bf16
+    half.diffusion_model.to(torch.bfloat16)
+    cpu = torch.device("cpu")
+    half = comfy.model_patcher.ModelPatcher(half, load_device=cpu, offload_device=cpu)
+    path, _ = instantx_file(tmp_path, "ip-adapter.bin", seed=23)
+    adapter = load_adapter(path)
+    generator, x, text, pooled = inputs(24)
+    image = torch.randn(1, SIGLIP_WIDTH, generator=generator)
+    embeds = make_embeds(image, image, clip_output=POOLED)
+    sigma = torch.tensor(0.6)
+    changes = []
+    for model in (flux[0], half):
+        plain = comfy_denoised(model, x, sigma, text, pooled, [1, 0]).float()
+        at_zero = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=0.0, start_at=0.0, end_at=1.0)
+        assert torch.equal(comfy_denoised(at_zero, x, sigma, text, pooled, [1, 0]).float(), plain)
+        patched = apply_image_prompt(model, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        changes.append(comfy_denoised(patched, x, sigma, text, pooled, [1, 0]).float() - plain)
+    fp32_change, bf16_change = changes
+    assert torch.isfinite(bf16_change).all() and bf16_change.abs().max() > 0.1 * fp32_change.abs().max()
+    assert F.cosine_similarity(bf16_change.flatten(), fp32_change.flatten(), dim=0) > 0.8
