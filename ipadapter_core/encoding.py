@@ -19,7 +19,7 @@ import torch
 from .embeds import ImagePromptEmbeds, encoder_of_width, make_embeds
 from .encoders import ENCODER_FILES, IMAGE_EMBEDS, SIGLIP, SIGLIP_POOLED, EncoderReadingSpec
 from .errors import IPAdapterError
-from .siglip_pooling import pooled_output
+from .siglip_pooling import LOADER_NAME, SIGLIP_WITH_HEAD_FILE, pooled_output
 
 ENCODE_BATCH_SIZE = 16
 CROP_MODES = ("center", "pad")
@@ -49,10 +49,13 @@ def check_siglip_fits(clip_vision, spec, source: str) -> None:
     width = hidden_width(clip_vision)
     if widths is not None or width != spec.embedding_dim:
         have = f"CLIP {encoder_of_width(IMAGE_EMBEDS, widths[0])}" if widths is not None else f"an encoder of width {width}"
+        load = (
+            f"Load {SIGLIP_WITH_HEAD_FILE} with {LOADER_NAME}" if spec.clip_output == SIGLIP_POOLED
+            else f"Load {ENCODER_FILES[SIGLIP]} with CLIPVisionLoader"
+        )  # fmt: skip
         raise IPAdapterError(
             f"'{source}' ({spec.variant}) needs the {SIGLIP} so400m image encoder (hidden states of width "
-            f"{spec.embedding_dim}), but the connected vision model is {have}. Load {ENCODER_FILES[SIGLIP]} with "
-            "CLIPVisionLoader."
+            f"{spec.embedding_dim}), but the connected vision model is {have}. {load}."
         )
 
 

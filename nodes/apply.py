@@ -114,7 +114,8 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
                     multiline=True,
                     tooltip='Optional per-block weights, times weight: a diffusers scale dict such as {"up": '
                     '{"block_0": [0.0, 1.0, 0.0]}} (blocks not named get 0), or transformer indexes such as '
-                    '"3:1.0, 6:0.5"; on Flux, double-block indexes. Replaces the weights of weight_type.',
+                    '"3:1.0, 6:0.5"; on Flux, double-block indexes (InstantX: the double blocks, then the single '
+                    'blocks, 0–56). Replaces the weights of weight_type.',
                 ),
                 mask_input(),
                 EmbedsType.Input(

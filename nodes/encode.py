@@ -43,7 +43,9 @@ class EncodeImage(io.ComfyNode):
                     tooltip=(
                         "How a picture that is not square fits the encoder's square input. center: the middle square "
                         "(the reference's preprocessing; the edges of the long side are cut off). pad: the whole "
-                        "picture, padded to a square with the encoder's mean colour (which normalises to zero)."
+                        "picture, padded to a square with the encoder's mean colour (which normalises to zero). With "
+                        "the InstantX FLUX.1-dev adapter, center resizes the whole picture to 384², as its reference "
+                        "does."
                     ),
                 ),
             ],

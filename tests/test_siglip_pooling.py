@@ -7,7 +7,7 @@ batch row the image's own tokens unless a negative image is given."""
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_clip_vision import IMAGE_SIZE, LAYERS, PATCH_SIZE, tiny_siglip_vision
+from tiny_clip_vision import IMAGE_SIZE, LAYERS, PATCH_SIZE, tiny_clip_vision, tiny_siglip_vision
 from tiny_flux import SIGLIP_WIDTH, instantx_adapter_parts
 from tiny_models import fill_random_
 
@@ -106,6 +106,9 @@ def test_encode_gives_every_row_the_image_unless_a_negative_image_is_given(sigli
     torch.testing.assert_close(negative.negative, embeds.positive[1:], rtol=1e-5, atol=1e-5)  # encoded alone, not batched
     torch.testing.assert_close(negative.positive, embeds.positive[:1], rtol=1e-5, atol=1e-5)
     assert (negative.negative - negative.positive).abs().max() > 1e-2
+    with pytest.raises(IPAdapterError, match=r"needs the SigLIP so400m image encoder .* is CLIP ViT-L\. Load "
+                       r"siglip-so400m-patch14-384\.safetensors .* with Load SigLIP Vision \(pooled\)\."):
+        encode_image_prompt(tiny_clip_vision("ViT-L", tmp_path), adapter.spec, adapter.source, images, None, after_batch=lambda count: None)
     headless = tiny_siglip_vision(tmp_path)
     with pytest.raises(IPAdapterError, match="pooled output, whose attention-pooling head ComfyUI's Load CLIP Vision drops. Load the encoder with Load SigLIP Vision"):
         encode_image_prompt(headless, adapter.spec, adapter.source, images, None, after_batch=lambda count: None)
