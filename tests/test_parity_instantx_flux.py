@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from dit_parity import RELATIVE_TOLERANCE, CFG, OneStepSampling, check_parity, halving_block_patch
 from test_parity_flux import comfy_denoised, diffusers_denoised, inputs
 from tiny_flux import (
+    FLUX_HEAD_DIM,
     SIGLIP_WIDTH,
     flux_diffusers_twin,
     instantx_adapter_parts,
@@ -381,3 +382,48 @@ def test_in_bf16_the_patch_runs_and_changes_the_output_as_in_fp32(flux, tmp_path
     fp32_change, bf16_change = changes
     assert torch.isfinite(bf16_change).all() and bf16_change.abs().max() > 0.1 * fp32_change.abs().max()
     assert F.cosine_similarity(bf16_change.flatten(), fp32_change.flatten(), dim=0) > 0.8
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"flipped_img_txt": True}, {"modulation": False}, {"mlp_silu_act": True}],
+    ids=["FLUX.1", "flipped_img_txt", "modulation in vec", "SiLU-gated MLP"],
+)
+def test_blocks_computed_from_their_modules_are_comfyuis_own_blocks(comfy_host, variant):
+    """With no term the blocks the patch computes (blocks.py) give exactly ComfyUI's own double and single blocks,
+    in the variants newer Flux models use, read from the block itself."""
+    import comfy.ldm.flux.layers as layers
+    import comfy.ops
+    from tiny_models import fill_random_
+
+    from decoupled_ipadapter.ipadapter_core.flux.blocks import double_block_with_image_prompt, single_block_with_image_prompt
+    from decoupled_ipadapter.ipadapter_core.term import DitBlock
+
+    ops = comfy.ops.disable_weight_init
+    width, heads = 256, 2
+    double = layers.DoubleStreamBlock(width, heads, 4.0, qkv_bias=True, operations=ops, **variant)
+    single_variant = {key: value for key, value in variant.items() if key != "flipped_img_txt"}
+    single = layers.SingleStreamBlock(width, heads, 4.0, operations=ops, **single_variant)
+    fill_random_(double, seed=25)
+    fill_random_(single, seed=26)
+    generator = torch.Generator().manual_seed(27)
+    img, txt = torch.randn(2, 16, width, generator=generator), torch.randn(2, 8, width, generator=generator)
+    pe = torch.randn(1, 1, 24, FLUX_HEAD_DIM // 2, 2, 2, generator=generator)  # any rotation: the same for both
+    if variant.get("modulation", True):
+        vec = torch.randn(2, width, generator=generator)
+        single_vec = vec
+    else:
+        def modulation():
+            return layers.ModulationOut(*(torch.randn(2, 1, width, generator=generator) for _ in range(3)))
+
+        vec = ((modulation(), modulation()), (modulation(), modulation()))
+        single_vec = modulation()
+    options = {"cond_or_uncond": [0, 1]}
+    with torch.no_grad():
+        theirs = double(img=img.clone(), txt=txt.clone(), vec=vec, pe=pe, attn_mask=None, transformer_options=options)
+        ours, _ = double_block_with_image_prompt(double, {"img": img, "txt": txt, "vec": vec, "pe": pe, "transformer_options": options}, [], DitBlock(0))
+        assert torch.equal(ours["img"], theirs[0]) and torch.equal(ours["txt"], theirs[1])
+        x = torch.cat([txt, img], dim=1)
+        theirs = single(x.clone(), vec=single_vec, pe=pe, attn_mask=None, transformer_options=options)
+        ours = single_block_with_image_prompt(single, {"img": x, "vec": single_vec, "pe": pe, "transformer_options": options}, [], DitBlock(1))
+        assert torch.equal(ours["img"], theirs)
