@@ -2,14 +2,14 @@
 (without a wasted random initialisation)."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .flux.format import FluxAdapterSpec, build_flux_adapter_model, detect_flux_spec, is_flux_adapter_file
 from .formats import IPADAPTER_FILE, adapter_parts, read_weights_file
 from .mmdit.format import SD3AdapterSpec, build_sd3_adapter_model, detect_sd3_spec, is_sd3_adapter_file
-from .unet.format import AdapterSpec, build_adapter_model, detect_spec
+from .unet.format import AdapterSpec, build_adapter_model, detect_spec, split_lora
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,6 +19,7 @@ class LoadedAdapter:
     spec: AdapterSpec | FluxAdapterSpec | SD3AdapterSpec
     model: torch.nn.Module  # IPAdapterModel, FluxIPAdapterModel for a Flux file, SD3IPAdapterModel for SD3.5
     source: str  # the file name, for error messages
+    lora: dict[str, torch.Tensor] = field(default_factory=dict)  # FaceID files: the UNet LoRA, "N.to_q_lora.down.weight" → …
 
 
 def load_adapter(path: str) -> LoadedAdapter:
@@ -32,5 +33,6 @@ def load_adapter(path: str) -> LoadedAdapter:
     if is_sd3_adapter_file(parts):
         sd3_spec = detect_sd3_spec(parts, name)
         return LoadedAdapter(spec=sd3_spec, model=build_sd3_adapter_model(sd3_spec, parts, name), source=name)
+    parts, lora = split_lora(parts, name)
     spec = detect_spec(parts, path)
-    return LoadedAdapter(spec=spec, model=build_adapter_model(spec, parts, name), source=name)
+    return LoadedAdapter(spec=spec, model=build_adapter_model(spec, parts, name), source=name, lora=lora)

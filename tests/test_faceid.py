@@ -1,0 +1,193 @@
+"""IP-Adapter FaceID: face analysis exact to InsightFace, and Apply (projection + decoupled attention + the file's
+LoRA) exact to diffusers' `load_ip_adapter` with the same `.bin`, which applies the LoRA through peft.
+
+The InsightFace pack is the synthetic one of devkit/tiny_insightface.py (buffalo_l's file names and interfaces,
+read by InsightFace's own model zoo); the UNets are the tiny SD1.5 and SDXL layouts of the diffusers parity tests.
+Tolerance: fp32, |Δ| <= 2e-5 · max|output|, as there.
+"""
+
+import numpy as np
+import pytest
+import torch
+from test_parity_diffusers import PARITY_ERRORS, RELATIVE_TOLERANCE, TEXT_WIDTH
+from tiny_insightface import PACK, blank_picture, build_insightface_pack, face_picture
+from tiny_models import diffusers_twin, faceid_adapter_state_dict, layer_hidden_sizes, tiny_comfy_model
+
+from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
+from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
+from decoupled_ipadapter.ipadapter_core.encoders import FACE_EMBEDDING, PENULTIMATE
+from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
+from decoupled_ipadapter.ipadapter_core.memory import manage
+
+pytest.importorskip("insightface")
+pytest.importorskip("peft")
+
+
+@pytest.fixture(scope="module")
+def insightface_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("insightface")
+    build_insightface_pack(root)
+    return root
+
+
+def reference_embedding(root, picture: torch.Tensor, *, raw: bool = False) -> np.ndarray:
+    """InsightFace itself, as the reference's model card runs it (all the pack's modules, det_size 640)."""
+    from insightface.app import FaceAnalysis
+
+    analysis = FaceAnalysis(name=PACK, root=str(root), providers=["CPUExecutionProvider"])
+    analysis.prepare(ctx_id=0, det_size=(640, 640))
+    bgr = np.clip(255 * picture[0].numpy(), 0, 255).astype(np.uint8)[:, :, ::-1]
+    face = analysis.get(bgr)[0]
+    return face.embedding if raw else face.normed_embedding
+
+
+def test_face_embedding_is_insightface_exactly(insightface_root):
+    from decoupled_ipadapter.ipadapter_core.face_analysis import find_faces, load_face_analysis
+
+    analyser = load_face_analysis([str(insightface_root)], PACK, "CPU")
+    two_faces = face_picture(seed=5, centres=((0.3, 0.3), (0.7, 0.7)), brightness=(0.8, 1.0), face=0.3)
+    pictures = torch.cat([face_picture(seed=1), two_faces])  # [2, 256, 256, 3]
+    found = find_faces(analyser, pictures, raw_embedding=False, crop=False, skip_missing=False)
+    for face, index in zip(found, (0, 1)):
+        assert np.array_equal(face.embedding, reference_embedding(insightface_root, pictures[index : index + 1]))
+    assert not np.allclose(found[0].embedding, found[1].embedding, atol=1e-3), "different faces, different embeddings"
+    raw = find_faces(analyser, pictures[:1], raw_embedding=True, crop=False, skip_missing=False)[0].embedding
+    assert np.array_equal(raw, reference_embedding(insightface_root, pictures[:1], raw=True))
+    assert abs(np.linalg.norm(raw) - 1.0) > 0.1, "the unnorm file reads the raw embedding"
+
+
+def test_picture_without_face(insightface_root):
+    from decoupled_ipadapter.ipadapter_core.face_analysis import find_faces, load_face_analysis
+
+    analyser = load_face_analysis([str(insightface_root)], PACK, "CPU")
+    batch = torch.cat([face_picture(seed=1), blank_picture(), face_picture(seed=2)])
+    with pytest.raises(IPAdapterError, match="No face was found in image 1 of the batch"):
+        find_faces(analyser, batch, raw_embedding=False, crop=False, skip_missing=False)
+    kept = find_faces(analyser, batch, raw_embedding=False, crop=False, skip_missing=True)
+    assert [face.index for face in kept] == [0, 2]
+    with pytest.raises(IPAdapterError, match="No face was found in any of the 2 images"):
+        find_faces(analyser, torch.cat([blank_picture(), blank_picture()]), raw_embedding=False, crop=False, skip_missing=True)
+
+
+def faceid_file(tmp_path, model, layout, kind, *, name, seed=3, lora=True):
+    parts = faceid_adapter_state_dict(kind, hidden_sizes=layer_hidden_sizes(model), text_width=TEXT_WIDTH[layout], seed=seed, lora=lora)
+    path = tmp_path / name
+    torch.save(parts, str(path))
+    return path, parts
+
+
+def comfy_forward(model, x, t, text):
+    """The patched ModelPatcher as a sampler runs it: its weight patches (the LoRA) put on, then the UNet."""
+    options = dict(model.model_options.get("transformer_options", {}))
+    options.update(cond_or_uncond=[1, 0], sigmas=torch.ones(x.shape[0]))
+    model.patch_model()
+    try:
+        with torch.no_grad():
+            return model.model.diffusion_model(x, timesteps=t, context=text, transformer_options=options)
+    finally:
+        model.unpatch_model()
+
+
+def diffusers_reference(model, layout, parts):
+    """diffusers' UNet with the file loaded as `load_ip_adapter` does: the adapter, then its LoRA through peft."""
+    unet = diffusers_twin(model, layout)
+    unet._load_ip_adapter_weights([parts], low_cpu_mem_usage=False)
+    loras = unet._load_ip_adapter_loras([parts])
+    for index, lora in loras.items():
+        unet.load_lora_adapter(lora, prefix="unet", adapter_name=f"faceid_{index}")
+    return unet, bool(loras)
+
+
+def diffusers_forward(unet, x, t, text, face_rows, *, scale, lora_strength, has_lora, clip_rows=None, shortcut_scale=None):
+    for processor in unet.attn_processors.values():
+        if hasattr(processor, "scale"):
+            processor.scale = [scale]
+    if has_lora:
+        unet.set_adapters(["faceid_0"], weights=[lora_strength])
+    projection = unet.encoder_hid_proj.image_projection_layers[0]
+    if clip_rows is not None:
+        projection.clip_embeds = clip_rows  # [2, n, 257, 1280]
+        projection.shortcut = shortcut_scale is not None
+        projection.shortcut_scale = shortcut_scale if shortcut_scale is not None else 1.0
+    with torch.no_grad():
+        return unet(x, t, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": [face_rows]}).sample
+
+
+def inputs(layout, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 16, 16, generator=generator)
+    t = torch.tensor([500.0, 500.0])
+    text = torch.randn(2, 77, TEXT_WIDTH[layout], generator=generator)
+    return x, t, text, generator
+
+
+def check(label, ours, theirs):
+    error = (ours - theirs).abs().max().item()
+    PARITY_ERRORS.append((label, error))
+    assert error <= RELATIVE_TOLERANCE * theirs.abs().max().item(), f"{label}: |Δ| = {error}"
+
+
+@pytest.mark.parametrize("layout, kind, name, faces", [
+    ("SD1.5", "faceid", "ip-adapter-faceid_sd15.bin", 1),
+    ("SD1.5", "portrait", "ip-adapter-faceid-portrait_sd15.bin", 2),
+    ("SDXL", "faceid", "ip-adapter-faceid_sdxl.bin", 1),
+])  # fmt: skip
+def test_faceid_matches_diffusers(comfy_host, tmp_path, layout, kind, name, faces):
+    model = tiny_comfy_model(layout, seed=1)
+    path, parts = faceid_file(tmp_path, model, layout, kind, name=name, lora=kind != "portrait")
+    adapter = load_adapter(str(path))
+    assert adapter.spec.projection == "faceid" and adapter.spec.num_tokens == (16 if kind == "portrait" else 4)
+    assert bool(adapter.lora) == (kind != "portrait")
+    weights = manage(adapter).weights_patcher
+    reference, has_lora = diffusers_reference(model, layout, parts)
+    x, t, text, generator = inputs(layout, 9)
+    embeds = make_embeds(torch.nn.functional.normalize(torch.randn(faces, 512, generator=generator), dim=-1), torch.zeros(1, 512), clip_output=FACE_EMBEDDING)
+    face_rows = torch.stack([embeds.negative, embeds.positive])  # [2 (uncond, cond), n, 512]
+    plain = comfy_forward(model, x, t, text)
+    strengths = (1.0, 0.5) if has_lora else (1.0,)
+    for lora_strength in strengths:
+        for scale in (0.0, 0.6, 1.0):
+            patched = apply_image_prompt(
+                model, adapter, weights, embeds, weight=scale, start_at=0.0, end_at=1.0, lora_strength=lora_strength
+            )
+            ours = comfy_forward(patched, x, t, text)
+            theirs = diffusers_forward(reference, x, t, text, face_rows, scale=scale, lora_strength=lora_strength, has_lora=has_lora)
+            check(f"{layout} {name} λ={scale} lora={lora_strength}", ours, theirs)
+            assert (ours - plain).abs().max() > 1e-3 or (scale == 0 and not has_lora)
+    assert torch.equal(comfy_forward(model, x, t, text), plain), "the LoRA must leave the input model unchanged"
+    off = apply_image_prompt(model, adapter, weights, embeds, weight=0.0, start_at=0.0, end_at=1.0, lora_strength=0.0)
+    assert torch.equal(comfy_forward(off, x, t, text), plain), "λ = 0 with lora_strength 0 is the plain model"
+
+
+@pytest.mark.parametrize("name, shortcut_scales", [
+    ("ip-adapter-faceid-plusv2_sd15.bin", (1.0, 0.5)),
+    ("ip-adapter-faceid-plus_sd15.bin", (None,)),
+])  # fmt: skip
+def test_faceid_plus_matches_diffusers(comfy_host, tmp_path, name, shortcut_scales):
+    model = tiny_comfy_model("SD1.5", seed=2)
+    path, parts = faceid_file(tmp_path, model, "SD1.5", "plus", name=name, seed=5)
+    adapter = load_adapter(str(path))
+    assert adapter.spec.projection == "faceid_plus" and adapter.spec.shortcut == ("plusv2" in name)
+    weights = manage(adapter).weights_patcher
+    reference, has_lora = diffusers_reference(model, "SD1.5", parts)
+    x, t, text, generator = inputs("SD1.5", 10)
+    faces = torch.nn.functional.normalize(torch.randn(1, 512, generator=generator), dim=-1)
+    hidden, uncond_hidden = torch.randn(1, 257, 1280, generator=generator), torch.randn(1, 257, 1280, generator=generator)
+    embeds = make_embeds(hidden, uncond_hidden, clip_output=PENULTIMATE, face_positive=faces, face_negative=torch.zeros(1, 512))
+    face_rows = torch.stack([embeds.face_negative, embeds.face_positive])  # [2, 1, 512]
+    clip_rows = torch.stack([embeds.negative, embeds.positive])  # [2, 1, 257, 1280]
+    outputs = []
+    for s in shortcut_scales:
+        for scale in (0.6, 1.0):
+            patched = apply_image_prompt(
+                model, adapter, weights, embeds, weight=scale, start_at=0.0, end_at=1.0, faceid_v2_weight=0.3 if s is None else s
+            )
+            ours = comfy_forward(patched, x, t, text)
+            theirs = diffusers_forward(
+                reference, x, t, text, face_rows, scale=scale, lora_strength=1.0, has_lora=has_lora, clip_rows=clip_rows, shortcut_scale=s
+            )
+            check(f"SD1.5 {name} λ={scale} s={s}", ours, theirs)
+            outputs.append(ours)
+    if len(shortcut_scales) > 1:
+        assert (outputs[0] - outputs[2]).abs().max() > 1e-4, "PlusV2: s changes the output"
