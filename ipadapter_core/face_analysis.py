@@ -12,7 +12,7 @@ detection. Its `normed_embedding` (its raw `embedding` for the Portrait file tra
 Plus `norm_crop(bgr, kps, 224)` back in RGB.
 """
 
-import importlib.util
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -31,15 +31,21 @@ PACK_SOURCE = (
 DET_SIZE = (640, 640)
 CROP_SIZE = 224
 CPU = "CPU"
+REMOTE = {"AzureExecutionProvider"}  # runs models on a remote endpoint, not here
 
 
 def missing_packages() -> str | None:
     """None when insightface and onnxruntime can be imported, else the message that says what to install."""
-    missing = [name for name in ("insightface", "onnxruntime") if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in ("insightface", "onnxruntime"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # not installed, or installed but broken (a failed build, a missing library)
+            missing.append(name)
     if not missing:
         return None
     return (
-        f"FaceID needs {' and '.join(missing)}, which {'are' if len(missing) > 1 else 'is'} not installed. Install "
+        f"FaceID needs {' and '.join(missing)}, which {'are' if len(missing) > 1 else 'is'} not installed (or cannot be imported). Install "
         f"them into ComfyUI's Python with: {FACEID_PIP} (then restart ComfyUI). The other nodes work without them."
     )
 
@@ -56,7 +62,7 @@ def providers() -> list[str]:
     if missing_packages() is None:
         import onnxruntime
 
-        names += [name.removesuffix("ExecutionProvider") for name in onnxruntime.get_available_providers()]
+        names += [name.removesuffix("ExecutionProvider") for name in onnxruntime.get_available_providers() if name not in REMOTE]
     return list(dict.fromkeys(names))
 
 

@@ -7,6 +7,7 @@ from .clip_scores import CLIPScores
 from .combine import CombineEmbeds
 from .embeds_files import LoadEmbeds, SaveEmbeds
 from .encode import EncodeImage
+from .faceid import EncodeFace, LoadInsightFace
 from .loader import LoadIPAdapter, register_model_folder
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
 from .unified_loader import UnifiedLoader
@@ -23,6 +24,8 @@ NODES = [
     UnifiedLoader,
     SaveEmbeds,
     LoadEmbeds,
+    LoadInsightFace,
+    EncodeFace,
 ]
 
 
