@@ -21,7 +21,7 @@ import torch
 
 from .errors import IPAdapterError
 
-FACEID_PIP = 'pip install "insightface>=1.0,<3" "onnxruntime>=1.30,<2"'
+FACEID_PIP = 'pip install "insightface>=1.0,<3" "onnxruntime>=1.30.0,<2"'
 OFFICIAL_PACK = "buffalo_l"
 OFFICIAL_FILES = {"det_10g.onnx": "detection", "w600k_r50.onnx": "recognition"}
 PACK_SOURCE = (
