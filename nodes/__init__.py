@@ -10,7 +10,7 @@ from .encode import EncodeImage
 from .faceid import EncodeFace, LoadInsightFace
 from .loader import LoadIPAdapter, register_model_folder
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
-from .unified_loader import UnifiedLoader
+from .unified_loader import UnifiedLoader, UnifiedLoaderFaceID
 
 NODES = [
     LoadIPAdapter,
@@ -26,6 +26,7 @@ NODES = [
     LoadEmbeds,
     LoadInsightFace,
     EncodeFace,
+    UnifiedLoaderFaceID,
 ]
 
 

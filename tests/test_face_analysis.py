@@ -163,3 +163,4 @@ def test_insightface_loader_refuses_missing_packs_and_packages(face_nodes, insig
         assert 'pip install "insightface>=1.0,<3" "onnxruntime>=1.30.0,<2"' in message and "insightface and onnxruntime" in message
 
 
+

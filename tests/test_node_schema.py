@@ -29,6 +29,7 @@ VOLATILE = {
     ("DecoupledIPAdapterLoadEmbeds", "embeds_file"): ("options", "<the .safetensors files in the input folder>"),
     ("DecoupledIPAdapterInsightFaceLoader", "model_name"): ("options", "<the packs in the insightface model folders>"),
     ("DecoupledIPAdapterInsightFaceLoader", "provider"): ("options", "<CPU and the onnxruntime providers installed>"),
+    ("DecoupledIPAdapterUnifiedLoaderFaceID", "provider"): ("options", "<CPU and the onnxruntime providers installed>"),
 }
 NOT_PINNED = {"tooltip"}
 
