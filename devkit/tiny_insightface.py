@@ -26,7 +26,8 @@ LANDMARKS = (-1.2, -1.0, 1.2, -1.0, 0.0, 0.2, -1.0, 1.4, 1.0, 1.4)  # eyes, nose
 OPSET = 17
 
 
-def _detector():
+def detector_model():
+    """The det_10g.onnx stand-in (an onnx ModelProto)."""
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("ReduceMean", ["input.1"], ["gray"], name="gray", axes=[1], keepdims=1)]  # [1, 1, H, W]
@@ -72,7 +73,8 @@ def _detector():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
 
 
-def _recogniser():
+def recogniser_model():
+    """The w600k_r50.onnx stand-in (an onnx ModelProto)."""
     from onnx import TensorProto, helper, numpy_helper
 
     generator = np.random.default_rng(23)
@@ -90,16 +92,21 @@ def _recogniser():
 
 def build_insightface_pack(root: Path, *, name: str = PACK) -> Path:
     """`root/models/<name>/` with the two ONNX files (written once); returns that folder."""
-    import onnx
-
     folder = Path(root) / "models" / name
     folder.mkdir(parents=True, exist_ok=True)
-    for file_name, build in ((DETECTOR, _detector), (RECOGNISER, _recogniser)):
+    for file_name, build in ((DETECTOR, detector_model), (RECOGNISER, recogniser_model)):
         if not (folder / file_name).is_file():
-            model = build()
-            onnx.checker.check_model(model)
-            onnx.save(model, str(folder / file_name))
+            write_model(build, folder / file_name)
     return folder
+
+
+def write_model(build, path: Path) -> None:
+    """The ONNX model `build()` makes, checked, written to `path`."""
+    import onnx
+
+    model = build()
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def face_picture(*, seed: int, size: int = 256, centres=((0.5, 0.5),), brightness=(1.0,), face: float = 0.4) -> torch.Tensor:
