@@ -308,3 +308,34 @@ def test_missing_models_and_bad_embeds_files_are_refused_when_queued(sd15_server
         prompt = {key: node for key, node in prompt.items() if node["class_type"] != "DecoupledIPAdapterSaveEmbeds"}
         message = prompt_error(sd15_server, prompt)
         assert message.startswith(REJECTED) and f"'{name}'" in message and reason in message, message
+
+
+@pytest.mark.server
+def test_faceid_bad_inputs_are_refused_and_the_server_keeps_serving(sd15_server):
+    """No face in the picture, a FaceID file in Encode Image, a file that is not FaceID in Encode Face, a missing
+    InsightFace pack, a damaged ONNX file: each refused with what to do (at queue time where ComfyUI can), and the
+    FaceID workflow still runs afterwards."""
+    dark = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 20, 20)).save(dark, format="PNG")
+    upload_image(sd15_server, dark.getvalue(), "no_face.png")
+    faceid = shrunk(api_workflow("18_faceid"))
+    (picture,) = node_ids(faceid, "LoadImage")
+    (adapter,) = node_ids(faceid, "DecoupledIPAdapterLoader")
+    (insightface,) = node_ids(faceid, "DecoupledIPAdapterInsightFaceLoader")
+    message = prompt_error(sd15_server, with_inputs(faceid, {picture: {"image": "no_face.png"}}))
+    assert "IPAdapter Encode Face: No face was found in image 0 of the batch" in message, message
+    message = prompt_error(sd15_server, with_inputs(faceid, {adapter: {"ipadapter_name": "ip-adapter_sd15.safetensors"}}))
+    assert "is not an IP-Adapter FaceID file" in message and "IPAdapter Encode Image" in message, message
+    image_prompt = shrunk(api_workflow("01_image_prompt"))
+    (plain_adapter,) = node_ids(image_prompt, "DecoupledIPAdapterLoader")
+    message = prompt_error(sd15_server, with_inputs(image_prompt, {plain_adapter: {"ipadapter_name": "ip-adapter-faceid_sd15.bin"}}))
+    assert "IPAdapter Encode Image: 'ip-adapter-faceid_sd15.bin'" in message and "Use IPAdapter Encode Face" in message, message
+    message = prompt_error(sd15_server, with_inputs(faceid, {insightface: {"model_name": "antelopev2"}}))
+    assert message.startswith(REJECTED) and "'antelopev2' is not there" in message and "buffalo_l.zip" in message, message
+    broken = sd15_server.base / "models" / "insightface" / "models" / "broken"  # the server's own models folder
+    broken.mkdir(parents=True, exist_ok=True)
+    (broken / "det_10g.onnx").write_bytes(b"truncated")
+    (broken / "w600k_r50.onnx").write_bytes(b"truncated")
+    message = prompt_error(sd15_server, with_inputs(faceid, {insightface: {"model_name": "broken"}}))
+    assert "Load InsightFace: The InsightFace pack 'broken'" in message and "download" in message, message
+    validate_and_run(sd15_server, "18_faceid")
