@@ -177,3 +177,56 @@ def test_face_embeds_save_and_load(tmp_path):
             original, read = getattr(embeds, name), getattr(loaded, name)
             assert (original is None and read is None) or torch.equal(original, read)
         assert loaded.clip_output == embeds.clip_output
+
+
+OFFICIAL_FACEID = {  # file -> (base, kind, variant, tokens, reads the raw embedding, shortcut, has a LoRA)
+    "ip-adapter-faceid_sd15.bin": ("SD1.5", "faceid", "ip-adapter-faceid_sd15", 4, False, False, True),
+    "ip-adapter-faceid-plus_sd15.bin": ("SD1.5", "plus", "ip-adapter-faceid-plus_sd15", 4, False, False, True),
+    "ip-adapter-faceid-plusv2_sd15.bin": ("SD1.5", "plus", "ip-adapter-faceid-plusv2_sd15", 4, False, True, True),
+    "ip-adapter-faceid-portrait_sd15.bin": ("SD1.5", "portrait", "ip-adapter-faceid-portrait_sd15", 16, False, False, False),
+    "ip-adapter-faceid-portrait-v11_sd15.bin": ("SD1.5", "portrait", "ip-adapter-faceid-portrait-v11_sd15", 16, False, False, False),
+    "ip-adapter-faceid_sdxl.bin": ("SDXL", "faceid", "ip-adapter-faceid_sdxl", 4, False, False, True),
+    "ip-adapter-faceid-plusv2_sdxl.bin": ("SDXL", "plus", "ip-adapter-faceid-plusv2_sdxl", 4, False, True, True),
+    "ip-adapter-faceid-portrait_sdxl.bin": ("SDXL", "portrait", "ip-adapter-faceid-portrait_sdxl", 16, False, False, False),
+    "ip-adapter-faceid-portrait_sdxl_unnorm.bin": ("SDXL", "portrait", "ip-adapter-faceid-portrait_sdxl_unnorm", 16, True, False, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_FACEID))
+def test_official_faceid_files_are_detected_from_their_tensors_and_names(tmp_path, name):
+    """Every official FaceID file at its real shapes (the rank-128 LoRA on all 32 / 140 attention layers; stored
+    as zero-stride views, so the file is small): what Load IPAdapter detects."""
+    from tiny_models import SD15_HIDDEN_SIZES, SDXL_HIDDEN_SIZES
+
+    from decoupled_ipadapter.models.adapter import IPAdapterModel
+    from decoupled_ipadapter.models.faceid_projection import FaceIDPlusProjection, FaceIDProjection
+
+    base, kind, variant, tokens, raw, shortcut, has_lora = OFFICIAL_FACEID[name]
+    hidden, text = (SD15_HIDDEN_SIZES, 768) if base == "SD1.5" else (SDXL_HIDDEN_SIZES, 2048)
+    with torch.device("meta"):
+        if kind == "plus":
+            perceiver = dict(dim=text, depth=4, dim_head=64, heads=text // 64, embedding_dim=1280, output_dim=text, ff_mult=4)
+            projection = FaceIDPlusProjection(cross_attention_dim=text, num_tokens=4, perceiver=perceiver, shortcut=False)
+        else:
+            projection = FaceIDProjection(cross_attention_dim=text, num_tokens=tokens)
+        model = IPAdapterModel(image_proj=projection, cross_attention_dim=text, hidden_sizes={2 * i + 1: h for i, h in enumerate(hidden)})
+    one = torch.zeros(1, dtype=torch.float16)
+    parts = {"image_proj": {}, "ip_adapter": {}}
+    for key, tensor in model.state_dict().items():
+        part, _, rest = key.partition(".")
+        parts[part][rest] = one.expand(tensor.shape)
+    if has_lora:
+        for index, width in enumerate(hidden):
+            for number, context in ((2 * index, width), (2 * index + 1, text)):
+                for projection_name, width_in in (("q", width), ("k", context), ("v", context), ("out", width)):
+                    parts["ip_adapter"][f"{number}.to_{projection_name}_lora.down.weight"] = one.expand(128, width_in)
+                    parts["ip_adapter"][f"{number}.to_{projection_name}_lora.up.weight"] = one.expand(width, 128)
+    path = tmp_path / name
+    torch.save(parts, str(path))
+    adapter = load_adapter(str(path))
+    spec = adapter.spec
+    assert (spec.variant, spec.base, spec.num_tokens, spec.face_embedding, spec.shortcut) == (
+        variant, base, tokens, "raw" if raw else "normed", shortcut
+    )
+    assert spec.projection == ("faceid_plus" if kind == "plus" else "faceid")
+    assert len(adapter.lora) == (2 * 4 * 2 * len(hidden) if has_lora else 0)
