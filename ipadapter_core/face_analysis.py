@@ -58,12 +58,12 @@ def require_packages() -> None:
 
 def providers() -> list[str]:
     """The onnxruntime execution providers of this install, without the suffix ("CPU" first, always)."""
-    names = [CPU]
-    if missing_packages() is None:
+    try:
         import onnxruntime
-
-        names += [name.removesuffix("ExecutionProvider") for name in onnxruntime.get_available_providers() if name not in REMOTE]
-    return list(dict.fromkeys(names))
+    except ImportError:  # FaceID's nodes are refused with the pip command; the combo still offers CPU
+        return [CPU]
+    found = [name.removesuffix("ExecutionProvider") for name in onnxruntime.get_available_providers() if name not in REMOTE]
+    return list(dict.fromkeys([CPU, *found]))
 
 
 def pack_names(roots: list[str]) -> list[str]:
