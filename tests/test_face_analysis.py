@@ -164,3 +164,36 @@ def test_insightface_loader_refuses_missing_packs_and_packages(face_nodes, insig
 
 
 
+
+
+def test_without_the_optional_packages_only_the_faceid_nodes_are_refused(face_nodes, sd15, monkeypatch):
+    """insightface and onnxruntime hidden (as if not installed): every node still describes itself, the FaceID nodes
+    are refused at queue time with the pip command, and a plain IP-Adapter is still applied."""
+    import sys
+
+    from tiny_models import adapter_state_dict, nested
+
+    from decoupled_ipadapter.ipadapter_core.adapter import LoadedAdapter
+    from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
+    from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
+    from decoupled_ipadapter.ipadapter_core.face_analysis import FACEID_PIP
+    from decoupled_ipadapter.ipadapter_core.unet.format import build_adapter_model, detect_spec
+    from decoupled_ipadapter.nodes import NODES
+    from decoupled_ipadapter.nodes.unified_loader import UnifiedLoaderFaceID
+
+    for module in ("insightface", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, module, None)
+    infos = {node.GET_NODE_INFO_V1()["name"]: node.GET_NODE_INFO_V1() for node in NODES}
+    assert infos["DecoupledIPAdapterInsightFaceLoader"]["input"]["required"]["provider"][1]["options"] == ["CPU"]
+    for message in (
+        face_nodes["insightface"].validate_inputs(model_name=PACK, provider="CPU"),
+        face_nodes["face"].validate_inputs(),
+        UnifiedLoaderFaceID.validate_inputs(preset="FaceID", base="SD1.5", provider="CPU"),
+    ):
+        assert FACEID_PIP in message, message
+    parts = nested(adapter_state_dict("linear", hidden_sizes=layer_hidden_sizes(sd15), text_width=768, seed=2))
+    spec = detect_spec(parts, "ip-adapter_sd15.safetensors")
+    adapter = LoadedAdapter(spec=spec, model=build_adapter_model(spec, parts, "test"), source="ip-adapter_sd15.safetensors")
+    embeds = make_embeds(torch.randn(1, 1024), torch.zeros(1, 1024), clip_output="image_embeds")
+    patched = apply_image_prompt(sd15, adapter, manage(adapter).weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+    assert patched is not sd15 and patched.model_options["transformer_options"]["patches_replace"]["attn2"]
