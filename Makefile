@@ -7,11 +7,12 @@ demo:
 	bash scripts/demo.sh
 
 # Every test tier on ComfyUI 0.3.75 with its own front-end (1.32.9): unit, in-process ComfyUI, real ComfyUI servers and
-# the browser. Then the tests of the OpenCLIP encoders and scores again, with the oldest open_clip_torch that the
-# pack's requirements.txt admits laid over the host (the host pins the newest).
+# the browser. Then the tests of the OpenCLIP encoders and scores and of InsightFace's face analysis again, with the
+# oldest open_clip_torch that the pack's requirements.txt admits and the oldest insightface and onnxruntime of its
+# optional FaceID requirement laid over the host (the host pins the newest).
 test:
 	bash scripts/test.sh
-	bash scripts/test.sh --overlay scripts/oldest-requirements.txt tests/test_openclip.py tests/test_clip_scores.py
+	bash scripts/test.sh --overlay scripts/oldest-requirements.txt tests/test_openclip.py tests/test_clip_scores.py tests/test_face_analysis.py
 
 # The same ComfyUI 0.3.75 backend serving the newest front-end (scripts/frontend-latest.txt: comfyui-frontend-package
 # with the workflow templates and embedded docs it reads, laid over the host and served with --front-end-root).

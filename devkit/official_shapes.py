@@ -58,7 +58,7 @@ class OfficialVariant:
             image_encoder=self.image_encoder, clip_output=self.clip_output, embedding_dim=self.embedding_dim,
             cross_attention_dim=self.text_width, layer_numbers=tuple(range(1, 2 * self.layer_count, 2)),
             hidden_sizes=self.hidden_sizes, resampler_dim=dim, resampler_depth=4 if dim else 0,
-            resampler_heads=dim // 64,
+            resampler_heads=dim // 64, face_embedding="", shortcut=False,
         )  # fmt: skip
 
 

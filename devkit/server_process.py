@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACK_LINK = "decoupled-ipadapter"
 # Model folders passed to ComfyUI from a models directory, where present (ComfyUI's layout).
 MODEL_FOLDERS = ("checkpoints", "clip_vision", "ipadapter", "controlnet", "loras", "vae", "embeddings",
-                 "diffusion_models", "text_encoders")  # fmt: skip
+                 "diffusion_models", "text_encoders", "insightface")  # fmt: skip
 
 
 def free_port() -> int:

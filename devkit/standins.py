@@ -49,11 +49,20 @@ FINETUNE_CHECKPOINT = "checkpoints/DreamShaper_8_pruned.safetensors"  # a second
 IPADAPTER_PLUS = "ipadapter/ip-adapter-plus_sd15.safetensors"
 CONTROLNET_PTH = "controlnet/control_v11p_sd15_canny.pth"  # lllyasviel/ControlNet-v1-1 ships .pth files
 T2I_ADAPTER_PTH = "controlnet/t2iadapter_canny_sd15v2.pth"  # so does TencentARC/T2I-Adapter
-WORKFLOW_FILES = (FINETUNE_CHECKPOINT, IPADAPTER_PLUS, CONTROLNET_PTH, T2I_ADAPTER_PTH)
+# FaceID (workflows 18-20): the SD1.5 files at full size with their rank-128 LoRA, and InsightFace's buffalo_l pack
+# as the synthetic one of devkit/tiny_insightface.py (its detector finds the bright square of the face pictures).
+FACEID_SD15 = "ipadapter/ip-adapter-faceid_sd15.bin"
+FACEID_PLUSV2_SD15 = "ipadapter/ip-adapter-faceid-plusv2_sd15.bin"
+FACEID_PORTRAIT_SD15 = "ipadapter/ip-adapter-faceid-portrait-v11_sd15.bin"
+INSIGHTFACE_DETECTOR = "insightface/models/buffalo_l/det_10g.onnx"
+INSIGHTFACE_RECOGNISER = "insightface/models/buffalo_l/w600k_r50.onnx"
+FACEID_FILES = (FACEID_SD15, FACEID_PLUSV2_SD15, FACEID_PORTRAIT_SD15, INSIGHTFACE_DETECTOR, INSIGHTFACE_RECOGNISER)
+WORKFLOW_FILES = (FINETUNE_CHECKPOINT, IPADAPTER_PLUS, CONTROLNET_PTH, T2I_ADAPTER_PTH, *FACEID_FILES)
 # SDXL at full size (ComfyUI detects SDXL from the real layer sizes only): about 6.9 GB, written tensor by tensor.
 SDXL_CHECKPOINT = "checkpoints/sd_xl_base_1.0.safetensors"
 IPADAPTER_PLUS_SDXL = "ipadapter/ip-adapter-plus_sdxl_vit-h.safetensors"
-SDXL_FILES = (SDXL_CHECKPOINT, IPADAPTER_PLUS_SDXL)
+FACEID_SDXL = "ipadapter/ip-adapter-faceid_sdxl.bin"
+SDXL_FILES = (SDXL_CHECKPOINT, IPADAPTER_PLUS_SDXL, FACEID_SDXL, INSIGHTFACE_DETECTOR, INSIGHTFACE_RECOGNISER)
 # Flux under FLUX.1-dev's file names. ComfyUI 0.3.75 takes Flux's 24 heads as given, so the transformer has FLUX.1's
 # full width (3072) but 2 double and 1 single block (about 0.7 B parameters), and its text input is 768 wide: CLIP-L's
 # output, so a stand-in clip_l text encoder alone conditions it (CLIPLoader). A real T5-XXL (4.7 B parameters, always
@@ -348,6 +357,29 @@ def _ipadapter(variant: str = "ip-adapter_sd15"):
     return official_shapes.official_state_dict(official_shapes.VARIANTS[variant])
 
 
+def _faceid(kind: str, base: str, *, seed: int):
+    """An official-size FaceID file (devkit/tiny_models.faceid_adapter_state_dict): the real layer widths, the
+    rank-128 LoRA of every attention layer, random values, fp16, in the nested .bin layout."""
+    import pack_import  # noqa: F401  (the FaceID projections are the pack's own modules)
+    import tiny_models
+    import torch
+
+    hidden, text = {"SD1.5": (tiny_models.SD15_HIDDEN_SIZES, 768), "SDXL": (tiny_models.SDXL_HIDDEN_SIZES, 2048)}[base]
+    parts = tiny_models.faceid_adapter_state_dict(
+        kind, hidden_sizes=hidden, text_width=text, seed=seed, lora_rank=128, lora=kind != "portrait"
+    )
+    return {part: {key: value.to(torch.float16) for key, value in tensors.items()} for part, tensors in parts.items()}
+
+
+def _onnx(build_name: str):
+    def write(path: Path) -> None:
+        import tiny_insightface
+
+        tiny_insightface.write_model(getattr(tiny_insightface, build_name), path)
+
+    return write
+
+
 def _controlnet():
     import comfy.cldm.cldm
     import torch
@@ -439,7 +471,7 @@ def _saved_safetensors(build):
 
 def _saved_pth(build):
     """A torch.save'd state dict, as the official .pth ControlNet and T2I-Adapter files and InstantX's .bin are
-    (ComfyUI and the pack read them with torch.load(weights_only=True))."""
+    (ComfyUI and the pack read them with torch.load(weights_only=True)), and h94's FaceID .bin files."""
 
     def write(path: Path) -> None:
         import torch
@@ -473,6 +505,12 @@ WRITERS = {
     INSTANTX_IPADAPTER: _saved_pth(_instantx_ipadapter),
     INSTANTX_FLUX_IPADAPTER: _saved_pth(_instantx_flux_ipadapter),
     SIGLIP_WITH_HEAD: _saved_safetensors(_siglip_with_head),
+    FACEID_SD15: _saved_pth(lambda: _faceid("faceid", "SD1.5", seed=71)),
+    FACEID_PLUSV2_SD15: _saved_pth(lambda: _faceid("plus", "SD1.5", seed=72)),
+    FACEID_PORTRAIT_SD15: _saved_pth(lambda: _faceid("portrait", "SD1.5", seed=73)),
+    FACEID_SDXL: _saved_pth(lambda: _faceid("faceid", "SDXL", seed=74)),
+    INSIGHTFACE_DETECTOR: _onnx("detector_model"),
+    INSIGHTFACE_RECOGNISER: _onnx("recogniser_model"),
 }
 
 

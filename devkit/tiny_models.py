@@ -157,3 +157,37 @@ def layer_hidden_sizes(comfy_patcher) -> tuple[int, ...]:
     from decoupled_ipadapter.ipadapter_core.unet.layer_map import cross_attention_layers
 
     return tuple(layer.hidden_size for layer in cross_attention_layers(comfy_patcher.model.diffusion_model))
+
+
+def faceid_adapter_state_dict(
+    kind: str, *, hidden_sizes, text_width: int, seed: int, lora_rank: int = 8, lora: bool = True
+) -> dict[str, torch.Tensor]:
+    """A random IP-Adapter FaceID file in the official nested `.bin` layout: kind "faceid" (4 tokens), "portrait"
+    (16 tokens) or "plus" (perceiver over ViT-H hidden states), and with `lora` the UNet LoRA of every attention
+    layer (`N.to_{q,k,v,out}_lora.{down,up}.weight`: attn1 of cross-attention layer 2k+1 is 2k, its text width the
+    layer's own)."""
+    from decoupled_ipadapter.models.adapter import IPAdapterModel
+    from decoupled_ipadapter.models.faceid_projection import FaceIDPlusProjection, FaceIDProjection
+
+    if kind == "plus":
+        perceiver = dict(dim=text_width, depth=4, dim_head=64, heads=text_width // 64, embedding_dim=1280, output_dim=text_width, ff_mult=4)
+        image_proj = FaceIDPlusProjection(cross_attention_dim=text_width, num_tokens=4, perceiver=perceiver, shortcut=False)
+    else:
+        image_proj = FaceIDProjection(cross_attention_dim=text_width, num_tokens=16 if kind == "portrait" else 4)
+    model = IPAdapterModel(
+        image_proj=image_proj,
+        cross_attention_dim=text_width,
+        hidden_sizes={2 * index + 1: hidden for index, hidden in enumerate(hidden_sizes)},
+    )
+    fill_random_(model, seed=seed)
+    parts = nested(model.state_dict())
+    if lora:
+        generator = torch.Generator().manual_seed(seed + 1)
+        for index, hidden in enumerate(hidden_sizes):
+            for number, context in ((2 * index, hidden), (2 * index + 1, text_width)):
+                for name, width_in in (("q", hidden), ("k", context), ("v", context), ("out", hidden)):
+                    down = torch.randn(lora_rank, width_in, generator=generator) / math.sqrt(width_in)
+                    up = torch.randn(hidden, lora_rank, generator=generator) / math.sqrt(lora_rank) * 0.3
+                    parts["ip_adapter"][f"{number}.to_{name}_lora.down.weight"] = down
+                    parts["ip_adapter"][f"{number}.to_{name}_lora.up.weight"] = up
+    return {part: {key: value.contiguous() for key, value in tensors.items()} for part, tensors in parts.items()}

@@ -2,7 +2,7 @@
 (without a wasted random initialisation)."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,7 +15,7 @@ from .flux.instantx_format import (
 )
 from .formats import IPADAPTER_FILE, adapter_parts, read_weights_file
 from .mmdit.format import SD3AdapterSpec, build_sd3_adapter_model, detect_sd3_spec, is_sd3_adapter_file
-from .unet.format import AdapterSpec, build_adapter_model, detect_spec
+from .unet.format import AdapterSpec, build_adapter_model, detect_spec, split_lora
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,6 +25,7 @@ class LoadedAdapter:
     spec: AdapterSpec | FluxAdapterSpec | InstantXFluxSpec | SD3AdapterSpec
     model: torch.nn.Module  # IPAdapterModel, FluxIPAdapterModel (XLabs), InstantXFluxAdapterModel, SD3IPAdapterModel
     source: str  # the file name, for error messages
+    lora: dict[str, torch.Tensor] = field(default_factory=dict)  # FaceID files: the UNet LoRA, "N.to_q_lora.down.weight" → …
 
 
 def load_adapter(path: str) -> LoadedAdapter:
@@ -42,5 +43,6 @@ def load_adapter(path: str) -> LoadedAdapter:
     if is_sd3_adapter_file(parts):
         sd3_spec = detect_sd3_spec(parts, name)
         return LoadedAdapter(spec=sd3_spec, model=build_sd3_adapter_model(sd3_spec, parts, name), source=name)
+    parts, lora = split_lora(parts, name)
     spec = detect_spec(parts, path)
-    return LoadedAdapter(spec=spec, model=build_adapter_model(spec, parts, name), source=name)
+    return LoadedAdapter(spec=spec, model=build_adapter_model(spec, parts, name), source=name, lora=lora)

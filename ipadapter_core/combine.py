@@ -30,6 +30,11 @@ def combine_embeds(embeds: list[ImagePromptEmbeds], *, method: str) -> ImageProm
     if len(embeds) < 2:
         raise IPAdapterError("Combine Embeds needs at least two embeds connected.")
     first = embeds[0]
+    if any(item.face_positive is not None for item in embeds):
+        raise IPAdapterError(
+            "FaceID Plus embeds (face embeddings with their CLIP crops) cannot be combined here. Give IPAdapter Encode "
+            "Face all the pictures in one batch instead: several faces are one image prompt."
+        )
     for index, other in enumerate(embeds[1:], start=2):
         if other.clip_output != first.clip_output or other.positive.shape[1:] != first.positive.shape[1:]:
             raise IPAdapterError(

@@ -21,6 +21,8 @@ class ApplyOptions:
     attn_mask: torch.Tensor | None = None  # a ComfyUI MASK
     composition_embeds: ImagePromptEmbeds | None = None
     composition_weight: float = 1.0
+    faceid_v2_weight: float = 1.0  # FaceID PlusV2's s; other files ignore it
+    lora_strength: float = 1.0  # the FaceID LoRA inside the adapter file; 0: none
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Image-prompt embeds as a `.safetensors` file, so an encoding can be saved once and applied later.
 
 The file holds two tensors, `positive` and `negative` (the ImagePromptEmbeds tensors, stored as they are: same dtype,
-same values, so a round trip is bit-exact), and string metadata: `decoupled_ipadapter_embeds` (the format version),
+same values, so a round trip is bit-exact; FaceID Plus embeds add `face_positive` and `face_negative`), and string metadata: `decoupled_ipadapter_embeds` (the format version),
 `clip_output`, `adapter_variant` and `image_encoder` (where they came from; empty when unknown). Writers may add
 more metadata (ComfyUI's `prompt` and `workflow`); readers ignore it. A file without our format key is refused.
 """
@@ -11,20 +11,22 @@ import os
 import safetensors
 import torch
 
-from .encoders import IMAGE_EMBEDS, PENULTIMATE, SIGLIP_POOLED
+from .encoders import FACE_EMBEDDING, IMAGE_EMBEDS, PENULTIMATE, SIGLIP_POOLED
 from .embeds import ImagePromptEmbeds, make_embeds
 from .errors import IPAdapterError
 
 FORMAT_KEY = "decoupled_ipadapter_embeds"
 FORMAT_VERSION = 1
 TENSOR_NAMES = ("positive", "negative")
-CLIP_OUTPUTS = (IMAGE_EMBEDS, PENULTIMATE, SIGLIP_POOLED)
+FACE_TENSOR_NAMES = ("face_positive", "face_negative")  # FaceID Plus only
+CLIP_OUTPUTS = (IMAGE_EMBEDS, PENULTIMATE, SIGLIP_POOLED, FACE_EMBEDDING)
 SAVE_HINT = "Save embeds with IPAdapter Save Embeds and put the file in ComfyUI's input folder."
 
 
 def embeds_file_content(embeds: ImagePromptEmbeds) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and the metadata of the file that holds `embeds`."""
-    tensors = {name: getattr(embeds, name).detach().cpu().contiguous() for name in TENSOR_NAMES}
+    names = TENSOR_NAMES + (FACE_TENSOR_NAMES if embeds.face_positive is not None else ())
+    tensors = {name: getattr(embeds, name).detach().cpu().contiguous() for name in names}
     metadata = {
         FORMAT_KEY: str(FORMAT_VERSION),
         "clip_output": embeds.clip_output,
@@ -45,11 +47,12 @@ def read_embeds_file(path: str) -> ImagePromptEmbeds:
     with _opened(path) as opened:
         metadata = _checked_metadata(opened.metadata() or {}, name)
         keys = set(opened.keys())
-        if keys != set(TENSOR_NAMES):
+        if keys not in (set(TENSOR_NAMES), set(TENSOR_NAMES + FACE_TENSOR_NAMES)):
             raise IPAdapterError(
                 f"'{name}' holds the tensors {sorted(keys)}, not {list(TENSOR_NAMES)}: it is damaged. {SAVE_HINT}"
             )
         positive, negative = (opened.get_tensor(tensor) for tensor in TENSOR_NAMES)
+        faces = {tensor: opened.get_tensor(tensor) for tensor in FACE_TENSOR_NAMES if tensor in keys}
     if not (positive.is_floating_point() and negative.is_floating_point()):
         raise IPAdapterError(f"'{name}' holds {positive.dtype} embeds, not floating point: it is damaged. {SAVE_HINT}")
     try:
@@ -59,6 +62,7 @@ def read_embeds_file(path: str) -> ImagePromptEmbeds:
             clip_output=metadata["clip_output"],
             adapter_variant=metadata.get("adapter_variant", ""),
             image_encoder=metadata.get("image_encoder", ""),
+            **faces,
         )
     except IPAdapterError as error:
         raise IPAdapterError(f"'{name}' holds embeds that do not fit together: {error}") from error

@@ -14,11 +14,13 @@ Two ways to make a picture that is not square fit the encoder's square input (`c
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .embeds import ImagePromptEmbeds, encoder_of_width, make_embeds
-from .encoders import ENCODER_FILES, IMAGE_EMBEDS, SIGLIP, SIGLIP_POOLED, EncoderReadingSpec
+from .encoders import ENCODER_FILES, FACE_EMBEDDING, IMAGE_EMBEDS, PENULTIMATE, SIGLIP, SIGLIP_POOLED, EncoderReadingSpec
 from .errors import IPAdapterError
+from .face_analysis import FaceAnalyser, find_faces
 from .siglip_pooling import LOADER_NAME, SIGLIP_WITH_HEAD_FILE, pooled_output
 
 ENCODE_BATCH_SIZE = 16
@@ -143,6 +145,11 @@ def unconditional_output(clip_vision, positive: torch.Tensor, *, clip_output: st
 def encode_image_prompt(
     clip_vision, spec: EncoderReadingSpec, source: str, images, negative_images, *, crop: str = "center", after_batch
 ) -> ImagePromptEmbeds:
+    if getattr(spec, "face_embedding", ""):
+        raise IPAdapterError(
+            f"'{source}' ({spec.variant}) is an IP-Adapter FaceID file: it reads InsightFace face embeddings, not CLIP "
+            "image embeds. Use IPAdapter Encode Face (with Load InsightFace) instead of IPAdapter Encode Image."
+        )
     check_encoder_fits(clip_vision, spec, source)
     if negative_images is None and spec.black_negative_image:
         size = clip_vision.image_size
@@ -160,3 +167,39 @@ def encode_image_prompt(
     return make_embeds(
         positive, negative, clip_output=spec.clip_output, adapter_variant=spec.variant, image_encoder=spec.image_encoder
     )
+
+
+def encode_faces(
+    analyser: FaceAnalyser, spec, source: str, images: torch.Tensor, clip_vision=None, *, skip_missing: bool, after_image
+) -> ImagePromptEmbeds:
+    """The FaceID embeds of the first face of each picture: the face embeddings (negative: zeros) and, for FaceID
+    Plus, CLIP's penultimate hidden states of each aligned 224×224 face crop (negative: the encoder's output on zero
+    pixel values). Several faces are one image prompt, their tokens side by side (Portrait: n×16 tokens)."""
+    if not getattr(spec, "face_embedding", ""):
+        raise IPAdapterError(
+            f"'{source}' ({spec.variant}) is not an IP-Adapter FaceID file. Load an ip-adapter-faceid* file for IPAdapter "
+            "Encode Face, or encode this adapter's pictures with IPAdapter Encode Image."
+        )
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise IPAdapterError(f"Expected an IMAGE batch [B, H, W, C] with at least one image, got shape {list(images.shape)}.")
+    plus = spec.clip_output == PENULTIMATE
+    if plus:
+        if clip_vision is None:
+            raise IPAdapterError(
+                f"'{source}' ({spec.variant}) also reads the face crop with CLIP: connect the {spec.image_encoder} image "
+                f"encoder ({ENCODER_FILES[spec.image_encoder]}, with CLIPVisionLoader) to clip_vision."
+            )
+        check_encoder_fits(clip_vision, spec, source)
+    faces = find_faces(
+        analyser, images, raw_embedding=spec.face_embedding == "raw", crop=plus, skip_missing=skip_missing, after_image=after_image
+    )
+    embeddings = torch.from_numpy(np.stack([face.embedding for face in faces]))  # [N, 512]
+    zeros = torch.zeros_like(embeddings[:1])  # [1, 512], the reference's negative
+    common = dict(adapter_variant=spec.variant, image_encoder=f"InsightFace {analyser.name}")
+    if not plus:
+        return make_embeds(embeddings, zeros, clip_output=FACE_EMBEDDING, **common)
+    crops = torch.from_numpy(np.stack([face.crop for face in faces])).float() / 255.0  # [N, 224, 224, 3] RGB
+    hidden = encode_images(clip_vision, crops, clip_output=PENULTIMATE)  # [N, 257, 1280]
+    negative = unconditional_output(clip_vision, hidden, clip_output=PENULTIMATE)  # [1, 257, 1280]
+    common["image_encoder"] += f" + {spec.image_encoder}"
+    return make_embeds(hidden, negative, clip_output=PENULTIMATE, face_positive=embeddings, face_negative=zeros, **common)

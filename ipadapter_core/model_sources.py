@@ -11,6 +11,18 @@ ComfyUI's front-end then offers the link for `name`, and the file must be saved 
 from dataclasses import dataclass
 
 H94 = "https://huggingface.co/h94/IP-Adapter/resolve/main"
+H94_FACEID = "https://huggingface.co/h94/IP-Adapter-FaceID/resolve/main"
+FACEID_FILES = (
+    "ip-adapter-faceid_sd15.bin",
+    "ip-adapter-faceid-plus_sd15.bin",
+    "ip-adapter-faceid-plusv2_sd15.bin",
+    "ip-adapter-faceid-portrait_sd15.bin",
+    "ip-adapter-faceid-portrait-v11_sd15.bin",
+    "ip-adapter-faceid_sdxl.bin",
+    "ip-adapter-faceid-plusv2_sdxl.bin",
+    "ip-adapter-faceid-portrait_sdxl.bin",
+    "ip-adapter-faceid-portrait_sdxl_unnorm.bin",
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,16 @@ MODEL_SOURCES = (
         "ipadapter", "ip-adapter.bin",
         "https://huggingface.co/InstantX/SD3.5-Large-IP-Adapter/resolve/main/ip-adapter.bin",
         "[InstantX/SD3.5-Large-IP-Adapter](https://huggingface.co/InstantX/SD3.5-Large-IP-Adapter)",
+    ),
+    *(
+        ModelSource("ipadapter", name, f"{H94_FACEID}/{name}", "[h94/IP-Adapter-FaceID](https://huggingface.co/h94/IP-Adapter-FaceID)")
+        for name in FACEID_FILES
+    ),
+    ModelSource(
+        "insightface", "buffalo_l.zip", "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
+        "InsightFace's model pack buffalo_l ([deepinsight/insightface](https://github.com/deepinsight/insightface) "
+        "release v0.7): unzip it so that `models/insightface/models/buffalo_l/` holds its `.onnx` files "
+        "(FaceID reads det_10g.onnx and w600k_r50.onnx)",
     ),
     ModelSource(
         "ipadapter", "flux1-dev-ip-adapter-instantx.bin",

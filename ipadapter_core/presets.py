@@ -48,7 +48,7 @@ class ModelFile:
 class Preset:
     name: str
     adapter: ModelFile
-    encoder: ModelFile
+    encoder: ModelFile | None  # None: the adapter reads no CLIP encoder (FaceID, Portrait)
     variants: tuple[str, ...]  # what Load IPAdapter may detect the adapter file as (unet/format.py AdapterSpec.variant)
 
 
@@ -114,6 +114,43 @@ PRESET_NAMES = tuple(PRESETS)
 IGNORED_IN_NAMES = re.compile(r"[-_. ]")
 
 
+FACEID_PRESET_NAMES = ("FaceID", "FaceID Plus", "FaceID Plus V2", "FaceID Portrait", "FaceID Portrait unnorm (SDXL)")
+FACEID_BASES = ("SD1.5", "SDXL")
+INSIGHTFACE_PACK_FILE = ModelFile(model_source("insightface", "buffalo_l.zip"))
+
+
+def _faceid(name: str, base: str, file: str, encoder: ModelFile | None = None, *also_named: str) -> Preset:
+    return Preset(f"{name} {base}", _adapter(file, *also_named), encoder, (file.removesuffix(".bin"), *also_named))
+
+
+FACEID_PRESETS = {
+    (preset.name.rsplit(" ", 1)[0], preset.name.rsplit(" ", 1)[1]): preset
+    for preset in (
+        _faceid("FaceID", "SD1.5", "ip-adapter-faceid_sd15.bin"),
+        _faceid("FaceID Plus", "SD1.5", "ip-adapter-faceid-plus_sd15.bin", VIT_H_FILE),
+        _faceid("FaceID Plus V2", "SD1.5", "ip-adapter-faceid-plusv2_sd15.bin", VIT_H_FILE),
+        _faceid("FaceID Portrait", "SD1.5", "ip-adapter-faceid-portrait-v11_sd15.bin", None, "ip-adapter-faceid-portrait_sd15"),
+        _faceid("FaceID", "SDXL", "ip-adapter-faceid_sdxl.bin"),
+        _faceid("FaceID Plus V2", "SDXL", "ip-adapter-faceid-plusv2_sdxl.bin", VIT_H_FILE),
+        _faceid("FaceID Portrait", "SDXL", "ip-adapter-faceid-portrait_sdxl.bin"),
+        _faceid("FaceID Portrait unnorm (SDXL)", "SDXL", "ip-adapter-faceid-portrait_sdxl_unnorm.bin"),
+    )
+}
+
+
+def faceid_preset(name: str, base: str) -> Preset:
+    """The FaceID preset `name` for `base`; a clear error for a name or a pair the official files do not have."""
+    if name not in FACEID_PRESET_NAMES or base not in FACEID_BASES:
+        raise IPAdapterError(
+            f"Unknown FaceID preset '{name}' / base '{base}'; presets: {', '.join(FACEID_PRESET_NAMES)}; bases: {', '.join(FACEID_BASES)}."
+        )
+    preset = FACEID_PRESETS.get((name, base))
+    if preset is None:
+        have = [other for other, other_base in FACEID_PRESETS if other_base == base]
+        raise IPAdapterError(f"There is no official {name} file for {base}. For {base} use one of: {', '.join(have)}.")
+    return preset
+
+
 def preset_named(name: str) -> Preset:
     if name not in PRESETS:
         raise IPAdapterError(f"Unknown preset '{name}'; use one of: {', '.join(PRESET_NAMES)}.")
@@ -155,20 +192,28 @@ def missing_files_error(preset: Preset, missing: Sequence[ModelFile], *, folders
     lines = [f"Preset '{preset.name}' needs {'these files' if len(missing) > 1 else 'this file'}, not found:"]
     for file in missing:
         where = ", ".join(folders.get(file.folder, ())) or f"ComfyUI/models/{file.folder}"
+        if file.name.endswith(".zip"):  # a model pack: its files go into a folder of their own
+            pack = file.name.removesuffix(".zip")
+            lines.append(f"- the {pack} model pack: download {file.url} and unzip it into models/{pack}/ of the {file.folder} model folder ({where}).")
+            continue
         rename = f", then rename it to {file.name}" if file.download_name != file.name else ""
         lines.append(f"- {file.name}: put it in the {file.folder} model folder ({where}). Download {file.url}{rename}.")
     lines.append("Then queue the prompt again.")
     return IPAdapterError("\n".join(lines))
 
 
-def preset_files(preset: Preset, *, available: Mapping[str, Sequence[str]], folders: Mapping[str, Sequence[str]]) -> tuple[str, str]:
-    """(adapter file, encoder file) of the preset among `available[folder]` (ComfyUI's file lists); an error naming
-    every missing file, its folder (`folders[folder]`: the paths) and its download otherwise."""
-    found = {file: find_model_file(file, available.get(file.folder, ())) for file in (preset.adapter, preset.encoder)}
-    missing = [file for file, path in found.items() if path is None]
+def preset_files(
+    preset: Preset, *, available: Mapping[str, Sequence[str]], folders: Mapping[str, Sequence[str]], extra_missing: Sequence[ModelFile] = ()
+) -> tuple[str, str | None]:
+    """(adapter file, encoder file or None) of the preset among `available[folder]` (ComfyUI's file lists); an error
+    naming every missing file (and `extra_missing`, found missing by the caller), its folder (`folders[folder]`: the
+    paths) and its download otherwise."""
+    wanted = [file for file in (preset.adapter, preset.encoder) if file is not None]
+    found = {file: find_model_file(file, available.get(file.folder, ())) for file in wanted}
+    missing = [file for file, path in found.items() if path is None] + list(extra_missing)
     if missing:
         raise missing_files_error(preset, missing, folders=folders)
-    return found[preset.adapter], found[preset.encoder]
+    return found[preset.adapter], found.get(preset.encoder)
 
 
 def check_detected_variant(preset: Preset, variant: str, *, path: str) -> None:

@@ -79,9 +79,11 @@ class ImagePromptTerm(TermBasics):
         embeds_scaling: str = "V only",
         composition_embeds: ImagePromptEmbeds | None = None,
         mask: torch.Tensor | None = None,
+        faceid_v2_weight: float = 1.0,
         **basics,
     ):
         super().__init__(**basics)
+        self.faceid_v2_weight = faceid_v2_weight  # FaceID PlusV2's s (the shortcut's scale)
         self.controls = controls  # layer key → LayerControl; None: every layer λ = weight, the main embeds
         self.embeds_scaling = embeds_scaling
         self.composition_embeds = composition_embeds  # None: the composition layers read `embeds`
@@ -129,7 +131,11 @@ class ImagePromptTerm(TermBasics):
             projection = self.adapter.model.image_proj
             with torch.no_grad():
                 both = torch.cat([source.positive, source.negative]).to(device=device, dtype=dtype)
-                tokens = projection(both)  # [2N, T, C]
+                if source.face_positive is None:
+                    tokens = projection(both)  # [2N, T, C]
+                else:  # FaceID Plus: the face embeddings [2N, 512] read the CLIP hidden states of the crops
+                    faces = torch.cat([source.face_positive, source.face_negative]).to(device=device, dtype=dtype)
+                    tokens = projection(faces, both, shortcut_scale=self.faceid_v2_weight)  # [2N, T, C]
             images = source.image_count
             self._tokens[(embeds, device, dtype)] = tokens.reshape(2, images * tokens.shape[1], tokens.shape[2])  # [2, N·T, C]
         return self._tokens[(embeds, device, dtype)]

@@ -93,23 +93,12 @@ class FeedForward(torch.nn.Sequential):
         )
 
 
-class Resampler(torch.nn.Module):
-    """The perceiver resampler of the "plus" adapters: Q learned latents read the CLIP hidden states."""
+class PerceiverStack(torch.nn.Module):
+    """The perceiver layers shared by the plus resampler and FaceID Plus: latents `[B, Q, dim]` read features
+    `[B, S, E]` through `depth` attention + feed-forward layers, then `[B, Q, C]` out."""
 
-    def __init__(
-        self,
-        *,
-        dim: int,
-        depth: int,
-        dim_head: int,
-        heads: int,
-        num_queries: int,
-        embedding_dim: int,
-        output_dim: int,
-        ff_mult: int,
-    ):
+    def __init__(self, *, dim: int, depth: int, dim_head: int, heads: int, embedding_dim: int, output_dim: int, ff_mult: int):
         super().__init__()
-        self.latents = torch.nn.Parameter(torch.empty(1, num_queries, dim))
         self.proj_in = CastLinear(embedding_dim, dim)
         self.proj_out = CastLinear(dim, output_dim)
         self.norm_out = CastLayerNorm(output_dim)
@@ -120,11 +109,22 @@ class Resampler(torch.nn.Module):
             for _ in range(depth)
         )
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def resample(self, latents: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         features = self.proj_in(hidden_states)  # [B, S, dim]
-        latents = self.latents.to(device=features.device, dtype=features.dtype)
-        latents = latents.repeat(features.shape[0], 1, 1)  # [B, Q, dim]
         for attention, feed_forward in self.layers:
             latents = attention(features, latents) + latents
             latents = feed_forward(latents) + latents
         return self.norm_out(self.proj_out(latents))  # [B, Q, C]
+
+
+class Resampler(PerceiverStack):
+    """The perceiver resampler of the "plus" adapters: Q learned latents read the CLIP hidden states."""
+
+    def __init__(self, *, num_queries: int, **stack):
+        super().__init__(**stack)
+        self.latents = torch.nn.Parameter(torch.empty(1, num_queries, stack["dim"]))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        latents = self.latents.to(device=hidden_states.device, dtype=hidden_states.dtype)
+        latents = latents.repeat(hidden_states.shape[0], 1, 1)  # [B, Q, dim]
+        return self.resample(latents, hidden_states)

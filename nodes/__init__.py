@@ -7,10 +7,11 @@ from .clip_scores import CLIPScores
 from .combine import CombineEmbeds
 from .embeds_files import LoadEmbeds, SaveEmbeds
 from .encode import EncodeImage
+from .faceid import EncodeFace, LoadInsightFace
 from .loader import LoadIPAdapter, register_model_folder
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
 from .siglip_loader import LoadSigLIPVision
-from .unified_loader import UnifiedLoader
+from .unified_loader import UnifiedLoader, UnifiedLoaderFaceID
 
 NODES = [
     LoadIPAdapter,
@@ -25,6 +26,9 @@ NODES = [
     SaveEmbeds,
     LoadEmbeds,
     LoadSigLIPVision,
+    LoadInsightFace,
+    EncodeFace,
+    UnifiedLoaderFaceID,
 ]
 
 

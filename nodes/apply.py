@@ -52,6 +52,32 @@ def mask_input():
     )
 
 
+def faceid_inputs() -> list:
+    """faceid_v2_weight, lora_strength: appended to both Apply nodes; only FaceID files read them."""
+    return [
+        io.Float.Input(
+            "faceid_v2_weight",
+            default=1.0,
+            min=0.0,
+            max=5.0,
+            step=0.05,
+            optional=True,
+            tooltip="FaceID PlusV2 only: s, the weight of the face-embedding shortcut (the reference's s_scale). "
+            "Other files ignore it.",
+        ),
+        io.Float.Input(
+            "lora_strength",
+            default=1.0,
+            min=0.0,
+            max=2.0,
+            step=0.05,
+            optional=True,
+            tooltip="FaceID files only: the strength of the LoRA inside the file (1 as in the reference, 0 = none). "
+            "It acts whatever the weight; a second Apply with the same file adds no second copy.",
+        ),
+    ]
+
+
 def apply(model, ipadapter, embeds, **options):
     """The mechanism of the adapter's and the model's family (ipadapter_core/apply.py)."""
     return apply_image_prompt(model, ipadapter.adapter, ipadapter.weights_patcher, embeds, **options)
@@ -69,14 +95,19 @@ class ApplyIPAdapter(io.ComfyNode):
                 "as in the IP-Adapter paper. Returns a patched copy; the input model is not changed. Several Apply "
                 "nodes in a row add their image prompts."
             ),
-            inputs=[*common_inputs(), mask_input()],
+            inputs=[*common_inputs(), mask_input(), *faceid_inputs()],
             outputs=[io.Model.Output(tooltip="The model with the image prompt; connect it to a sampler.")],
         )
 
     @classmethod
-    def execute(cls, model, ipadapter, embeds, weight, start_at, end_at, attn_mask=None) -> io.NodeOutput:
+    def execute(
+        cls, model, ipadapter, embeds, weight, start_at, end_at, attn_mask=None, faceid_v2_weight=1.0, lora_strength=1.0
+    ) -> io.NodeOutput:
         with errors_named_for("Apply IPAdapter"):
-            patched = apply(model, ipadapter, embeds, weight=weight, start_at=start_at, end_at=end_at, attn_mask=attn_mask)
+            patched = apply(
+                model, ipadapter, embeds, weight=weight, start_at=start_at, end_at=end_at, attn_mask=attn_mask,
+                faceid_v2_weight=faceid_v2_weight, lora_strength=lora_strength,
+            )  # fmt: skip
         return io.NodeOutput(patched)
 
 
@@ -133,6 +164,7 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
                     optional=True,
                     tooltip="The weight of the composition layers in the composition types (c in the docs).",
                 ),
+                *faceid_inputs(),
             ],
             outputs=[io.Model.Output(tooltip="The model with the image prompt; connect it to a sampler.")],
         )
@@ -164,6 +196,8 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
         attn_mask=None,
         composition_embeds=None,
         composition_weight=1.0,
+        faceid_v2_weight=1.0,
+        lora_strength=1.0,
     ) -> io.NodeOutput:
         with errors_named_for("Apply IPAdapter (advanced)"):
             patched = apply(
@@ -179,5 +213,7 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
                 attn_mask=attn_mask,
                 composition_embeds=composition_embeds,
                 composition_weight=composition_weight,
+                faceid_v2_weight=faceid_v2_weight,
+                lora_strength=lora_strength,
             )
         return io.NodeOutput(patched)

@@ -17,13 +17,18 @@ EXTENSIONS = {".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"}
 _loaded = LoadedFiles()
 
 
+INSIGHTFACE_FOLDER = "insightface"  # models/insightface: its models/<pack>/ folders hold InsightFace's model packs
+
+
 def register_model_folder() -> None:
-    """`models/ipadapter`, plus any `ipadapter:` paths the user's extra_model_paths.yaml added before us."""
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    paths, extensions = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
-    if default not in paths:
-        paths.append(default)
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
+    """`models/ipadapter` and `models/insightface`, plus any `ipadapter:` / `insightface:` paths the user's
+    extra_model_paths.yaml added before us."""
+    for folder, extensions in ((FOLDER, EXTENSIONS), (INSIGHTFACE_FOLDER, {".onnx"})):
+        default = os.path.join(folder_paths.models_dir, folder)
+        paths, known = folder_paths.folder_names_and_paths.get(folder, ([], set()))
+        if default not in paths:
+            paths.append(default)
+        folder_paths.folder_names_and_paths[folder] = (paths, set(known) | extensions)
 
 
 def _load_and_manage(path: str) -> ManagedAdapter:

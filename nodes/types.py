@@ -4,3 +4,4 @@ from comfy_api.latest import io
 
 IPAdapterType = io.Custom("DECOUPLED_IPADAPTER")
 EmbedsType = io.Custom("DECOUPLED_IPADAPTER_EMBEDS")
+InsightFaceType = io.Custom("DECOUPLED_IPADAPTER_INSIGHTFACE")

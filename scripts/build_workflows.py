@@ -70,6 +70,11 @@ SIGLIP = model_source("clip_vision", "sigclip_vision_patch14_384.safetensors")
 IPADAPTER_SD35 = model_source("ipadapter", "ip-adapter.bin")
 SIGLIP_WITH_HEAD = model_source("clip_vision", "siglip-so400m-patch14-384.safetensors")
 IPADAPTER_FLUX_INSTANTX = model_source("ipadapter", "flux1-dev-ip-adapter-instantx.bin")
+FACEID_SD15 = model_source("ipadapter", "ip-adapter-faceid_sd15.bin")
+FACEID_PLUSV2_SD15 = model_source("ipadapter", "ip-adapter-faceid-plusv2_sd15.bin")
+FACEID_PORTRAIT_SD15 = model_source("ipadapter", "ip-adapter-faceid-portrait-v11_sd15.bin")
+FACEID_SDXL = model_source("ipadapter", "ip-adapter-faceid_sdxl.bin")
+INSIGHTFACE_PACK = model_source("insightface", "buffalo_l.zip")
 # The loader inputs that name a model file: (node type, input) -> models sub-folder.
 MODEL_INPUTS = {
     ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
@@ -90,6 +95,10 @@ REFERENCE = "ipadapter_reference.png"  # the name scripts/demo.py uploads its re
 SAVED_EMBEDS = "ipadapter_reference_embeds.safetensors"  # embeds saved by IPAdapter Save Embeds, moved to input/
 SECOND_REFERENCE = "ipadapter_reference_2.png"
 PICTURE_TO_EDIT = "picture_to_edit.png"
+FACE = "ipadapter_face.png"  # a picture with one face
+SECOND_FACE = "ipadapter_face_2.png"
+# Apply's FaceID inputs at their defaults (files that are not FaceID ignore them): the editor stores every widget.
+FACEID_DEFAULTS = {"faceid_v2_weight": 1.0, "lora_strength": 1.0}
 NEGATIVE_TEXT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 QUALITY_TEXT = "best quality, high quality"
 
@@ -181,7 +190,7 @@ def _text_to_image(graph: Graph, ckpt, model, *, positive=QUALITY_TEXT, size=512
 
 def _apply(graph: Graph, ckpt, adapter, embeds, *, weight, column=2, title=None) -> Node:
     return graph.add("DecoupledIPAdapterApply", column, title=title, model=ckpt[0], ipadapter=adapter, embeds=embeds,
-                     weight=weight, start_at=0.0, end_at=1.0)  # fmt: skip
+                     weight=weight, start_at=0.0, end_at=1.0, **FACEID_DEFAULTS)  # fmt: skip
 
 
 def image_prompt_only() -> Graph:
@@ -368,7 +377,8 @@ def _apply_advanced(graph: Graph, model, adapter, embeds, *, weight, weight_type
     """Apply IPAdapter (advanced); `links`: its optional sockets (attn_mask, composition_embeds)."""
     return graph.add("DecoupledIPAdapterApplyAdvanced", 2, model=model, ipadapter=adapter, embeds=embeds,
                      weight=weight, start_at=0.0, end_at=1.0, weight_type=weight_type, embeds_scaling=embeds_scaling,
-                     block_weights=block_weights, composition_weight=composition_weight, **links)  # fmt: skip
+                     block_weights=block_weights, composition_weight=composition_weight, **FACEID_DEFAULTS,
+                     **links)  # fmt: skip
 
 
 def _sdxl_text_to_image(graph: Graph, ckpt, model, *, positive: str, prefix: str) -> None:
@@ -448,7 +458,7 @@ def regional_two_references() -> Graph:
     for side, embeds, mask in (("left", left_embeds, left), ("right", right_embeds, right)):
         model = graph.add("DecoupledIPAdapterApply", 2, title=f"Apply IPAdapter ({side} half)", model=model,
                           ipadapter=adapter, embeds=embeds, weight=0.7, start_at=0.0, end_at=1.0,
-                          attn_mask=mask)[0]  # fmt: skip
+                          attn_mask=mask, **FACEID_DEFAULTS)[0]  # fmt: skip
     _text_to_image(graph, ckpt, model, positive="two animals side by side in a meadow, best quality, high quality",
                    prefix="ipadapter_regional")  # fmt: skip
     return graph
@@ -463,7 +473,7 @@ def _dit_image_prompt(graph: Graph, model, *, encoder: ModelSource, encoder_titl
     adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=ipadapter.name)
     embeds = _encode(graph, adapter, vision, reference)
     return graph.add("DecoupledIPAdapterApply", 2, model=model, ipadapter=adapter, embeds=embeds, weight=weight,
-                     start_at=0.0, end_at=1.0)  # fmt: skip
+                     start_at=0.0, end_at=1.0, **FACEID_DEFAULTS)  # fmt: skip
 
 
 def flux_xlabs() -> Graph:
@@ -511,6 +521,93 @@ def sd35_instantx() -> Graph:
     return graph
 
 
+def _faceid_advice() -> str:
+    """The note's FaceID part: the optional packages (FACEID_PIP) and the InsightFace pack from the model table."""
+    from decoupled_ipadapter.ipadapter_core.face_analysis import FACEID_PIP
+
+    return (
+        f"FaceID needs the optional packages: `{FACEID_PIP}` in ComfyUI's Python. **InsightFace's buffalo_l pack**: "
+        f"{_where_to_get(INSIGHTFACE_PACK)}. Each picture's highest-scoring face is used; `lora_strength` is the LoRA "
+        "inside the FaceID file (1 as in the reference), put on once per file."
+    )
+
+
+def _face_prompt(graph: Graph, adapter_source: ModelSource, *, faces=(FACE,), vision=None) -> tuple[Node, Node]:
+    """Load IPAdapter (a FaceID file), Load InsightFace, and Encode Face of each face picture; several pictures are
+    concatenated into one image prompt (Combine Embeds, concat: their tokens side by side, as one batch would be)."""
+    adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=adapter_source.name)
+    insightface = graph.add("DecoupledIPAdapterInsightFaceLoader", 0, model_name="buffalo_l", provider="CPU")
+    links = {"clip_vision": vision} if vision is not None else {}
+    encoded = []
+    for index, face in enumerate(faces):
+        picture = graph.add("LoadImage", 0, title=f"Face {index + 1}" if len(faces) > 1 else "Face", image=face)
+        encoded.append(graph.add("DecoupledIPAdapterEncodeFace", 1, ipadapter=adapter, insightface=insightface,
+                                 image=picture[0], skip_images_without_face=False, **links))  # fmt: skip
+    if len(encoded) == 1:
+        return adapter, encoded[0]
+    sockets = {f"embeds_{index + 1}": embeds for index, embeds in enumerate(encoded)}
+    return adapter, graph.add("DecoupledIPAdapterCombineEmbeds", 1, method="concat", **sockets)
+
+
+def _apply_face(graph: Graph, model, adapter, embeds, *, weight, faceid_v2_weight=1.0, title=None) -> Node:
+    return graph.add("DecoupledIPAdapterApply", 2, title=title, model=model, ipadapter=adapter, embeds=embeds,
+                     weight=weight, start_at=0.0, end_at=1.0, faceid_v2_weight=faceid_v2_weight, lora_strength=1.0)  # fmt: skip
+
+
+PORTRAIT_TEXT = "a portrait photo of a person in a garden, soft light, best quality, high quality"
+
+
+def faceid_sd15() -> Graph:
+    graph = Graph("18_faceid", "FaceID",
+                  "a person's face as the image prompt: ip-adapter-faceid_sd15 (with its LoRA) and InsightFace",
+                  (SD15, FACEID_SD15), (FACE,), _faceid_advice())  # fmt: skip
+    ckpt = graph.add("CheckpointLoaderSimple", 0, ckpt_name=SD15.name)
+    adapter, embeds = _face_prompt(graph, FACEID_SD15)
+    model = _apply_face(graph, ckpt[0], adapter, embeds, weight=0.8)
+    _text_to_image(graph, ckpt, model[0], positive=PORTRAIT_TEXT, prefix="ipadapter_faceid")
+    return graph
+
+
+def faceid_plusv2_with_image_prompt() -> Graph:
+    graph = Graph("19_faceid_plusv2_and_image_prompt", "FaceID Plus V2 beside a plain IP-Adapter",
+                  "the face from FaceID Plus V2 (s = faceid_v2_weight), the look from ip-adapter_sd15, on one model",
+                  (SD15, VIT_H, FACEID_PLUSV2_SD15, IPADAPTER_SD15), (FACE, REFERENCE),
+                  _faceid_advice() + " Plus V2 also reads the face crop with the ViT-H encoder. The two Apply nodes are "
+                  "chained: each adds its own image prompt.")  # fmt: skip
+    ckpt, plain, _, style = _sd15_base(graph)
+    adapter, embeds = _face_prompt(graph, FACEID_PLUSV2_SD15, vision=graph.nodes[1])
+    face_model = _apply_face(graph, ckpt[0], adapter, embeds, weight=0.8, faceid_v2_weight=1.0, title="Apply FaceID Plus V2")
+    model = graph.add("DecoupledIPAdapterApply", 2, title="Apply IPAdapter (look)", model=face_model[0],
+                      ipadapter=plain, embeds=style, weight=0.4, start_at=0.0, end_at=1.0, **FACEID_DEFAULTS)  # fmt: skip
+    _text_to_image(graph, ckpt, model[0], positive=PORTRAIT_TEXT, prefix="ipadapter_faceid_plusv2")
+    return graph
+
+
+def faceid_portrait() -> Graph:
+    graph = Graph("20_faceid_portrait", "FaceID Portrait from several pictures",
+                  "ip-adapter-faceid-portrait-v11_sd15 with two pictures of one face: 16 tokens per face, one prompt",
+                  (SD15, FACEID_PORTRAIT_SD15), (FACE, SECOND_FACE),
+                  _faceid_advice() + " Portrait files carry no LoRA. More pictures: more Encode Face nodes into "
+                  "Combine Embeds (concat), or one batch into one Encode Face, where `skip_images_without_face` leaves "
+                  "out pictures without a face.")  # fmt: skip
+    ckpt = graph.add("CheckpointLoaderSimple", 0, ckpt_name=SD15.name)
+    adapter, embeds = _face_prompt(graph, FACEID_PORTRAIT_SD15, faces=(FACE, SECOND_FACE))
+    model = _apply_face(graph, ckpt[0], adapter, embeds, weight=0.8)
+    _text_to_image(graph, ckpt, model[0], positive=PORTRAIT_TEXT, prefix="ipadapter_faceid_portrait")
+    return graph
+
+
+def faceid_sdxl() -> Graph:
+    graph = Graph("21_faceid_sdxl", "SDXL FaceID",
+                  "SDXL base 1.0 at 1024×1024 with ip-adapter-faceid_sdxl (and its LoRA) and InsightFace",
+                  (SDXL, FACEID_SDXL), (FACE,), _faceid_advice())  # fmt: skip
+    ckpt = graph.add("CheckpointLoaderSimple", 0, ckpt_name=SDXL.name)
+    adapter, embeds = _face_prompt(graph, FACEID_SDXL)
+    model = _apply_face(graph, ckpt[0], adapter, embeds, weight=0.8)
+    _sdxl_text_to_image(graph, ckpt, model[0], positive=PORTRAIT_TEXT, prefix="ipadapter_faceid_sdxl")
+    return graph
+
+
 def flux_instantx() -> Graph:
     graph = Graph("22_flux_instantx", "FLUX.1-dev with the InstantX IP-Adapter",
                   "FLUX.1-dev guided by the reference through InstantX's FLUX.1-dev IP-Adapter (SigLIP so400m, pooled), "
@@ -542,7 +639,8 @@ def flux_instantx() -> Graph:
 GRAPHS = (image_prompt_only, image_and_text_prompt, lambda_comparison, with_controlnet, with_t2i_adapter,
           image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint, unified_loader,
           save_and_load_embeds, sdxl_style_transfer, sdxl_style_and_composition, regional_two_references,
-          flux_xlabs, sd35_instantx, flux_instantx)  # fmt: skip
+          flux_xlabs, sd35_instantx, faceid_sd15, faceid_plusv2_with_image_prompt, faceid_portrait, faceid_sdxl,
+          flux_instantx)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Bad inputs give an IPAdapterError that names the file or input and says what to do, and change nothing.
 
-Files: not an IP-Adapter, truncated, empty, a pickle that carries code (refused, never run), FaceID, an unknown
+Files: not an IP-Adapter, truncated, empty, a pickle that carries code (refused, never run), FaceID with a broken LoRA, an unknown
 extension. Applying: an adapter for the other base model, embeds from the wrong image encoder, empty or NaN embeds;
 after each refusal the input model is as it was, and a good adapter still applies.
 """
@@ -139,7 +139,7 @@ def test_a_pickle_that_carries_code_is_refused_and_never_run(tmp_path, container
     assert "carries code" in message and "Use the official .safetensors" in message
 
 
-def test_a_faceid_file_is_refused_with_a_clear_message(tmp_path):
+def test_a_faceid_file_with_a_broken_lora_is_refused_with_a_clear_message(tmp_path):
     flat = small_adapter()
     flat = {key: value for key, value in flat.items() if not key.startswith("image_proj.")}
     flat.update(
@@ -158,9 +158,9 @@ def test_a_faceid_file_is_refused_with_a_clear_message(tmp_path):
             flat[f"ip_adapter.{number}.to_k_lora.down.weight"] = torch.zeros(128, width, dtype=torch.float16)
     path = tmp_path / "ip-adapter-faceid_sd15.bin"
     torch.save(nested(flat), str(path))
-    message = refusal(path)
-    assert "FaceID" in message and "not supported" in message
-    assert "Use a CLIP-based adapter" in message
+    message = refusal(path)  # down weights without their up weights
+    assert "ip-adapter-faceid_sd15.bin" in message and "FaceID LoRA is incomplete" in message
+    assert "download it again" in message
 
 
 def test_an_unknown_extension(tmp_path):

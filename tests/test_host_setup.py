@@ -159,13 +159,31 @@ def test_user_torch_versions_differ_from_the_host_pins():
         assert pins.get(name) != version, f"{HOST_PINS.name} pins {name}=={version}: pick another stub version"
 
 
+def optional_requirements() -> dict[str, Requirement]:
+    """The optional requirements of pyproject.toml's extras (FaceID's insightface and onnxruntime)."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return {canonicalize_name(Requirement(line).name): Requirement(line) for lines in extras.values() for line in lines}
+
+
+def test_the_faceid_error_names_the_optional_requirements():
+    """The pip command that the FaceID nodes' refusal gives installs exactly pyproject.toml's `faceid` extra."""
+    from decoupled_ipadapter.ipadapter_core.face_analysis import FACEID_PIP
+
+    quoted = re.findall(r'"([^"]+)"', FACEID_PIP)
+    assert FACEID_PIP.startswith("pip install ") and {str(Requirement(line)) for line in quoted} == {
+        str(requirement) for requirement in optional_requirements().values()
+    }
+
+
 def test_the_pack_requires_ranges_whose_two_ends_are_tested():
     """requirements.txt goes into the user's ComfyUI Python, beside other packs: ranges, not pins. The host pins a
     version inside each range (the newest the tests prove), and oldest-requirements.txt pins each range's lower end
     (which `make test` lays over the host for the tests that use it)."""
-    pack = requirements(REPO / "requirements.txt")
+    pack = {**requirements(REPO / "requirements.txt"), **optional_requirements()}
     host, oldest = pinned_versions(HOST_PINS), pinned_versions(OLDEST_PINS)
-    assert set(oldest) == set(pack), "oldest-requirements.txt must name exactly the pack's requirements"
+    assert set(oldest) == set(pack), "oldest-requirements.txt must name exactly the pack's requirements (and its extras')"
     for name, requirement in pack.items():
         operators = {specifier.operator: specifier.version for specifier in requirement.specifier}
         assert set(operators) == {">=", "<"}, f"requirements.txt: {requirement} is not a range '>=oldest,<next major'"

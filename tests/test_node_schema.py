@@ -28,6 +28,9 @@ VOLATILE = {
     ("DecoupledIPAdapterOpenCLIPLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
     ("DecoupledIPAdapterLoadEmbeds", "embeds_file"): ("options", "<the .safetensors files in the input folder>"),
     ("DecoupledIPAdapterSigLIPLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
+    ("DecoupledIPAdapterInsightFaceLoader", "model_name"): ("options", "<the packs in the insightface model folders>"),
+    ("DecoupledIPAdapterInsightFaceLoader", "provider"): ("options", "<CPU and the onnxruntime providers installed>"),
+    ("DecoupledIPAdapterUnifiedLoaderFaceID", "provider"): ("options", "<CPU and the onnxruntime providers installed>"),
 }
 NOT_PINNED = {"tooltip"}
 

@@ -52,7 +52,7 @@ def run(node, **inputs):
 
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
-    from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, loader, openclip_loader
+    from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, faceid, loader, openclip_loader
     from decoupled_ipadapter.nodes import siglip_loader, unified_loader
 
     return {
@@ -68,6 +68,9 @@ def nodes(comfy_host):
         "save_embeds": embeds_files.SaveEmbeds,
         "load_embeds": embeds_files.LoadEmbeds,
         "load_siglip": siglip_loader.LoadSigLIPVision,
+        "load_insightface": faceid.LoadInsightFace,
+        "encode_face": faceid.EncodeFace,
+        "unified_loader_faceid": unified_loader.UnifiedLoaderFaceID,
     }
 
 

@@ -160,3 +160,36 @@ def test_a_file_comfyui_cannot_read_as_clip_vision_is_named(nodes, model_folders
         run(nodes["unified"], preset="SD1.5 standard")
     assert "'CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors' is not a CLIP vision model ComfyUI can read" in str(raised.value)
     assert os.path.isfile(model_folders["clip_vision"] / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
+
+
+def test_unified_loader_faceid_finds_its_files_or_names_the_missing_ones(model_folders, clip_vision_loads, tmp_path, monkeypatch):
+    pytest.importorskip("insightface")
+    import folder_paths
+    from tiny_insightface import build_insightface_pack
+    from tiny_models import faceid_adapter_state_dict
+
+    from decoupled_ipadapter.nodes.unified_loader import UnifiedLoaderFaceID
+
+    insightface = tmp_path / "insightface"
+    extensions = folder_paths.folder_names_and_paths["insightface"][1]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "insightface", ([str(insightface)], extensions))
+    message = UnifiedLoaderFaceID.validate_inputs(preset="FaceID Plus V2", base="SD1.5", provider="CPU")
+    assert "- ip-adapter-faceid-plusv2_sd15.bin: put it in the ipadapter model folder" in message
+    assert "https://huggingface.co/h94/IP-Adapter-FaceID/resolve/main/ip-adapter-faceid-plusv2_sd15.bin" in message
+    assert "- CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors" in message
+    assert "the buffalo_l model pack: download https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip" in message
+    assert "There is no official FaceID Plus file for SDXL" in UnifiedLoaderFaceID.validate_inputs(preset="FaceID Plus", base="SDXL", provider="CPU")
+
+    build_insightface_pack(insightface)
+    for name, kind in (("ip-adapter-faceid-plusv2_sd15.bin", "plus"), ("ip-adapter-faceid_sd15.bin", "faceid")):
+        parts = faceid_adapter_state_dict(kind, hidden_sizes=(64,) * 16, text_width=768, seed=3, lora_rank=2)
+        torch.save(parts, str(model_folders["ipadapter"] / name))  # the official nested .bin layout
+    message = UnifiedLoaderFaceID.validate_inputs(preset="FaceID Plus V2", base="SD1.5", provider="CPU")
+    assert "CLIP-ViT-H-14" in message and "ip-adapter-faceid-plusv2_sd15.bin" not in message and "buffalo_l" not in message
+    assert UnifiedLoaderFaceID.validate_inputs(preset="FaceID", base="SD1.5", provider="CPU") is True
+    put(model_folders["clip_vision"], "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
+    assert UnifiedLoaderFaceID.validate_inputs(preset="FaceID Plus V2", base="SD1.5", provider="CPU") is True
+    managed, clip_vision, analyser = run(UnifiedLoaderFaceID, preset="FaceID Plus V2", base="SD1.5", provider="CPU")
+    assert managed.adapter.spec.variant == "ip-adapter-faceid-plusv2_sd15" and clip_vision is not None and analyser.name == "buffalo_l"
+    managed, clip_vision, _ = run(UnifiedLoaderFaceID, preset="FaceID", base="SD1.5", provider="CPU")
+    assert managed.adapter.spec.variant == "ip-adapter-faceid_sd15" and clip_vision is None

@@ -47,6 +47,9 @@ from workflow_checks import (
 )
 
 REGIONAL_WORKFLOW = "15_regional_two_references"
+# Run from the editor page only (tests/test_workflows_browser.py, on both front-ends: the page's prompt must equal the
+# API file, and it runs); here they are validated against /object_info, not run a second time (CI time).
+RUN_FROM_THE_PAGE_ONLY = ("19_faceid_plusv2_and_image_prompt", "20_faceid_portrait")
 
 
 def test_committed_workflows_are_what_the_generator_writes():
@@ -189,13 +192,18 @@ def test_the_pack_templates_are_listed_and_served(sd15_server):
         assert served.json() == editor_workflow(name)
 
 
-def validate_and_run(server, name: str) -> None:
-    """The workflow validates as written and as the stand-ins run it (workflow_checks.on_standins), and runs."""
+def validate(server, name: str) -> dict:
+    """The workflow validates as written and as the stand-ins run it (workflow_checks.on_standins): that prompt."""
     prompt = shrunk(api_workflow(name))
     info = object_info(server)
     errors = validation_errors(prompt, info) + validation_errors(on_standins(prompt), info)
     assert not errors, f"{name}:\n" + "\n".join(errors)
-    prompt = on_standins(prompt)
+    return on_standins(prompt)
+
+
+def validate_and_run(server, name: str) -> None:
+    """The workflow validates as written and as the stand-ins run it, and runs."""
+    prompt = validate(server, name)
     entry = run_prompt(server, prompt)
     saved = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
     images = {node_id: entry["outputs"].get(node_id, {}).get("images", []) for node_id in saved}
@@ -262,9 +270,16 @@ def check_saved_embeds(server, prompt: dict, saved: list, name: str) -> None:
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("name", SD15_WORKFLOWS)
+@pytest.mark.parametrize("name", [name for name in SD15_WORKFLOWS if name not in RUN_FROM_THE_PAGE_ONLY])
 def test_api_workflow_validates_and_runs(sd15_server, name):
     validate_and_run(sd15_server, name)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", RUN_FROM_THE_PAGE_ONLY)
+def test_api_workflow_validates(sd15_server, name):
+    assert name in SD15_WORKFLOWS
+    validate(sd15_server, name)
 
 
 @pytest.mark.server
@@ -308,3 +323,34 @@ def test_missing_models_and_bad_embeds_files_are_refused_when_queued(sd15_server
         prompt = {key: node for key, node in prompt.items() if node["class_type"] != "DecoupledIPAdapterSaveEmbeds"}
         message = prompt_error(sd15_server, prompt)
         assert message.startswith(REJECTED) and f"'{name}'" in message and reason in message, message
+
+
+@pytest.mark.server
+def test_faceid_bad_inputs_are_refused_and_the_server_keeps_serving(sd15_server):
+    """No face in the picture, a FaceID file in Encode Image, a file that is not FaceID in Encode Face, a missing
+    InsightFace pack, a damaged ONNX file: each refused with what to do (at queue time where ComfyUI can), and the
+    FaceID workflow still runs afterwards."""
+    dark = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 20, 20)).save(dark, format="PNG")
+    upload_image(sd15_server, dark.getvalue(), "no_face.png")
+    faceid = shrunk(api_workflow("18_faceid"))
+    (picture,) = node_ids(faceid, "LoadImage")
+    (adapter,) = node_ids(faceid, "DecoupledIPAdapterLoader")
+    (insightface,) = node_ids(faceid, "DecoupledIPAdapterInsightFaceLoader")
+    message = prompt_error(sd15_server, with_inputs(faceid, {picture: {"image": "no_face.png"}}))
+    assert "IPAdapter Encode Face: No face was found in image 0 of the batch" in message, message
+    message = prompt_error(sd15_server, with_inputs(faceid, {adapter: {"ipadapter_name": "ip-adapter_sd15.safetensors"}}))
+    assert "is not an IP-Adapter FaceID file" in message and "IPAdapter Encode Image" in message, message
+    image_prompt = shrunk(api_workflow("01_image_prompt"))
+    (plain_adapter,) = node_ids(image_prompt, "DecoupledIPAdapterLoader")
+    message = prompt_error(sd15_server, with_inputs(image_prompt, {plain_adapter: {"ipadapter_name": "ip-adapter-faceid_sd15.bin"}}))
+    assert "IPAdapter Encode Image: 'ip-adapter-faceid_sd15.bin'" in message and "Use IPAdapter Encode Face" in message, message
+    message = prompt_error(sd15_server, with_inputs(faceid, {insightface: {"model_name": "antelopev2"}}))
+    assert message.startswith(REJECTED) and "'antelopev2' is not there" in message and "buffalo_l.zip" in message, message
+    broken = sd15_server.base / "models" / "insightface" / "models" / "broken"  # the server's own models folder
+    broken.mkdir(parents=True, exist_ok=True)
+    (broken / "det_10g.onnx").write_bytes(b"truncated")
+    (broken / "w600k_r50.onnx").write_bytes(b"truncated")
+    message = prompt_error(sd15_server, with_inputs(faceid, {insightface: {"model_name": "broken"}}))
+    assert "Load InsightFace: The InsightFace pack 'broken'" in message and "download" in message, message
+    validate_and_run(sd15_server, "18_faceid")

@@ -19,7 +19,7 @@ if str(SCRIPTS) not in sys.path:
 
 import build_workflows  # noqa: E402  (scripts/)
 
-SDXL_WORKFLOWS = ("08_sdxl_vit_h", "13_sdxl_style_transfer", "14_sdxl_style_and_composition")
+SDXL_WORKFLOWS = ("08_sdxl_vit_h", "13_sdxl_style_transfer", "14_sdxl_style_and_composition", "21_faceid_sdxl")
 FLUX_WORKFLOW = "16_flux_xlabs"
 SD3_WORKFLOW = "17_sd35_instantx"
 FLUX_INSTANTX_WORKFLOW = "22_flux_instantx"
@@ -72,11 +72,22 @@ def input_embeds() -> dict[str, bytes]:
     return {name: safetensors.torch.save(tensors, metadata=metadata) for name in names}
 
 
+FACE_PICTURES = (build_workflows.FACE, build_workflows.SECOND_FACE)
+
+
 def input_pictures() -> dict[str, bytes]:
     """A PNG for every picture name the workflows load (64x64; the picture to edit has a transparent square: the
-    inpainting mask)."""
+    inpainting mask; the face pictures a face for the stand-in InsightFace pack, devkit/tiny_insightface.py)."""
+    from tiny_insightface import face_picture
+
     pictures = {}
     for index, name in enumerate(sorted({image for build in build_workflows.GRAPHS for image in build().images})):
+        if name in FACE_PICTURES:
+            rgb = (255 * face_picture(seed=index, size=SMALL_SIZE)[0].numpy()).round().astype(numpy.uint8)  # [S, S, 3]
+            buffer = io.BytesIO()
+            Image.fromarray(rgb, "RGB").save(buffer, format="PNG")
+            pictures[name] = buffer.getvalue()
+            continue
         grid = numpy.indices((SMALL_SIZE, SMALL_SIZE)).sum(axis=0)
         rgba = numpy.zeros((SMALL_SIZE, SMALL_SIZE, 4), dtype=numpy.uint8)
         rgba[..., 0] = (grid * (3 + index)) % 256

@@ -12,6 +12,7 @@ from ..masks import mask_batch
 from ..patch_protocol import placed_patch
 from ..term import ImagePromptTerm, term_basics
 from .blocks import unet_transformer_modules
+from .faceid_lora import add_faceid_lora
 from .format import BASE_OF_LAYER_COUNT
 from .layer_map import CrossAttentionLayer, cross_attention_layers, is_unet
 from .patch import LayerPatch, copy_patches_on_clone
@@ -83,7 +84,8 @@ def apply_unet_image_prompt(
     (weight_types.py); a layer whose λ is 0 gets no patch from this call (it costs nothing). Several calls stack:
     every layer keeps one patch holding all terms (summed, each with its own softmax). A replace patch set on a
     layer by another pack is kept and called for the text attention, not dropped; a pack that comes later and calls
-    `add()` on the patch it finds (cubiq's protocol) adds its callback to ours.
+    `add()` on the patch it finds (cubiq's protocol) adds its callback to ours. A FaceID file's LoRA goes on the
+    clone as weight patches at `lora_strength` (faceid_lora.py), whatever λ is.
     """
     check_model_is_unet(adapter, model)
     diffusion_model = model.get_model_object("diffusion_model")
@@ -108,8 +110,10 @@ def apply_unet_image_prompt(
         embeds_scaling=options.embeds_scaling,
         composition_embeds=composition_embeds,
         mask=masks,
+        faceid_v2_weight=float(options.faceid_v2_weight),
     )
     patched = model.clone()
+    add_faceid_lora(patched, adapter, strength=options.lora_strength)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in layers:
         patch = placed_patch(

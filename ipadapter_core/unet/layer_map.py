@@ -29,20 +29,26 @@ def is_unet(diffusion_model: torch.nn.Module) -> bool:
     return all(hasattr(diffusion_model, name) for name in ("input_blocks", "middle_block", "output_blocks"))
 
 
+def transformer_blocks_in_order(diffusion_model: torch.nn.Module):
+    """Every transformer block of a ComfyUI UNet in diffusers' processor order: `(key, path, block)` with the attn2
+    patch key and the block's module path in the UNet (`input_blocks.1.1.transformer_blocks.0`). The i-th block's
+    attn1 is the checkpoints' processor 2i, its attn2 2i + 1."""
+    ordered_blocks = [
+        *(("input", index, f"input_blocks.{index}", block) for index, block in enumerate(diffusion_model.input_blocks)),
+        *(("output", index, f"output_blocks.{index}", block) for index, block in enumerate(diffusion_model.output_blocks)),
+        ("middle", 0, "middle_block", diffusion_model.middle_block),
+    ]
+    for block_name, block_id, block_path, block in ordered_blocks:
+        for position, module in enumerate(block):
+            for index, transformer_block in enumerate(getattr(module, "transformer_blocks", ())):
+                yield (block_name, block_id, index), f"{block_path}.{position}.transformer_blocks.{index}", transformer_block
+
+
 def cross_attention_layers(diffusion_model: torch.nn.Module) -> list[CrossAttentionLayer]:
     """Every cross-attention layer of a ComfyUI UNet, numbered as IP-Adapter checkpoints number them."""
-    ordered_blocks = [
-        *(("input", index, block) for index, block in enumerate(diffusion_model.input_blocks)),
-        *(("output", index, block) for index, block in enumerate(diffusion_model.output_blocks)),
-        ("middle", 0, diffusion_model.middle_block),
-    ]
-    found = []  # (key, attn2) in checkpoint order
-    for block_name, block_id, block in ordered_blocks:
-        for module in block:
-            for index, transformer_block in enumerate(getattr(module, "transformer_blocks", ())):
-                attn2 = getattr(transformer_block, "attn2", None)
-                if attn2 is not None:
-                    found.append(((block_name, block_id, index), attn2))
+    found = [
+        (key, block.attn2) for key, _, block in transformer_blocks_in_order(diffusion_model) if getattr(block, "attn2", None) is not None
+    ]  # (key, attn2) in checkpoint order
     layers_per_block = collections.Counter(key[:2] for key, _ in found)
     layers = []
     for key, attn2 in found:
