@@ -8,6 +8,7 @@ from .combine import CombineEmbeds
 from .embeds_files import LoadEmbeds, SaveEmbeds
 from .encode import EncodeImage
 from .loader import LoadIPAdapter, register_model_folder
+from .noise import NoiseImage
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
 from .unified_loader import UnifiedLoader
 
@@ -23,6 +24,7 @@ NODES = [
     UnifiedLoader,
     SaveEmbeds,
     LoadEmbeds,
+    NoiseImage,
 ]
 
 

@@ -46,6 +46,7 @@ def test_our_node_table_is_the_pinned_schema(node_type):
         if default is not None:  # the loaders' file and preset widgets are always set by the rules
             assert default == entry.get("default", entry.get("options", [None])[0]), name
     assert list(shape.outputs) == [(output["name"], output["type"]) for output in schema["outputs"]]
+    assert list(shape.controlled) == [entry["name"] for entry in widgets if entry.get("control_after_generate")]
 
 
 def test_presets_and_weight_types_exist_here():
@@ -226,14 +227,14 @@ def test_refusal_names_every_node_type_it_cannot_map():
     workflow["nodes"].append({"id": 9, "type": "IPAdapterTiled", "pos": [0, 0], "size": [1, 1], "flags": {},
                               "order": 9, "mode": 0, "inputs": [], "outputs": [], "properties": {},
                               "widgets_values": []})  # fmt: skip
-    workflow["nodes"].append({"id": 10, "type": "IPAdapterNoise", "pos": [0, 0], "size": [1, 1], "flags": {},
-                              "order": 10, "mode": 0, "inputs": [], "outputs": [], "properties": {},
-                              "widgets_values": ["fade", 1.0, 0]})  # fmt: skip
+    workflow["nodes"].append({"id": 10, "type": "IPAdapterRegionalConditioning", "pos": [0, 0], "size": [1, 1],
+                              "flags": {}, "order": 10, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                              "widgets_values": [1.0, 1.0, "linear", 0.0, 1.0]})  # fmt: skip
     with pytest.raises(NotConvertible) as refused:
         convert(workflow)
     assert "IPAdapterTiled (tiled references" in str(refused.value)
-    assert "IPAdapterNoise (noise negatives" in str(refused.value)
-    assert "IPAdapter " not in str(refused.value).replace("IPAdapterTiled", "").replace("IPAdapterNoise", "")
+    assert "IPAdapterRegionalConditioning (regional bundles" in str(refused.value)
+    assert str(refused.value).count(" | ") == 1  # the IPAdapter and loader nodes it can map are not named
 
 
 def test_advanced_with_a_batch_and_average_is_refused_but_a_single_loaded_image_converts():
@@ -304,6 +305,31 @@ def test_api_negative_from_another_encoder_is_refused():
         convert(workflow)
 
 
+def test_noise_becomes_our_noise_with_a_fixed_seed_in_both_formats():
+    workflow = simple_graph()
+    noise = {"id": 6, "type": "IPAdapterNoise", "pos": [0, 500], "size": [300, 100], "flags": {}, "order": 5,
+             "mode": 0, "inputs": [{"name": "image_optional", "type": "IMAGE", "link": 7}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [8]}], "properties": {},
+             "widgets_values": ["dissolve", 0.55, 3]}  # fmt: skip
+    preview = {"id": 7, "type": "PreviewImage", "pos": [0, 700], "size": [300, 100], "flags": {}, "order": 6,
+               "mode": 0, "inputs": [{"name": "images", "type": "IMAGE", "link": 8}], "properties": {}}  # fmt: skip
+    workflow["nodes"] += [noise, preview]
+    workflow["links"] += [[7, 3, 0, 6, 0, "IMAGE"], [8, 6, 0, 7, 0, "IMAGE"]]
+    workflow["last_node_id"], workflow["last_link_id"] = 7, 8
+    out, report = convert(workflow)
+    check_editor_graph(workflow, out)
+    (ours,) = nodes_of(out, port_nodes.NOISE)
+    assert ours["widgets_values"] == ["dissolve", 0.55, 3, 0, "fixed"]
+    assert input_origin(out, ours, "image") == ("LoadImage", 0)
+    (preview,) = nodes_of(out, "PreviewImage")
+    assert input_origin(out, preview, "images") == (port_nodes.NOISE, 0)
+    assert any("seed" in line for line in report)
+    api = {"1": {"class_type": "IPAdapterNoise", "inputs": {"type": "shuffle", "strength": 0.4, "blur": 0}},
+           "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}  # fmt: skip
+    out, _ = convert(api)
+    assert out["1"] == {"class_type": port_nodes.NOISE, "inputs": {"type": "shuffle", "strength": 0.4, "blur": 0, "seed": 0}}
+
+
 def test_kolors_adapter_file_is_refused():
     workflow = api_graph()
     workflow["2"]["inputs"]["ipadapter_file"] = "Kolors-IP-Adapter-Plus.bin"
@@ -356,6 +382,18 @@ def shared_files():
     return sorted(SHARED.glob("examples/*.json")) + sorted(SHARED.glob("wild/*.json"))
 
 
+def editor_widgets(node: dict) -> dict:
+    """Our node's widget values by name, from its editor-format widgets_values."""
+    shape = port_nodes.OUR_NODES[node["type"]]
+    values = iter(node["widgets_values"])
+    named = {}
+    for name, _ in shape.widgets:
+        named[name] = next(values)
+        if name in shape.controlled:
+            assert next(values) in ("fixed", "increment", "decrement", "randomize")
+    return named
+
+
 def check_editor_graph(source: dict, out: dict) -> None:
     """The converted editor graph is well formed: links agree with both ends, our nodes have their widgets and
     their required sockets, no port node is left, other nodes are unchanged."""
@@ -382,13 +420,12 @@ def check_editor_graph(source: dict, out: dict) -> None:
         assert node["type"] in source_types or node["type"] in port_nodes.OUR_NODES
         if node["type"] in port_nodes.OUR_NODES:
             shape = port_nodes.OUR_NODES[node["type"]]
-            assert len(node["widgets_values"]) == len(shape.widgets)
+            assert len(node["widgets_values"]) == len(shape.widgets) + len(shape.controlled)
             for entry in schema[node["type"]]["inputs"]:
                 if entry["section"] == "required" and entry["type"] not in WIDGET_TYPES:
                     assert input_origin(out, node, entry["name"]) is not None, (node["id"], entry["name"])
-                if entry["type"] == "COMBO" and entry["name"] in shape.widget_names() and entry["name"] not in (
-                        "ipadapter_name",):  # fmt: skip
-                    value = node["widgets_values"][shape.widget_names().index(entry["name"])]
+                if entry["type"] == "COMBO" and entry["name"] != "ipadapter_name":  # a file name: any
+                    value = editor_widgets(node)[entry["name"]]
                     assert value in entry["options"], (node["type"], entry["name"], value)
     kept = {node["id"]: node for node in source["nodes"] if node["type"] not in port_node_types(source)}
     for node_id, node in kept.items():

@@ -19,6 +19,7 @@ from port_nodes import (
     COMBINE_METHODS,
     ENCODE,
     LOADER,
+    NOISE,
     OUR_NODES,
     PORT_NODES_NOT_YET,
     PREP_CROPS,
@@ -340,6 +341,17 @@ def convert_save_embeds(graph: Graph, node: PortNode) -> Replacement:
     return Replacement([save], {}, ["embeds are saved as .safetensors (with their negative), not the port's .ipadpt"])
 
 
+def convert_noise(graph: Graph, node: PortNode) -> Replacement:
+    noise = NewNode("noise", NOISE, {"seed": 0})
+    for name in ("type", "strength", "blur"):
+        _carry(node, noise, name)
+    if "image_optional" in node.sources:
+        noise.sources["image"] = node.sources["image_optional"]
+    notes = ["the noise is drawn from its seed (0, fixed) here, the port drew it from the picture's pixel sum; "
+             f"dissolve replaces whole pixels here, the port single channels ({WHAT_DIFFERS})"]  # fmt: skip
+    return Replacement([noise], {0: Made(node.id, "noise", 0)}, notes)
+
+
 ENCODING_PORT_NODES = {"IPAdapter", "IPAdapterAdvanced", "IPAdapterEncoder"}
 
 
@@ -364,6 +376,7 @@ RULES = {
     "IPAdapterEmbeds": convert_embeds,
     "IPAdapterCombineEmbeds": convert_combine,
     "IPAdapterSaveEmbeds": convert_save_embeds,
+    "IPAdapterNoise": convert_noise,
     PREP_IMAGE: convert_prep_image,
 }
 PORT_NODE_TYPES = set(RULES) | set(PORT_NODES_NOT_YET)
@@ -413,9 +426,16 @@ class Resolver:
         return source.node, source.slot
 
 
-def our_widget_values(new: NewNode) -> list:
-    """The widgets of our node in the front-end's order (a linked widget keeps its default as its value)."""
-    return [new.values.get(name, default) for name, default in OUR_NODES[new.type].widgets]
+def our_widget_values(new: NewNode, *, editor: bool) -> list:
+    """The widgets of our node in the front-end's order (a linked widget keeps its default as its value); in the
+    editor format a seed is followed by its control_after_generate value, "fixed": a converted seed stays put."""
+    shape = OUR_NODES[new.type]
+    values = []
+    for name, default in shape.widgets:
+        values.append(new.values.get(name, default))
+        if editor and name in shape.controlled:
+            values.append("fixed")
+    return values
 
 
 def our_output_type(node_type: str, slot: int) -> str | None:

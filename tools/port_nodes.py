@@ -17,6 +17,8 @@ class NodeShape:
     sockets: tuple[tuple[str, str], ...]  # (name, type), in the node's input order
     widgets: tuple[tuple[str, object], ...]  # (name, default)
     outputs: tuple[tuple[str, str], ...]  # (name, type)
+    # widgets followed, in the editor format only, by their control_after_generate value ("fixed", "randomize", ...)
+    controlled: tuple[str, ...] = ()
 
     def widget_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.widgets)
@@ -75,6 +77,11 @@ PORT_NODES = {
         (("EMBEDS", "EMBEDS"),),
     ),
     "IPAdapterSaveEmbeds": NodeShape((("embeds", "EMBEDS"),), (("filename_prefix", "IP_embeds"),), ()),
+    "IPAdapterNoise": NodeShape(
+        (("image_optional", "IMAGE"),),
+        (("type", "fade"), ("strength", 1.0), ("blur", 0)),
+        (("IMAGE", "IMAGE"),),
+    ),
     "PrepImageForClipVision": NodeShape(
         (("image", "IMAGE"),),
         (("interpolation", "LANCZOS"), ("crop_position", "top"), ("sharpening", 0.0)),
@@ -105,7 +112,6 @@ PORT_NODES_NOT_YET = {
         "per-frame weight strategies are not in this pack yet",
     ),
     **dict.fromkeys(("IPAdapterTiled", "IPAdapterTiledBatch"), "tiled references are not in this pack yet"),
-    "IPAdapterNoise": "noise negatives are not in this pack yet",
     "IPAdapterClipVisionEnhancer": "the encoder enhancer is not in this pack yet",
     **dict.fromkeys(
         ("IPAdapterRegionalConditioning", "IPAdapterCombineParams", "IPAdapterFromParams"),
@@ -129,6 +135,7 @@ APPLY = "DecoupledIPAdapterApply"
 APPLY_ADVANCED = "DecoupledIPAdapterApplyAdvanced"
 COMBINE = "DecoupledIPAdapterCombineEmbeds"
 SAVE_EMBEDS = "DecoupledIPAdapterSaveEmbeds"
+NOISE = "DecoupledIPAdapterNoise"
 
 # This pack's nodes that conversions make (the pinned schema, tests/golden/node_schema.json, is the truth).
 OUR_NODES = {
@@ -160,6 +167,12 @@ OUR_NODES = {
         tuple((f"embeds_{index}", EMBEDS) for index in range(1, 6)),
         (("method", "concat"),),
         (("embeds", EMBEDS),),
+    ),
+    NOISE: NodeShape(
+        (("image", "IMAGE"),),
+        (("type", "fade"), ("strength", 1.0), ("blur", 0), ("seed", 0)),
+        (("IMAGE", "IMAGE"),),
+        controlled=("seed",),
     ),
     SAVE_EMBEDS: NodeShape((("embeds", EMBEDS),), (("filename_prefix", "ipadapter_embeds/embeds"),), ()),
 }

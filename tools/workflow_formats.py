@@ -194,7 +194,7 @@ def convert_editor(workflow: dict) -> tuple[dict, list[str]]:
                 "outputs": [{"name": name, "type": out_type, "links": [], "slot_index": slot}
                             for slot, (name, out_type) in enumerate(shape.outputs)],  # fmt: skip
                 "properties": {"Node name for S&R": new.type},
-                "widgets_values": our_widget_values(new),
+                "widgets_values": our_widget_values(new, editor=True),
             }
             if index == 0:
                 for key in ("title", "color", "bgcolor"):
@@ -249,7 +249,7 @@ def convert_api(workflow: dict) -> tuple[dict, list[str]]:
                 if port_id != node_id:
                     continue
                 new = next(new for new in done[port_id].nodes if new.key == key)
-                inputs = dict(zip((name for name, _ in OUR_NODES[new.type].widgets), our_widget_values(new)))
+                inputs = dict(zip((name for name, _ in OUR_NODES[new.type].widgets), our_widget_values(new, editor=False)))
                 for name, source in new.sources.items():
                     origin = resolve(source)
                     if origin is not None:
