@@ -9,6 +9,7 @@ from .embeds_files import LoadEmbeds, SaveEmbeds
 from .encode import EncodeImage
 from .loader import LoadIPAdapter, register_model_folder
 from .noise import NoiseImage
+from .prep_image import PrepImage
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
 from .unified_loader import UnifiedLoader
 
@@ -25,6 +26,7 @@ NODES = [
     SaveEmbeds,
     LoadEmbeds,
     NoiseImage,
+    PrepImage,
 ]
 
 

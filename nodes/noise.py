@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from ..ipadapter_core.noise_images import NOISE_KINDS, NOISE_SIZE, noise_pictures
+from ..ipadapter_core.pictures.noise import NOISE_KINDS, NOISE_SIZE, noise_pictures
 from .errors import errors_named_for, one_of, validation_result
 
 

@@ -180,21 +180,14 @@ def test_simple_node_weight_types_become_apply_advanced(weight_type, ours):
     assert apply["widgets_values"] == [0.8, 0.1, 0.9, ours, "V only", "", 1.0]
 
 
-def test_prep_image_center_or_pad_becomes_encode_crop():
-    out, report = convert(simple_graph(prep=["LANCZOS", "pad", 0.0]))
-    assert not nodes_of(out, "PrepImageForClipVision")
+@pytest.mark.parametrize("crop", ["top", "pad"])
+def test_prep_image_becomes_our_prep_image_between_the_same_nodes(crop):
+    out, _ = convert(simple_graph(prep=["BICUBIC", crop, 0.15]))
+    (prep,) = nodes_of(out, port_nodes.PREP_IMAGE)
+    assert prep["widgets_values"] == ["BICUBIC", crop, 0.15, 224]
+    assert input_origin(out, prep, "image") == ("LoadImage", 0)
     (encode,) = nodes_of(out, port_nodes.ENCODE)
-    assert encode["widgets_values"] == ["pad"]
-    assert input_origin(out, encode, "image") == ("LoadImage", 0)
-    assert any("PrepImageForClipVision" in line and "LANCZOS" in line for line in report)
-    assert any("padded with black" in line for line in report)
-
-
-@pytest.mark.parametrize(("prep", "why"), [(["LANCZOS", "top", 0.0], "crop_position 'top'"),
-                                           (["LANCZOS", "center", 0.15], "sharpening 0.15")])  # fmt: skip
-def test_prep_image_it_cannot_do_is_refused_with_the_reason(prep, why):
-    with pytest.raises(NotConvertible, match=f"PrepImageForClipVision .*{why}"):
-        convert(simple_graph(prep=prep))
+    assert input_origin(out, encode, "image") == (port_nodes.PREP_IMAGE, 0)
 
 
 def test_a_linked_widget_stays_linked():
@@ -358,11 +351,13 @@ def test_cli_writes_the_conversion_and_never_changes_the_input(tmp_path):
 
 def test_cli_exit_2_with_one_line_and_no_output_when_a_node_cannot_be_mapped(tmp_path):
     source = tmp_path / "in.json"
-    source.write_text(json.dumps(simple_graph(prep=["LANCZOS", "left", 0.0])))
+    workflow = simple_graph()
+    workflow["nodes"][3]["widgets_values"][3] = "strong style"  # not one of the port's three
+    source.write_text(json.dumps(workflow))
     result = run_cli(source, "-o", tmp_path / "out.json")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "PrepImageForClipVision" in result.stderr and "crop_position 'left'" in result.stderr
+    assert "IPAdapter (#4: weight_type 'strong style'" in result.stderr
     assert not (tmp_path / "out.json").exists()
 
 
@@ -465,3 +460,24 @@ def test_shared_workflow_converts_well_formed_or_is_refused_with_reasons(path):
     else:
         check_api_graph(out)
     assert report and convert(out) == (out, [])
+
+
+@pytest.mark.parametrize(("method", "inputs", "differs"), [("subtract", 3, "took their mean"), ("subtract", 2, None),
+                                                           ("norm average", 2, "norm across the inputs"),
+                                                           ("average", 3, None)])  # fmt: skip
+def test_combine_says_where_the_port_computed_otherwise(method, inputs, differs):
+    workflow = api_graph()
+    for index in range(8, 8 + inputs - 1):
+        workflow[str(index)] = copy.deepcopy(workflow["5"])
+    workflow["20"] = {"class_type": "IPAdapterCombineEmbeds",
+                      "inputs": {"method": method, **{f"embed{n + 1}": [str(node), 0] for n, node in
+                                                      enumerate([5, *range(8, 8 + inputs - 1)])}}}  # fmt: skip
+    workflow["6"]["inputs"]["pos_embed"] = ["20", 0]
+    del workflow["6"]["inputs"]["neg_embed"]
+    out, report = convert(workflow)
+    assert out["20"]["class_type"] == port_nodes.COMBINE and out["20"]["inputs"]["method"] == method
+    assert out["20"]["inputs"]["embeds_3" if inputs == 3 else "embeds_2"] == [str(8 + inputs - 2), 0]
+    assert out["6"]["inputs"]["embeds"] == ["20", 0]
+    check_api_graph(out)
+    assert any(differs in line for line in report) if differs else not any("the port took" in line or
+                                                                           "the port divided" in line for line in report)  # fmt: skip

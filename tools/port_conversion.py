@@ -22,15 +22,15 @@ from port_nodes import (
     NOISE,
     OUR_NODES,
     PORT_NODES_NOT_YET,
-    PREP_CROPS,
+    PREP_IMAGE,
     SAVE_EMBEDS,
     SIMPLE_WEIGHT_TYPES,
     UNIFIED_LOADER,
     UNIFIED_PRESETS,
 )
 
-UNIFIED_LOADERS = ("IPAdapterUnifiedLoader",)
-PREP_IMAGE = "PrepImageForClipVision"
+# The port's loaders whose IPADAPTER output carries the image encoder they loaded.
+UNIFIED_LOADERS = ("IPAdapterUnifiedLoader", "IPAdapterUnifiedLoaderFaceID", "IPAdapterUnifiedLoaderCommunity")
 REROUTE = "Reroute"
 # Nodes whose first widget names the checkpoint or diffusion model a MODEL comes from.
 MODEL_FILE_WIDGETS = {"CheckpointLoaderSimple": "ckpt_name", "UNETLoader": "unet_name",
@@ -163,31 +163,15 @@ def _clip_vision(graph: Graph, node: PortNode) -> Source | Made:
     raise NotConvertible("it has no clip_vision input and its ipadapter does not come from a Unified Loader")
 
 
-def _encoder_image(graph: Graph, source: Source | None) -> tuple[Source | None, str, list]:
-    """(image, crop, notes) for Encode: a PrepImageForClipVision in front is folded into Encode's crop."""
-    origin = graph.origin(source)
-    if origin is None or graph.types.get(origin.node) != PREP_IMAGE:
-        return source, "center", []
-    prep = graph.port_node(origin.node)
-    crop = PREP_CROPS.get(_fixed_value(prep, "crop_position"), "center")  # others: the Prep node is refused
-    notes = [f"PrepImageForClipVision #{prep.id} ({prep.values['interpolation']}, {crop}) became Encode's crop "
-             f"'{crop}': ComfyUI's CLIP preprocessing resizes (bicubic) instead of {prep.values['interpolation']}"]  # fmt: skip
-    if crop == "pad":
-        notes.append("Encode pads with the encoder's mean colour, the port padded with black")
-    return prep.sources.get("image"), crop, notes
-
-
-def _encode(graph: Graph, node: PortNode, *, image: str, negative: str | None = None) -> tuple[NewNode, list]:
-    picture, crop, notes = _encoder_image(graph, node.sources.get(image))
-    encode = NewNode("encode", ENCODE, {"crop": crop})
+def _encode(graph: Graph, node: PortNode, *, image: str, negative: str | None = None) -> NewNode:
+    """Encode Image for a port node that encoded its pictures itself (centre crop, as the port's encoding did)."""
+    encode = NewNode("encode", ENCODE, {"crop": "center"})
     encode.sources["ipadapter"] = node.sources.get("ipadapter")
     encode.sources["clip_vision"] = _clip_vision(graph, node)
-    encode.sources["image"] = picture
+    encode.sources["image"] = node.sources.get(image)
     if negative is not None and negative in node.sources:
-        negative_picture, _, negative_notes = _encoder_image(graph, node.sources[negative])
-        encode.sources["negative_image"] = negative_picture
-        notes += negative_notes
-    return encode, notes
+        encode.sources["negative_image"] = node.sources[negative]
+    return encode
 
 
 def _apply_advanced(node: PortNode, embeds: Source | Made, *, weight_type) -> NewNode:
@@ -267,7 +251,7 @@ def convert_simple(graph: Graph, node: PortNode) -> Replacement:
     weight_type = SIMPLE_WEIGHT_TYPES.get(_fixed_value(node, "weight_type"))
     if weight_type is None:
         raise NotConvertible(f"weight_type '{node.values['weight_type']}' is not one of the port's")
-    encode, notes = _encode(graph, node, image="image")
+    encode = _encode(graph, node, image="image")
     embeds = Made(node.id, "encode", 0)
     if weight_type == "linear":
         apply = NewNode("apply", APPLY)
@@ -279,14 +263,14 @@ def convert_simple(graph: Graph, node: PortNode) -> Replacement:
             apply.sources["attn_mask"] = node.sources["attn_mask"]
     else:
         apply = _apply_advanced(node, embeds, weight_type=weight_type)
-    return Replacement([apply, encode], {0: Made(node.id, "apply", 0)}, [*notes, MIDDLE_BLOCK_NOTE, NEGATIVE_NOTE])
+    return Replacement([apply, encode], {0: Made(node.id, "apply", 0)}, [MIDDLE_BLOCK_NOTE, NEGATIVE_NOTE])
 
 
 def convert_advanced(graph: Graph, node: PortNode) -> Replacement:
     _check_combine(graph, node, "image")
-    encode, notes = _encode(graph, node, image="image", negative="image_negative")
+    encode = _encode(graph, node, image="image", negative="image_negative")
     apply = _apply_advanced(node, Made(node.id, "encode", 0), weight_type=_fixed_value(node, "weight_type"))
-    notes = [*notes, MIDDLE_BLOCK_NOTE]
+    notes = [MIDDLE_BLOCK_NOTE]
     if "image_negative" not in node.sources:
         notes.append(NEGATIVE_NOTE)
     return Replacement([apply, encode], {0: Made(node.id, "apply", 0)}, notes)
@@ -297,9 +281,9 @@ def convert_encoder(graph: Graph, node: PortNode) -> Replacement:
         raise NotConvertible(f"its weight {node.values['weight']} scales the embeds, which Encode does not do yet")
     if "mask" in node.sources:
         raise NotConvertible("its mask over the reference pixels is not in Encode yet")
-    encode, notes = _encode(graph, node, image="image")
+    encode = _encode(graph, node, image="image")
     embeds = Made(node.id, "encode", 0)
-    notes.append("its pos_embed and neg_embed are one embeds output here (the negative travels with the positive)")
+    notes = ["its pos_embed and neg_embed are one embeds output here (the negative travels with the positive)"]
     return Replacement([encode], {0: embeds, 1: embeds}, notes)
 
 
@@ -332,6 +316,12 @@ def convert_combine(graph: Graph, node: PortNode) -> Replacement:
     combine = NewNode("combine", COMBINE, {"method": method})
     combine.sources.update({f"embeds_{index}": source for index, source in enumerate(linked, start=1)})
     notes = ["the negatives are combined too (the average of the inputs' negatives for the arithmetic methods)"]
+    if method == "subtract" and len(linked) > 2:
+        notes.append("subtract takes the later inputs from the first one by one here; the port took their mean "
+                     f"({WHAT_DIFFERS})")  # fmt: skip
+    if method == "norm average":
+        notes.append("norm average makes each input unit-length here; the port divided by the norm across the inputs "
+                     f"({WHAT_DIFFERS})")  # fmt: skip
     return Replacement([combine], {0: Made(node.id, "combine", 0)}, notes)
 
 
@@ -352,19 +342,11 @@ def convert_noise(graph: Graph, node: PortNode) -> Replacement:
     return Replacement([noise], {0: Made(node.id, "noise", 0)}, notes)
 
 
-ENCODING_PORT_NODES = {"IPAdapter", "IPAdapterAdvanced", "IPAdapterEncoder"}
-
-
 def convert_prep_image(graph: Graph, node: PortNode) -> Replacement:
-    crop = _fixed_value(node, "crop_position")
-    if crop not in PREP_CROPS:
-        raise NotConvertible(f"crop_position '{crop}' is not in Encode's crop yet (center and pad are)")
-    if "sharpening" in node.sources or node.values["sharpening"] != 0:
-        raise NotConvertible(f"sharpening {node.values['sharpening']} is not in Encode yet")
-    others = sorted({graph.types.get(target) for target, _ in graph.consumers(node.id)} - ENCODING_PORT_NODES)
-    if others:
-        raise NotConvertible(f"its picture also goes to {', '.join(others)}, which would get the unprepared picture")
-    return Replacement([], {0: node.sources.get("image")})
+    prep = NewNode("prep", PREP_IMAGE, {"size": 224}, {"image": node.sources.get("image")})
+    for name in ("interpolation", "crop_position", "sharpening"):
+        _carry(node, prep, name)
+    return Replacement([prep], {0: Made(node.id, "prep", 0)})
 
 
 RULES = {
@@ -377,7 +359,7 @@ RULES = {
     "IPAdapterCombineEmbeds": convert_combine,
     "IPAdapterSaveEmbeds": convert_save_embeds,
     "IPAdapterNoise": convert_noise,
-    PREP_IMAGE: convert_prep_image,
+    "PrepImageForClipVision": convert_prep_image,
 }
 PORT_NODE_TYPES = set(RULES) | set(PORT_NODES_NOT_YET)
 

@@ -136,6 +136,7 @@ APPLY_ADVANCED = "DecoupledIPAdapterApplyAdvanced"
 COMBINE = "DecoupledIPAdapterCombineEmbeds"
 SAVE_EMBEDS = "DecoupledIPAdapterSaveEmbeds"
 NOISE = "DecoupledIPAdapterNoise"
+PREP_IMAGE = "DecoupledIPAdapterPrepImage"
 
 # This pack's nodes that conversions make (the pinned schema, tests/golden/node_schema.json, is the truth).
 OUR_NODES = {
@@ -174,6 +175,11 @@ OUR_NODES = {
         (("IMAGE", "IMAGE"),),
         controlled=("seed",),
     ),
+    PREP_IMAGE: NodeShape(
+        (("image", "IMAGE"),),
+        (("interpolation", "LANCZOS"), ("crop_position", "center"), ("sharpening", 0.0), ("size", 224)),
+        (("IMAGE", "IMAGE"),),
+    ),
     SAVE_EMBEDS: NodeShape((("embeds", EMBEDS),), (("filename_prefix", "ipadapter_embeds/embeds"),), ()),
 }
 
@@ -199,5 +205,3 @@ UNIFIED_PRESETS = {
 SIMPLE_WEIGHT_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
 # The port's combine_embeds over a batch of reference images: only concat is what this pack's Encode does.
 COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average")
-# PrepImageForClipVision crop positions that Encode's crop input does.
-PREP_CROPS = {"center": "center", "pad": "pad"}

@@ -1,11 +1,11 @@
-"""IPAdapter Noise (ipadapter_core/noise_images.py): each kind does what its docstring says, the seed decides the
+"""IPAdapter Noise (ipadapter_core/pictures/noise.py): each kind does what its docstring says, the seed decides the
 draws, and bad values are refused with a message."""
 
 import pytest
 import torch
 
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
-from decoupled_ipadapter.ipadapter_core.noise_images import NOISE_KINDS, NOISE_SIZE, gaussian_blur, noise_pictures
+from decoupled_ipadapter.ipadapter_core.pictures.noise import NOISE_KINDS, NOISE_SIZE, gaussian_blur, noise_pictures
 
 
 def picture(height=300, width=400, batch=1) -> torch.Tensor:

@@ -18,7 +18,7 @@ default for that kernel size). The random draws come from `seed`, so a seed give
 import torch
 import torch.nn.functional as F
 
-from .errors import IPAdapterError
+from ..errors import IPAdapterError
 
 NOISE_KINDS = ("fade", "dissolve", "gaussian", "shuffle")
 NOISE_SIZE = 224
