@@ -9,7 +9,9 @@ from .embeds_files import LoadEmbeds, SaveEmbeds
 from .encode import EncodeImage
 from .faceid import EncodeFace, LoadInsightFace
 from .loader import LoadIPAdapter, register_model_folder
+from .noise import NoiseImage
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
+from .prep_image import PrepImage
 from .siglip_loader import LoadSigLIPVision
 from .unified_loader import UnifiedLoader, UnifiedLoaderFaceID
 
@@ -29,6 +31,8 @@ NODES = [
     LoadInsightFace,
     EncodeFace,
     UnifiedLoaderFaceID,
+    NoiseImage,
+    PrepImage,
 ]
 
 

@@ -1,0 +1,483 @@
+"""tools/convert_workflow.py: ComfyUI_IPAdapter_plus workflows ("the port's") converted to this pack's nodes.
+
+Unit tier (no ComfyUI): small graphs built here for each rule, in both formats; the command line (exit codes, the
+input never changed); the table of this pack's nodes against the pinned schema; and the port's own example
+workflows and public ones from ../shared/data/ipadapter-plus-workflows (skipped when that folder is absent), each
+either converted into a well-formed graph that converts to itself again, or refused with a reason.
+"""
+
+import copy
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import port_nodes
+from port_conversion import NotConvertible
+from workflow_formats import LINK_FIELDS, convert, port_node_types
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO / "tests" / "golden" / "node_schema.json"
+SHARED = REPO.parent / "shared" / "data" / "ipadapter-plus-workflows"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def golden_nodes() -> dict:
+    return {node["node_id"]: node for node in json.loads(GOLDEN.read_text())}
+
+
+# --- the table of this pack's nodes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("node_type", sorted(port_nodes.OUR_NODES))
+def test_our_node_table_is_the_pinned_schema(node_type):
+    """A renamed, reordered or retyped input or output of our nodes would make converted graphs invalid."""
+    schema = golden_nodes()[node_type]
+    shape = port_nodes.OUR_NODES[node_type]
+    inputs = [entry for entry in schema["inputs"] if entry["section"] != "hidden"]
+    sockets = [(entry["name"], entry["type"]) for entry in inputs if entry["type"] not in WIDGET_TYPES]
+    widgets = [entry for entry in inputs if entry["type"] in WIDGET_TYPES]
+    assert list(shape.sockets) == sockets
+    assert list(shape.widget_names()) == [entry["name"] for entry in widgets]
+    for (name, default), entry in zip(shape.widgets, widgets):
+        if default is not None:  # the loaders' file and preset widgets are always set by the rules
+            assert default == entry.get("default", entry.get("options", [None])[0]), name
+    assert list(shape.outputs) == [(output["name"], output["type"]) for output in schema["outputs"]]
+    assert list(shape.controlled) == [entry["name"] for entry in widgets if entry.get("control_after_generate")]
+
+
+def test_presets_and_weight_types_exist_here():
+    schema = golden_nodes()
+    presets = next(e for e in schema[port_nodes.UNIFIED_LOADER]["inputs"] if e["name"] == "preset")["options"]
+    assert {name for table in port_nodes.UNIFIED_PRESETS.values() for name in table.values()} <= set(presets)
+    weight_types = next(e for e in schema[port_nodes.APPLY_ADVANCED]["inputs"] if e["name"] == "weight_type")
+    assert set(port_nodes.SIMPLE_WEIGHT_TYPES.values()) <= set(weight_types["options"])
+    methods = next(e for e in schema[port_nodes.COMBINE]["inputs"] if e["name"] == "method")["options"]
+    assert set(port_nodes.COMBINE_METHODS) <= set(methods)
+
+
+# --- small graphs, editor format ----------------------------------------------------------------------------------
+
+
+class EditorGraph:
+    """Builds an editor-format workflow the way the front-end saves it."""
+
+    def __init__(self):
+        self.nodes, self.links = [], []
+
+    def add(self, node_type, widgets=(), *, inputs=(), outputs=(), **extra):
+        node = {"id": len(self.nodes) + 1, "type": node_type, "pos": [100 * len(self.nodes), 50], "size": [300, 100],
+                "flags": {}, "order": len(self.nodes), "mode": 0,
+                "inputs": [{"name": name, "type": kind, "link": None} for name, kind in inputs],
+                "outputs": [{"name": name, "type": kind, "links": [], "slot_index": i} for i, (name, kind) in
+                            enumerate(outputs)],
+                "properties": {"Node name for S&R": node_type}, "widgets_values": list(widgets), **extra}  # fmt: skip
+        self.nodes.append(node)
+        return node
+
+    def link(self, origin, slot, target, input_name):
+        index = next(i for i, entry in enumerate(target["inputs"]) if entry["name"] == input_name)
+        link_id = len(self.links) + 1
+        kind = origin["outputs"][slot]["type"]
+        self.links.append([link_id, origin["id"], slot, target["id"], index, kind])
+        origin["outputs"][slot]["links"].append(link_id)
+        target["inputs"][index]["link"] = link_id
+
+    def workflow(self):
+        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [{"title": "g", "bounding": [0, 0, 10, 10]}], "config": {},
+                "extra": {}, "version": 0.4}  # fmt: skip
+
+
+def port_shape_inputs(node_type):
+    return port_nodes.PORT_NODES[node_type].sockets
+
+
+def simple_graph(checkpoint="sd15/realisticVision.safetensors", *, weight_type="standard", prep=None):
+    """Checkpoint -> the port's Unified Loader (PLUS) -> IPAdapter (weight 0.8) -> KSampler; LoadImage as the
+    reference, through PrepImageForClipVision when `prep` gives its widgets."""
+    graph = EditorGraph()
+    ckpt = graph.add("CheckpointLoaderSimple", [checkpoint], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
+    loader = graph.add("IPAdapterUnifiedLoader", ["PLUS (high strength)"], inputs=port_shape_inputs("IPAdapterUnifiedLoader"),
+                       outputs=port_nodes.PORT_NODES["IPAdapterUnifiedLoader"].outputs)  # fmt: skip
+    image = graph.add("LoadImage", ["ref.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")])
+    apply = graph.add("IPAdapter", [0.8, 0.1, 0.9, weight_type], inputs=port_shape_inputs("IPAdapter"),
+                      outputs=[("MODEL", "MODEL")], title="my image prompt")  # fmt: skip
+    sampler = graph.add("KSampler", [1, "fixed", 20, 7, "euler", "normal", 1],
+                        inputs=[("model", "MODEL"), ("positive", "CONDITIONING")], outputs=[("LATENT", "LATENT")])  # fmt: skip
+    graph.link(ckpt, 0, loader, "model")
+    graph.link(loader, 0, apply, "model")
+    graph.link(loader, 1, apply, "ipadapter")
+    if prep is None:
+        graph.link(image, 0, apply, "image")
+    else:
+        prep_node = graph.add("PrepImageForClipVision", prep, inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")])
+        graph.link(image, 0, prep_node, "image")
+        graph.link(prep_node, 0, apply, "image")
+    graph.link(apply, 0, sampler, "model")
+    return graph.workflow()
+
+
+def nodes_of(workflow, node_type):
+    return [node for node in workflow["nodes"] if node["type"] == node_type]
+
+
+def links_by_id(workflow):
+    return {link[0]: dict(zip(LINK_FIELDS, link)) for link in workflow["links"]}
+
+
+def input_origin(workflow, node, name):
+    """(origin node type, origin slot) of `node`'s input `name`, or None."""
+    link_id = next(entry["link"] for entry in node["inputs"] if entry["name"] == name)
+    if link_id is None:
+        return None
+    link = links_by_id(workflow)[link_id]
+    origin = next(n for n in workflow["nodes"] if n["id"] == link["origin_id"])
+    return origin["type"], link["origin_slot"]
+
+
+def test_simple_node_becomes_encode_and_apply_with_the_model_passed_through():
+    workflow = simple_graph()
+    before = copy.deepcopy(workflow)
+    out, report = convert(workflow)
+    assert workflow == before  # the input is not changed
+    check_editor_graph(before, out)
+    (apply,) = nodes_of(out, port_nodes.APPLY)
+    (encode,) = nodes_of(out, port_nodes.ENCODE)
+    (loader,) = nodes_of(out, port_nodes.UNIFIED_LOADER)
+    assert apply["id"] == 4 and apply["title"] == "my image prompt" and apply["pos"] == [300, 50]
+    assert apply["widgets_values"] == [0.8, 0.1, 0.9]
+    # The port's loader passed the model through: Apply now reads the checkpoint's model.
+    assert input_origin(out, apply, "model") == ("CheckpointLoaderSimple", 0)
+    assert input_origin(out, apply, "ipadapter") == (port_nodes.UNIFIED_LOADER, 0)
+    assert input_origin(out, apply, "embeds") == (port_nodes.ENCODE, 0)
+    assert input_origin(out, encode, "clip_vision") == (port_nodes.UNIFIED_LOADER, 1)
+    assert input_origin(out, encode, "image") == ("LoadImage", 0)
+    (sampler,) = nodes_of(out, "KSampler")
+    assert input_origin(out, sampler, "model") == (port_nodes.APPLY, 0)
+    assert loader["widgets_values"] == ["SD1.5 plus"]
+    assert any("middle block" in line for line in report)
+    assert convert(out) == (out, [])  # a converted graph converts to itself
+
+
+@pytest.mark.parametrize(("checkpoint", "preset"), [("sd_xl_base_1.0.safetensors", "SDXL plus ViT-H"),
+                                                    ("v1-5-pruned-emaonly.safetensors", "SD1.5 plus")])  # fmt: skip
+def test_unified_loader_preset_follows_the_checkpoint_and_says_so(checkpoint, preset):
+    out, report = convert(simple_graph(checkpoint))
+    assert nodes_of(out, port_nodes.UNIFIED_LOADER)[0]["widgets_values"] == [preset]
+    assert any(checkpoint in line and preset in line for line in report)
+
+
+@pytest.mark.parametrize(("weight_type", "ours"), [("prompt is more important", "ease out"),
+                                                   ("style transfer", "style transfer")])  # fmt: skip
+def test_simple_node_weight_types_become_apply_advanced(weight_type, ours):
+    out, _ = convert(simple_graph(weight_type=weight_type))
+    assert not nodes_of(out, port_nodes.APPLY)
+    (apply,) = nodes_of(out, port_nodes.APPLY_ADVANCED)
+    assert apply["widgets_values"] == [0.8, 0.1, 0.9, ours, "V only", "", 1.0]
+
+
+@pytest.mark.parametrize("crop", ["top", "pad"])
+def test_prep_image_becomes_our_prep_image_between_the_same_nodes(crop):
+    out, _ = convert(simple_graph(prep=["BICUBIC", crop, 0.15]))
+    (prep,) = nodes_of(out, port_nodes.PREP_IMAGE)
+    assert prep["widgets_values"] == ["BICUBIC", crop, 0.15, 224]
+    assert input_origin(out, prep, "image") == ("LoadImage", 0)
+    (encode,) = nodes_of(out, port_nodes.ENCODE)
+    assert input_origin(out, encode, "image") == (port_nodes.PREP_IMAGE, 0)
+
+
+def test_a_linked_widget_stays_linked():
+    workflow = simple_graph()
+    graph_nodes = workflow["nodes"]
+    primitive = {"id": 6, "type": "PrimitiveNode", "pos": [0, 400], "size": [200, 80], "flags": {}, "order": 5,
+                 "mode": 0, "outputs": [{"name": "FLOAT", "type": "FLOAT", "links": [7], "widget": {"name": "weight"}}],
+                 "properties": {}, "widgets_values": [0.65, "fixed"]}  # fmt: skip
+    apply = graph_nodes[3]
+    apply["inputs"].append({"name": "weight", "type": "FLOAT", "link": 7, "widget": {"name": "weight"}})
+    workflow["links"].append([7, 6, 0, 4, len(apply["inputs"]) - 1, "FLOAT"])
+    workflow["nodes"].append(primitive)
+    workflow["last_node_id"], workflow["last_link_id"] = 6, 7
+    out, _ = convert(workflow)
+    check_editor_graph(workflow, out)
+    (apply,) = nodes_of(out, port_nodes.APPLY)
+    assert input_origin(out, apply, "weight") == ("PrimitiveNode", 0)
+    assert next(e for e in apply["inputs"] if e["name"] == "weight")["widget"] == {"name": "weight"}
+
+
+def test_bypassed_port_node_gives_bypassed_nodes():
+    workflow = simple_graph()
+    workflow["nodes"][3]["mode"] = 4
+    out, _ = convert(workflow)
+    assert {node["mode"] for node in out["nodes"] if node["type"] in (port_nodes.APPLY, port_nodes.ENCODE)} == {4}
+
+
+def test_refusal_names_every_node_type_it_cannot_map():
+    workflow = simple_graph()
+    workflow["nodes"].append({"id": 9, "type": "IPAdapterTiled", "pos": [0, 0], "size": [1, 1], "flags": {},
+                              "order": 9, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                              "widgets_values": []})  # fmt: skip
+    workflow["nodes"].append({"id": 10, "type": "IPAdapterRegionalConditioning", "pos": [0, 0], "size": [1, 1],
+                              "flags": {}, "order": 10, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                              "widgets_values": [1.0, 1.0, "linear", 0.0, 1.0]})  # fmt: skip
+    with pytest.raises(NotConvertible) as refused:
+        convert(workflow)
+    assert "IPAdapterTiled (tiled references" in str(refused.value)
+    assert "IPAdapterRegionalConditioning (regional bundles" in str(refused.value)
+    assert str(refused.value).count(" | ") == 1  # the IPAdapter and loader nodes it can map are not named
+
+
+def test_advanced_with_a_batch_and_average_is_refused_but_a_single_loaded_image_converts():
+    workflow = simple_graph()
+    apply = workflow["nodes"][3]
+    apply["type"] = "IPAdapterAdvanced"
+    apply["inputs"] = [{"name": name, "type": kind, "link": None} for name, kind in port_shape_inputs("IPAdapterAdvanced")]
+    apply["inputs"][0]["link"], apply["inputs"][1]["link"], apply["inputs"][2]["link"] = 2, 3, 4
+    apply["widgets_values"] = [0.7, "ease in", "average", 0.0, 1.0, "K+V"]
+    out, _ = convert(workflow)  # the reference is one LoadImage: averaging one image changes nothing
+    (advanced,) = nodes_of(out, port_nodes.APPLY_ADVANCED)
+    assert advanced["widgets_values"] == [0.7, 0.0, 1.0, "ease in", "K+V", "", 1.0]
+    batch = {"id": 9, "type": "ImageBatch", "pos": [0, 0], "size": [1, 1], "flags": {}, "order": 9, "mode": 0,
+             "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [4]}], "properties": {},
+             "widgets_values": []}  # fmt: skip
+    workflow["nodes"].append(batch)
+    workflow["links"] = [link if link[0] != 4 else [4, 9, 0, 4, 2, "IMAGE"] for link in workflow["links"]]
+    with pytest.raises(NotConvertible, match="combine_embeds 'average' over a batch"):
+        convert(workflow)
+
+
+# --- small graphs, API format ------------------------------------------------------------------------------------
+
+
+def api_graph():
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "dreamshaperXL.safetensors"}},
+        "2": {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": "ip-adapter_sdxl_vit-h.safetensors"}},
+        "3": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "vit-h.safetensors"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "ref.png"}},
+        "5": {"class_type": "IPAdapterEncoder", "inputs": {"ipadapter": ["2", 0], "image": ["4", 0], "weight": 1.0,
+                                                           "clip_vision": ["3", 0]}},  # fmt: skip
+        "6": {"class_type": "IPAdapterEmbeds", "inputs": {"model": ["1", 0], "ipadapter": ["2", 0],
+                                                          "pos_embed": ["5", 0], "neg_embed": ["5", 1], "weight": 0.9,
+                                                          "weight_type": "style transfer", "start_at": 0.0,
+                                                          "end_at": 0.8, "embeds_scaling": "K+V"}},  # fmt: skip
+        "7": {"class_type": "KSampler", "inputs": {"model": ["6", 0], "seed": 1}},
+    }
+
+
+def test_api_format_gives_api_format():
+    workflow = api_graph()
+    out, _ = convert(workflow)
+    assert out["2"] == {"class_type": port_nodes.LOADER, "inputs": {"ipadapter_name": "ip-adapter_sdxl_vit-h.safetensors"}}
+    assert out["5"]["class_type"] == port_nodes.ENCODE
+    assert out["5"]["inputs"] == {"crop": "center", "ipadapter": ["2", 0], "clip_vision": ["3", 0], "image": ["4", 0]}
+    assert out["6"]["class_type"] == port_nodes.APPLY_ADVANCED
+    assert out["6"]["inputs"] == {"weight": 0.9, "start_at": 0.0, "end_at": 0.8, "weight_type": "style transfer",
+                                  "embeds_scaling": "K+V", "block_weights": "", "composition_weight": 1.0,
+                                  "model": ["1", 0], "ipadapter": ["2", 0], "embeds": ["5", 0]}  # fmt: skip
+    assert out["7"] == workflow["7"] and out["1"] == workflow["1"]
+    check_api_graph(out)
+    assert convert(out) == (out, [])
+
+
+def test_api_encoder_weight_is_refused_not_dropped():
+    workflow = api_graph()
+    workflow["5"]["inputs"]["weight"] = 1.5
+    with pytest.raises(NotConvertible, match="IPAdapterEncoder .*weight 1.5"):
+        convert(workflow)
+
+
+def test_api_negative_from_another_encoder_is_refused():
+    workflow = api_graph()
+    workflow["8"] = copy.deepcopy(workflow["5"])
+    workflow["6"]["inputs"]["neg_embed"] = ["8", 1]
+    with pytest.raises(NotConvertible, match="neg_embed comes from another node"):
+        convert(workflow)
+
+
+def test_noise_becomes_our_noise_with_a_fixed_seed_in_both_formats():
+    workflow = simple_graph()
+    noise = {"id": 6, "type": "IPAdapterNoise", "pos": [0, 500], "size": [300, 100], "flags": {}, "order": 5,
+             "mode": 0, "inputs": [{"name": "image_optional", "type": "IMAGE", "link": 7}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [8]}], "properties": {},
+             "widgets_values": ["dissolve", 0.55, 3]}  # fmt: skip
+    preview = {"id": 7, "type": "PreviewImage", "pos": [0, 700], "size": [300, 100], "flags": {}, "order": 6,
+               "mode": 0, "inputs": [{"name": "images", "type": "IMAGE", "link": 8}], "properties": {}}  # fmt: skip
+    workflow["nodes"] += [noise, preview]
+    workflow["links"] += [[7, 3, 0, 6, 0, "IMAGE"], [8, 6, 0, 7, 0, "IMAGE"]]
+    workflow["last_node_id"], workflow["last_link_id"] = 7, 8
+    out, report = convert(workflow)
+    check_editor_graph(workflow, out)
+    (ours,) = nodes_of(out, port_nodes.NOISE)
+    assert ours["widgets_values"] == ["dissolve", 0.55, 3, 0, "fixed"]
+    assert input_origin(out, ours, "image") == ("LoadImage", 0)
+    (preview,) = nodes_of(out, "PreviewImage")
+    assert input_origin(out, preview, "images") == (port_nodes.NOISE, 0)
+    assert any("seed" in line for line in report)
+    api = {"1": {"class_type": "IPAdapterNoise", "inputs": {"type": "shuffle", "strength": 0.4, "blur": 0}},
+           "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}  # fmt: skip
+    out, _ = convert(api)
+    assert out["1"] == {"class_type": port_nodes.NOISE, "inputs": {"type": "shuffle", "strength": 0.4, "blur": 0, "seed": 0}}
+
+
+def test_kolors_adapter_file_is_refused():
+    workflow = api_graph()
+    workflow["2"]["inputs"]["ipadapter_file"] = "Kolors-IP-Adapter-Plus.bin"
+    with pytest.raises(NotConvertible, match="Kolors"):
+        convert(workflow)
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "tools" / "convert_workflow.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+
+
+def test_cli_writes_the_conversion_and_never_changes_the_input(tmp_path):
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps(simple_graph()))
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    result = run_cli(source, "-o", tmp_path / "out.json")
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == digest
+    assert json.loads((tmp_path / "out.json").read_text()) == convert(simple_graph())[0]
+    assert "IPAdapter, IPAdapterUnifiedLoader" in result.stdout and "check:" in result.stdout
+
+
+def test_cli_exit_2_with_one_line_and_no_output_when_a_node_cannot_be_mapped(tmp_path):
+    source = tmp_path / "in.json"
+    workflow = simple_graph()
+    workflow["nodes"][3]["widgets_values"][3] = "strong style"  # not one of the port's three
+    source.write_text(json.dumps(workflow))
+    result = run_cli(source, "-o", tmp_path / "out.json")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "IPAdapter (#4: weight_type 'strong style'" in result.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_cli_refuses_to_overwrite_its_input(tmp_path):
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps(simple_graph()))
+    result = run_cli(source, "-o", source)
+    assert result.returncode != 0 and "never changed" in result.stderr
+
+
+# --- the port's example workflows and public ones ------------------------------------------------------------
+
+
+def shared_files():
+    if not SHARED.is_dir():
+        return []
+    return sorted(SHARED.glob("examples/*.json")) + sorted(SHARED.glob("wild/*.json"))
+
+
+def editor_widgets(node: dict) -> dict:
+    """Our node's widget values by name, from its editor-format widgets_values."""
+    shape = port_nodes.OUR_NODES[node["type"]]
+    values = iter(node["widgets_values"])
+    named = {}
+    for name, _ in shape.widgets:
+        named[name] = next(values)
+        if name in shape.controlled:
+            assert next(values) in ("fixed", "increment", "decrement", "randomize")
+    return named
+
+
+def check_editor_graph(source: dict, out: dict) -> None:
+    """The converted editor graph is well formed: links agree with both ends, our nodes have their widgets and
+    their required sockets, no port node is left, other nodes are unchanged."""
+    schema = golden_nodes()
+    by_id = {node["id"]: node for node in out["nodes"]}
+    assert len(by_id) == len(out["nodes"])
+    links = links_by_id(out)
+    for link in links.values():
+        origin, target = by_id[link["origin_id"]], by_id[link["target_id"]]
+        assert link["id"] in origin["outputs"][link["origin_slot"]]["links"]
+        assert target["inputs"][link["target_slot"]]["link"] == link["id"]
+        if port_nodes.OUR_NODES.keys() & {origin["type"], target["type"]}:  # others keep their saved types
+            assert origin["outputs"][link["origin_slot"]]["type"] == link["type"]
+    for node in out["nodes"]:
+        for output in node.get("outputs") or []:
+            for link_id in output.get("links") or []:
+                assert links[link_id]["origin_id"] == node["id"]
+        for entry in node.get("inputs") or []:
+            if entry.get("link") is not None:
+                assert links[entry["link"]]["target_id"] == node["id"]
+    assert not port_node_types(out)
+    source_types = {node["type"] for node in source["nodes"]}
+    for node in out["nodes"]:
+        assert node["type"] in source_types or node["type"] in port_nodes.OUR_NODES
+        if node["type"] in port_nodes.OUR_NODES:
+            shape = port_nodes.OUR_NODES[node["type"]]
+            assert len(node["widgets_values"]) == len(shape.widgets) + len(shape.controlled)
+            for entry in schema[node["type"]]["inputs"]:
+                if entry["section"] == "required" and entry["type"] not in WIDGET_TYPES:
+                    assert input_origin(out, node, entry["name"]) is not None, (node["id"], entry["name"])
+                if entry["type"] == "COMBO" and entry["name"] != "ipadapter_name":  # a file name: any
+                    value = editor_widgets(node)[entry["name"]]
+                    assert value in entry["options"], (node["type"], entry["name"], value)
+    kept = {node["id"]: node for node in source["nodes"] if node["type"] not in port_node_types(source)}
+    for node_id, node in kept.items():
+        assert by_id[node_id]["pos"] == node["pos"] and by_id[node_id].get("widgets_values") == node.get("widgets_values")
+    assert out["last_node_id"] >= max(by_id) and out["last_link_id"] >= max(links, default=0)
+    assert out.get("groups") == source.get("groups")
+
+
+def check_api_graph(out: dict) -> None:
+    schema = golden_nodes()
+    assert not port_node_types(out)
+    for node in out.values():
+        for value in node["inputs"].values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                assert str(value[0]) in out
+        if node["class_type"] in port_nodes.OUR_NODES:
+            for entry in schema[node["class_type"]]["inputs"]:
+                if entry["section"] == "required":
+                    assert entry["name"] in node["inputs"], (node["class_type"], entry["name"])
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/ipadapter-plus-workflows is absent (a user's clone)")
+@pytest.mark.parametrize("path", shared_files(), ids=lambda path: path.name[:60])
+def test_shared_workflow_converts_well_formed_or_is_refused_with_reasons(path):
+    workflow = json.loads(path.read_text())
+    found = port_node_types(workflow)
+    assert found, "every file of the set uses the port's nodes"
+    try:
+        out, report = convert(workflow)
+    except NotConvertible as refused:
+        for part in str(refused).split(" | "):
+            node_type, _, why = part.partition(" (")
+            assert node_type in found and why, part
+        return
+    if "nodes" in workflow:
+        check_editor_graph(workflow, out)
+    else:
+        check_api_graph(out)
+    assert report and convert(out) == (out, [])
+
+
+@pytest.mark.parametrize(("method", "inputs", "differs"), [("subtract", 3, "took their mean"), ("subtract", 2, None),
+                                                           ("norm average", 2, "norm across the inputs"),
+                                                           ("average", 3, None)])  # fmt: skip
+def test_combine_says_where_the_port_computed_otherwise(method, inputs, differs):
+    workflow = api_graph()
+    for index in range(8, 8 + inputs - 1):
+        workflow[str(index)] = copy.deepcopy(workflow["5"])
+    workflow["20"] = {"class_type": "IPAdapterCombineEmbeds",
+                      "inputs": {"method": method, **{f"embed{n + 1}": [str(node), 0] for n, node in
+                                                      enumerate([5, *range(8, 8 + inputs - 1)])}}}  # fmt: skip
+    workflow["6"]["inputs"]["pos_embed"] = ["20", 0]
+    del workflow["6"]["inputs"]["neg_embed"]
+    out, report = convert(workflow)
+    assert out["20"]["class_type"] == port_nodes.COMBINE and out["20"]["inputs"]["method"] == method
+    assert out["20"]["inputs"]["embeds_3" if inputs == 3 else "embeds_2"] == [str(8 + inputs - 2), 0]
+    assert out["6"]["inputs"]["embeds"] == ["20", 0]
+    check_api_graph(out)
+    assert any(differs in line for line in report) if differs else not any("the port took" in line or
+                                                                           "the port divided" in line for line in report)  # fmt: skip
