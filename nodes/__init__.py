@@ -9,6 +9,7 @@ from .embeds_files import LoadEmbeds, SaveEmbeds
 from .encode import EncodeImage
 from .loader import LoadIPAdapter, register_model_folder
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
+from .train import TrainIPAdapter
 from .unified_loader import UnifiedLoader
 
 NODES = [
@@ -23,6 +24,7 @@ NODES = [
     UnifiedLoader,
     SaveEmbeds,
     LoadEmbeds,
+    TrainIPAdapter,
 ]
 
 
