@@ -13,13 +13,22 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 from tiny_clip_vision import tiny_clip_vision
-from tiny_models import adapter_state_dict, layer_hidden_sizes, tiny_comfy_model
+from safetensors.torch import load_file, save_file
+from test_parity_diffusers import RELATIVE_TOLERANCE, clip_like, comfy_forward, diffusers_forward
+from tiny_flux import tiny_flux_config, tiny_flux_model
+from tiny_models import SD15_HIDDEN_SIZES, adapter_state_dict, diffusers_twin, layer_hidden_sizes, tiny_comfy_model
 
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
+from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 from decoupled_ipadapter.ipadapter_core.memory import manage
-from decoupled_ipadapter.ipadapter_core.training.dataset import Caption
-from decoupled_ipadapter.ipadapter_core.training.loop import TrainingSettings
+from decoupled_ipadapter.ipadapter_core.training.dataset import Caption, encode_training_data
+from decoupled_ipadapter.ipadapter_core.training import loop
+from decoupled_ipadapter.ipadapter_core.training.files import state_path
+from decoupled_ipadapter.ipadapter_core.training.loop import TrainingSettings, step_loss
+from decoupled_ipadapter.ipadapter_core.training.method import drop_choices
+from decoupled_ipadapter.ipadapter_core.training.patch import TrainingBatch, training_model
 from decoupled_ipadapter.ipadapter_core.training.run import train_adapter_file
 
 LATENT_SIZE = 8
@@ -79,10 +88,164 @@ def train_file(model, clip_vision, path, *, pictures=None, captions=None, start=
     )  # fmt: skip
 
 
-def test_smoke(model, clip_vision, tmp_path):
-    import time
+def file_bytes(path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
-    begin = time.perf_counter()
-    trained, losses = train_file(model, clip_vision, tmp_path / "a.safetensors", steps=4)
-    print(time.perf_counter() - begin, losses)
-    assert len(losses) == 4
+
+class UNetOnly:
+    """The part of a diffusers pipeline that `IPAdapterMixin.load_ip_adapter` reads: the UNet (no image encoder)."""
+
+    def __init__(self, unet):
+        self.unet = unet
+
+
+def diffusers_load_ip_adapter(unet, path):
+    """diffusers' own reader of an adapter file (`load_ip_adapter`, the public entry), into `unet`."""
+    from diffusers.loaders import IPAdapterMixin
+
+    IPAdapterMixin.load_ip_adapter(
+        UNetOnly(unet), str(path.parent), subfolder="", weight_name=path.name, image_encoder_folder=None,
+        low_cpu_mem_usage=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind, projection", [("ip-adapter", "linear"), ("ip-adapter-plus", "resampler")])
+def test_saved_file_reloads_with_the_same_numbers_in_the_loader_and_in_diffusers(model, clip_vision, tmp_path, kind, projection):
+    path = tmp_path / f"trained-{kind}_sd15.safetensors"
+    trained, losses = train_file(model, clip_vision, path, kind=kind, steps=1, learning_rate=1e-3)
+    assert len(losses) == 1
+    saved = load_file(str(path))
+    official = adapter_state_dict(projection, hidden_sizes=layer_hidden_sizes(model), text_width=768, seed=0, embedding_dim=1024 if projection == "linear" else 1280)
+    assert {key: value.shape for key, value in saved.items()} == {key: value.shape for key, value in official.items()}
+    assert {value.dtype for value in saved.values()} == {torch.float16}, "a new adapter is saved in fp16, as official files"
+
+    loaded = load_adapter(str(path))
+    assert loaded.spec.variant == f"{kind}_sd15" and trained.adapter.spec == loaded.spec
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, trained.adapter.model.state_dict()[key]), key
+
+    generator = torch.Generator().manual_seed(5)
+    positive, negative = clip_like(projection, 1, generator), clip_like(projection, 1, generator)
+    embeds = make_embeds(positive, negative, clip_output="image_embeds" if projection == "linear" else "penultimate_hidden_states")
+    x = torch.randn(2, 4, 16, 16, generator=generator)
+    t = torch.tensor([400.0, 400.0])
+    text = torch.randn(2, 77, 768, generator=generator)
+    ours = {}
+    for name, adapter in (("node output", trained), ("Load IPAdapter", manage(loaded))):
+        patched = apply_image_prompt(model, adapter.adapter, adapter.weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        ours[name] = comfy_forward(patched, x, t, text, [1, 0])
+    assert torch.equal(ours["node output"], ours["Load IPAdapter"])
+
+    reference = diffusers_twin(model, "SD1.5")
+    diffusers_load_ip_adapter(reference, path)
+    theirs = diffusers_forward(reference, x, t, text, torch.stack([embeds.negative, embeds.positive]), 1.0)
+    error = (ours["Load IPAdapter"] - theirs).abs().max().item()
+    assert error <= RELATIVE_TOLERANCE * theirs.abs().max().item(), f"|Δ| = {error}"
+
+
+def test_a_fine_tune_of_0_steps_writes_back_the_file_it_started_from_bit_for_bit(model, clip_vision, tmp_path):
+    start_path = tmp_path / "ip-adapter_sd15.safetensors"
+    save_file(adapter_state_dict("linear", hidden_sizes=layer_hidden_sizes(model), text_width=768, seed=4, dtype=torch.float16), str(start_path))
+    start = manage(load_adapter(str(start_path)))
+    output = tmp_path / "fine-tuned.safetensors"
+    _, losses = train_file(model, clip_vision, output, start=start, start_path=str(start_path), steps=0)
+    assert losses == []
+    assert file_bytes(output) == file_bytes(start_path)
+    train_file(model, clip_vision, output, start=start, steps=1, learning_rate=1e-3)
+    assert file_bytes(output) != file_bytes(start_path), "one step must change the file (the check above can fail)"
+
+
+def test_a_new_adapter_starts_its_keys_and_values_from_the_text_keys_and_values(model, clip_vision, tmp_path):
+    from decoupled_ipadapter.ipadapter_core.unet.layer_map import cross_attention_modules
+
+    path = tmp_path / "new.safetensors"
+    train_file(model, clip_vision, path, steps=0)
+    saved = load_file(str(path))
+    layers = cross_attention_modules(model.model.diffusion_model)
+    assert len(layers) == 16
+    for layer, attn2 in layers:
+        assert torch.equal(saved[f"ip_adapter.{layer.number}.to_k_ip.weight"], attn2.to_k.weight.half())
+        assert torch.equal(saved[f"ip_adapter.{layer.number}.to_v_ip.weight"], attn2.to_v.weight.half())
+
+
+def test_frozen_stays_frozen_and_both_the_projection_and_every_layer_learn(model, clip_vision, tmp_path):
+    unet_before = {key: value.clone() for key, value in model.model.diffusion_model.state_dict().items()}
+    vision_before = {key: value.clone() for key, value in clip_vision.model.state_dict().items()}
+    train_file(model, clip_vision, tmp_path / "start.safetensors", steps=0)
+    train_file(model, clip_vision, tmp_path / "trained.safetensors", steps=3, learning_rate=1e-3)
+    for key, value in model.model.diffusion_model.state_dict().items():
+        assert torch.equal(value, unet_before[key]), f"the diffusion model's {key} changed"
+    for key, value in clip_vision.model.state_dict().items():
+        assert torch.equal(value, vision_before[key]), f"the image encoder's {key} changed"
+    start, trained = load_file(str(tmp_path / "start.safetensors")), load_file(str(tmp_path / "trained.safetensors"))
+    unchanged = [key for key in start if torch.equal(start[key], trained[key])]
+    assert unchanged == [], f"these weights did not learn: {unchanged}"
+    assert all(not parameter.requires_grad for parameter in model.model.diffusion_model.parameters())
+
+
+def test_the_training_patch_computes_what_apply_runs_with_each_rows_own_reference(model, tmp_path):
+    generator = torch.Generator().manual_seed(9)
+    flat = adapter_state_dict("linear", hidden_sizes=layer_hidden_sizes(model), text_width=768, seed=6)
+    save_file(flat, str(tmp_path / "ip-adapter_sd15.safetensors"))
+    managed = manage(load_adapter(str(tmp_path / "ip-adapter_sd15.safetensors")))
+    references = torch.randn(2, 1024, generator=generator)  # two rows, each its own reference
+    x = torch.randn(2, 4, 16, 16, generator=generator)
+    t = torch.tensor([300.0, 700.0])
+    text = torch.randn(2, 77, 768, generator=generator)
+    batch = TrainingBatch()
+    trained_model = training_model(model, managed.adapter.model, batch)
+    batch.tokens = managed.adapter.model.image_proj(references)  # [2, 4, 768]
+    training = comfy_forward(trained_model, x, t, text, [0])
+    for row in range(2):
+        embeds = make_embeds(references[row : row + 1], torch.zeros(1, 1024), clip_output="image_embeds")
+        patched = apply_image_prompt(model, managed.adapter, managed.weights_patcher, embeds, weight=1.0, start_at=0.0, end_at=1.0)
+        applied = comfy_forward(patched, x[row : row + 1], t[row : row + 1], text[row : row + 1], [0])
+        error = (training[row] - applied[0]).abs().max().item()
+        assert error <= 1e-5 * applied.abs().max().item(), f"row {row}: |Δ| = {error}"
+    assert (training[0] - comfy_forward(model, x, t, text, [0])[0]).abs().max() > 1e-3, "the image prompt must act"
+
+
+DROP_RATES = dict(image_drop=0.05, text_drop=0.1, both_drop=0.15)
+BOUND_SIGMAS = 5  # each observed rate within 5 binomial standard deviations of the asked rate
+
+
+def within_bound(observed: float, rate: float, count: int) -> bool:
+    return abs(observed - rate) <= BOUND_SIGMAS * (rate * (1 - rate) / count) ** 0.5
+
+
+def test_drop_rates_are_what_was_asked(model, clip_vision, monkeypatch):
+    """The pure rule on 200 000 draws, then the rows the training steps really feed the model over 3 000 steps."""
+    draws = 200_000
+    drops = drop_choices(torch.rand(draws, generator=torch.Generator().manual_seed(0)), **DROP_RATES)
+    image, text = drops.image.float(), drops.text.float()
+    both = (image * text).mean().item()
+    assert within_bound(both, DROP_RATES["both_drop"], draws)
+    assert within_bound(image.mean().item() - both, DROP_RATES["image_drop"], draws)
+    assert within_bound(text.mean().item() - both, DROP_RATES["text_drop"], draws)
+
+    data = encode_training_data(
+        shape_pictures(4, seed=1), ["a red shape", "a shape", "two shapes", "shapes"], encode_latents=pooled_latents,
+        clip_vision=clip_vision, clip_output="image_embeds", encode_text=text_tokens,
+    )  # fmt: skip
+    seen = []
+
+    def record(patched, batch, adapter, *, latents, image_inputs, captions, **rest):
+        for inputs, caption in zip(image_inputs, captions):
+            seen.append((torch.equal(inputs, data.unconditional_image[0]), caption is data.empty_caption))
+        return latents.clone().requires_grad_(True)
+
+    monkeypatch.setattr(loop, "denoise", record)
+    steps, batch_size = 3000, 4
+    options = settings(batch_size=batch_size, **DROP_RATES)
+    for step in range(steps):
+        step_loss(model, None, None, data, options, step, kind="eps", dtype=torch.float32)
+    count = steps * batch_size
+    assert len(seen) == count
+    rates = {
+        "image_drop": sum(image and not text for image, text in seen) / count,
+        "text_drop": sum(text and not image for image, text in seen) / count,
+        "both_drop": sum(image and text for image, text in seen) / count,
+    }
+    for name, rate in rates.items():
+        assert within_bound(rate, DROP_RATES[name], count), (name, rate)

@@ -3,7 +3,7 @@
 - Each sample drops its image with probability `image_drop`, its text with `text_drop`, and both with
   `both_drop` (disjoint events, one uniform draw per sample), so classifier-free guidance works for each.
 - A new adapter starts every layer's `to_k_ip` / `to_v_ip` from that layer's `to_k` / `to_v`; its projection from
-  PyTorch's default initialisation under the training seed.
+  PyTorch's default initialisation under the training seed (the resampler's queries as the reference draws them).
 - The loss is the denoising loss in the model's own parameterisation (ε or v), computed from ComfyUI's denoised
   prediction: for ε, `x0_pred - x0 = -σ·(ε_pred - ε)`; for v, `x0_pred - x0 = -(v_pred - v)·σ·σ_d / √(σ² + σ_d²)`.
 """
@@ -73,6 +73,8 @@ def new_adapter(
                 num_queries=PLUS_TOKENS, embedding_dim=embedding_dim, output_dim=cross_attention_dim,
                 ff_mult=RESAMPLER_FF_MULT,
             )  # fmt: skip
+            with torch.no_grad():  # the module leaves its queries to the file; a new one draws them as the reference does
+                projection.latents.copy_(torch.randn(projection.latents.shape) / dim**0.5)
         adapter = IPAdapterModel(
             image_proj=projection,
             cross_attention_dim=cross_attention_dim,
