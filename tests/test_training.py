@@ -27,7 +27,7 @@ from decoupled_ipadapter.ipadapter_core.training.dataset import Caption, encode_
 from decoupled_ipadapter.ipadapter_core.training import loop
 from decoupled_ipadapter.ipadapter_core.training.files import state_path
 from decoupled_ipadapter.ipadapter_core.training.loop import TrainingSettings, step_loss
-from decoupled_ipadapter.ipadapter_core.training.method import drop_choices
+from decoupled_ipadapter.ipadapter_core.training.method import denoising_loss, drop_choices, new_adapter
 from decoupled_ipadapter.ipadapter_core.training.patch import TrainingBatch, training_model
 from decoupled_ipadapter.ipadapter_core.training.run import train_adapter_file
 
@@ -49,12 +49,13 @@ def text_tokens(caption: str) -> Caption:
 
 
 def shape_pictures(count: int, *, seed: int) -> torch.Tensor:
-    """Coloured shapes (a disc or a square, random colour, size and place) on grey: `[count, 32, 32, 3]`."""
+    """Coloured shapes (a disc or a square, random colour, size and place) on a ground of a random colour: `[count, 32, 32, 3]`."""
     generator = torch.Generator().manual_seed(seed)
     pictures = []
     for _ in range(count):
         colour, (size, x, y, kind) = torch.rand(3, generator=generator), torch.rand(4, generator=generator).tolist()
-        image = Image.new("RGB", (PICTURE_SIZE, PICTURE_SIZE), (128, 128, 128))
+        ground = tuple(int(255 * c) for c in torch.rand(3, generator=generator).tolist())
+        image = Image.new("RGB", (PICTURE_SIZE, PICTURE_SIZE), ground)
         radius = 6 + 8 * size
         box = [x * (PICTURE_SIZE - 2 * radius), y * (PICTURE_SIZE - 2 * radius)]
         box += [box[0] + 2 * radius, box[1] + 2 * radius]
@@ -249,3 +250,55 @@ def test_drop_rates_are_what_was_asked(model, clip_vision, monkeypatch):
     }
     for name, rate in rates.items():
         assert within_bound(rate, DROP_RATES[name], count), (name, rate)
+
+
+def held_out_losses(model, adapter, data, *, repeats: int, highest_percent: float, seed: int) -> dict[str, float]:
+    """The denoising loss on held-out pictures with each picture's own reference and with another picture's
+    (a derangement), at the same timesteps and noise: `repeats` draws per picture, timesteps in the noisiest
+    `highest_percent` of the schedule."""
+    batch = TrainingBatch()
+    patched = training_model(model, adapter, batch)
+    model_sampling = model.get_model_object("model_sampling")
+    generator = torch.Generator().manual_seed(seed)
+    rows = list(range(data.size)) * repeats
+    others = [(row + 1 + index % (data.size - 1)) % data.size for index, row in enumerate(rows)]  # never the row itself
+    percents = (highest_percent * torch.rand(len(rows), generator=generator)).clamp_min(1e-6).tolist()
+    sigmas = torch.tensor([model_sampling.percent_to_sigma(percent) for percent in percents])
+    noise = torch.randn(len(rows), *data.latents.shape[1:], generator=generator)
+    latents = data.latents[rows]
+    losses = {}
+    with torch.no_grad():
+        for name, references in (("own", rows), ("shuffled", others)):
+            denoised = loop.denoise(
+                patched, batch, adapter, latents=latents, noise=noise, sigmas=sigmas,
+                image_inputs=data.image_inputs[references], captions=[data.captions[row] for row in rows], dtype=torch.float32,
+            )  # fmt: skip
+            losses[name] = denoising_loss(denoised, latents, sigmas, kind="v").item()
+    return losses
+
+
+LEARNING_FIGURES: dict[str, dict[str, float]] = {}
+START_TOLERANCE = 0.002  # |own - shuffled| / shuffled at the start: the reference is not yet used
+LEARNED_MARGIN = 0.005  # after training, own must be below shuffled by at least this fraction
+
+
+def test_the_adapter_learns_from_the_image_not_only_the_captions(comfy_host, clip_vision):
+    """Coloured shapes on coloured grounds, all captioned "a shape": only the reference tells the pictures apart.
+
+    The tiny UNet has random weights, so it does not denoise; at high noise a v-prediction model's target is close to
+    the clean picture, which only the reference can tell it. So the model here predicts v (as SD2's 768-v models),
+    and the held-out loss is taken at the noisiest 40 % of the timesteps, where the reference is informative."""
+    model = tiny_comfy_model("SD1.5", seed=1, prediction="v")
+    encode = dict(encode_latents=pooled_latents, clip_vision=clip_vision, clip_output="image_embeds", encode_text=text_tokens)
+    training = encode_training_data(shape_pictures(16, seed=10), ["a shape"] * 16, **encode)
+    held_out = encode_training_data(shape_pictures(8, seed=11), ["a shape"] * 8, **encode)
+    layers = [layer for layer, _ in loop.trainable_layers(model)]
+    adapter = new_adapter("ip-adapter", layers, loop.text_keys_values(model), embedding_dim=1024, seed=0)
+    evaluation = dict(repeats=8, highest_percent=0.4, seed=123)
+    start = held_out_losses(model, adapter, held_out, **evaluation)
+    run = loop.train(model, adapter, training, settings(steps=120, batch_size=8, learning_rate=1e-3))
+    end = held_out_losses(model, run.adapter, held_out, **evaluation)
+    LEARNING_FIGURES.update(start=start, end=end)
+    print(f"held-out v loss, own / shuffled reference: start {start}, after 120 steps {end}")
+    assert abs(start["own"] - start["shuffled"]) <= START_TOLERANCE * start["shuffled"], start
+    assert end["own"] <= (1 - LEARNED_MARGIN) * end["shuffled"], end

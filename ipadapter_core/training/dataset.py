@@ -76,7 +76,12 @@ def encode_training_data(
     encode_text: Callable[[str], Caption],
 ) -> TrainingData:
     """Encode the pictures `[N, H, W, 3]` into latents (`encode_latents`: VAE encode and the model's latent scaling)
-    and CLIP vision output, and each distinct caption once."""
+    and CLIP vision output, and each distinct caption once (no gradients: the encoders are frozen)."""
+    with torch.no_grad():
+        return _encode(pictures, captions, encode_latents, clip_vision, clip_output, encode_text)
+
+
+def _encode(pictures, captions, encode_latents, clip_vision, clip_output, encode_text) -> TrainingData:
     image_inputs = encode_images(clip_vision, pictures, clip_output=clip_output)
     encoded = {caption: encode_text(caption) for caption in dict.fromkeys([*captions, EMPTY_CAPTION])}
     return TrainingData(

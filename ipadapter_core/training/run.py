@@ -104,11 +104,10 @@ def train_adapter_file(
     else:
         adapter, clip_output = new_start(model, layers, clip_vision, kind=kind, seed=settings.seed)
         save_dtype = NEW_ADAPTER_DTYPE
-    with torch.no_grad():
-        data = encode_training_data(
-            pictures, captions, encode_latents=encode_latents, clip_vision=clip_vision, clip_output=clip_output,
-            encode_text=encode_text,
-        )  # fmt: skip
+    data = encode_training_data(
+        pictures, captions, encode_latents=encode_latents, clip_vision=clip_vision, clip_output=clip_output,
+        encode_text=encode_text,
+    )  # fmt: skip
     run = train(model, adapter, data, settings, resume=resume, on_step=on_step)
     tensors = official_tensors(run.adapter, dtype=save_dtype)
     write_safetensors(tensors, output_path)
