@@ -6,6 +6,7 @@ average-pooled into 4-channel 8x8 latents (what a VAE is for the tests: a fixed 
 files are read back by the pack's loader and by diffusers (the oracle).
 """
 
+import os
 import zlib
 
 import numpy
@@ -13,6 +14,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 from tiny_clip_vision import tiny_clip_vision
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_parity_diffusers import RELATIVE_TOLERANCE, clip_like, comfy_forward, diffusers_forward
 from tiny_flux import tiny_flux_config, tiny_flux_model
@@ -29,7 +31,7 @@ from decoupled_ipadapter.ipadapter_core.training.files import state_path
 from decoupled_ipadapter.ipadapter_core.training.loop import TrainingSettings, step_loss
 from decoupled_ipadapter.ipadapter_core.training.method import denoising_loss, drop_choices, new_adapter
 from decoupled_ipadapter.ipadapter_core.training.patch import TrainingBatch, training_model
-from decoupled_ipadapter.ipadapter_core.training.run import train_adapter_file
+from decoupled_ipadapter.ipadapter_core.training.run import output_file_path, train_adapter_file
 
 LATENT_SIZE = 8
 PICTURE_SIZE = 32
@@ -302,3 +304,67 @@ def test_the_adapter_learns_from_the_image_not_only_the_captions(comfy_host, cli
     print(f"held-out v loss, own / shuffled reference: start {start}, after 120 steps {end}")
     assert abs(start["own"] - start["shuffled"]) <= START_TOLERANCE * start["shuffled"], start
     assert end["own"] <= (1 - LEARNED_MARGIN) * end["shuffled"], end
+
+
+def test_training_again_from_the_saved_file_continues_it(model, clip_vision, tmp_path):
+    """2 steps, then 2 more from the saved file, give the file 4 steps give, bit for bit (batches, drops, noise and
+    AdamW's moments continue); without the training state beside the file, the continuation differs."""
+    first, resumed, straight = (tmp_path / f"{name}.safetensors" for name in ("first", "resumed", "straight"))
+    options = dict(learning_rate=1e-3, seed=5)
+    train_file(model, clip_vision, first, steps=2, **options)
+    start = manage(load_adapter(str(first)))
+    train_file(model, clip_vision, resumed, start=start, start_path=str(first), steps=2, **options)
+    train_file(model, clip_vision, straight, steps=4, **options)
+    assert file_bytes(resumed) == file_bytes(straight)
+    with safe_open(state_path(str(resumed)), framework="pt") as state:
+        assert state.metadata()["steps"] == "4"
+    os.remove(state_path(str(first)))
+    train_file(model, clip_vision, resumed, start=start, start_path=str(first), steps=2, **options)
+    assert file_bytes(resumed) != file_bytes(straight)
+
+
+def no_file_written(path) -> bool:
+    return not os.path.exists(path) and not os.path.exists(state_path(str(path)))
+
+
+@pytest.mark.parametrize(
+    "images, captions, message",
+    [
+        ([], [], "the dataset is empty"),
+        ([shape_pictures(3, seed=2)], ["a shape", " ", "a shape"], "picture 2 of 3 has no caption"),
+        ([shape_pictures(3, seed=2)], ["a shape"] * 2, "3 pictures but 2 captions"),
+        ([shape_pictures(1, seed=2), shape_pictures(1, seed=3)[:, :16]], ["a", "b"], "2 different sizes"),
+    ],
+)
+def test_a_bad_dataset_is_refused_with_what_to_fix_and_nothing_is_written(model, clip_vision, tmp_path, images, captions, message):
+    path = tmp_path / "out.safetensors"
+    with pytest.raises(IPAdapterError, match=message):
+        train_adapter_file(
+            model, encode_latents=pooled_latents, clip_vision=clip_vision, encode_text=text_tokens, images=images,
+            captions=captions, start=None, start_path=None, kind="ip-adapter", settings=settings(), output_path=str(path),
+        )  # fmt: skip
+    assert no_file_written(path)
+
+
+def test_an_adapter_that_does_not_fit_the_model_is_refused(model, clip_vision, tmp_path):
+    """An adapter made for the full-size SD1.5 (its layer widths) on the tiny model's other widths."""
+    start_path = tmp_path / "ip-adapter_sd15.safetensors"
+    save_file(adapter_state_dict("linear", hidden_sizes=SD15_HIDDEN_SIZES, text_width=768, seed=1, dtype=torch.float16), str(start_path))
+    path = tmp_path / "out.safetensors"
+    with pytest.raises(IPAdapterError, match="Load an IP-Adapter made for"):
+        train_file(model, clip_vision, path, start=manage(load_adapter(str(start_path))), start_path=str(start_path))
+    assert no_file_written(path)
+
+
+def test_a_model_of_a_family_the_pack_cannot_train_is_refused(comfy_host, clip_vision, tmp_path):
+    path = tmp_path / "out.safetensors"
+    with pytest.raises(IPAdapterError, match="a family this pack cannot train an adapter for"):
+        train_file(tiny_flux_model(tiny_flux_config(), seed=0), clip_vision, path)
+    assert no_file_written(path)
+
+
+@pytest.mark.parametrize("name", ["../escape.safetensors", "/tmp/absolute.safetensors", "  "])
+def test_an_output_name_outside_the_model_folder_is_refused(tmp_path, name):
+    with pytest.raises(IPAdapterError, match="does not name a file inside"):
+        output_file_path(str(tmp_path), name)
+    assert output_file_path(str(tmp_path), "sub/mine") == str(tmp_path / "sub" / "mine.safetensors")
