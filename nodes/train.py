@@ -1,6 +1,8 @@
 """Train IPAdapter: fit an adapter to a checkpoint on pictures and captions (the paper's §3.3), as core's Train LoRA
 node trains a LoRA; the result is saved to models/ipadapter and goes straight on to Apply."""
 
+import os
+
 import comfy.model_management
 import comfy.utils
 import folder_paths
@@ -18,6 +20,11 @@ from .types import IPAdapterType
 
 DISPLAY_NAME = "Train IPAdapter"
 DEFAULT_FILE = "my-ip-adapter_sd15.safetensors"
+
+
+def output_folder() -> str:
+    """ComfyUI's own models/ipadapter (not a folder extra_model_paths.yaml adds, which may be shared or read-only)."""
+    return os.path.join(folder_paths.models_dir, FOLDER)
 
 
 def caption_encoder(clip):
@@ -117,7 +124,7 @@ class TrainIPAdapter(io.ComfyNode):
     def validate_inputs(cls, filename=None, adapter_kind=None, training_dtype=None):
         """The file name and the options are refused when the prompt is queued (inputs come as lists here)."""
         checks = (
-            (filename, lambda name: output_file_path(folder_paths.get_folder_paths(FOLDER)[0], name)),
+            (filename, lambda name: output_file_path(output_folder(), name)),
             (adapter_kind, one_of(ADAPTER_KINDS, input_name="adapter_kind")),
             (training_dtype, one_of(TRAINING_DTYPES, input_name="training_dtype")),
         )
@@ -140,7 +147,7 @@ class TrainIPAdapter(io.ComfyNode):
         )  # fmt: skip
         comfy.model_management.throw_exception_if_processing_interrupted()
         with errors_named_for(DISPLAY_NAME), torch.inference_mode(False):
-            output_path = output_file_path(folder_paths.get_folder_paths(FOLDER)[0], filename[0])
+            output_path = output_file_path(output_folder(), filename[0])
             trained, losses = train_adapter_file(
                 model[0], encode_latents=latent_encoder(model[0], vae[0]), clip_vision=clip_vision[0], encode_text=caption_encoder(clip[0]),
                 images=images, captions=captions, start=start, start_path=start_file_path(start),

@@ -156,6 +156,19 @@ def checkpointed(diffusion_model):
     return lambda: [unpatch(module) for module in modules]
 
 
+def usable_by_autograd(module: torch.nn.Module) -> None:
+    """Replace the module's inference-mode tensors (ComfyUI loads models inside `torch.inference_mode()`, and such
+    tensors cannot be saved for the backward pass) by equal normal ones, one at a time, as ComfyUI replaces weights
+    when it patches them; their values stay exactly the same."""
+    for submodule in module.modules():
+        for name, parameter in list(submodule._parameters.items()):
+            if parameter is not None and parameter.is_inference():
+                submodule._parameters[name] = torch.nn.Parameter(parameter.detach().clone(), requires_grad=False)
+        for name, buffer in list(submodule._buffers.items()):
+            if buffer is not None and buffer.is_inference():
+                submodule._buffers[name] = buffer.clone()
+
+
 def train(
     model,
     adapter: torch.nn.Module,
@@ -191,6 +204,7 @@ def train(
     undo = checkpointed(patched.model.diffusion_model) if settings.gradient_checkpointing else lambda: None
     try:
         comfy.model_management.load_models_gpu([patched], force_full_load=True)
+        usable_by_autograd(patched.model.diffusion_model)
         for step in range(first_step, first_step + settings.steps):
             loss = step_loss(patched, batch, adapter, data, settings, step, kind=kind, dtype=dtype)
             optimizer.zero_grad(set_to_none=True)
