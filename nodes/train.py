@@ -129,7 +129,7 @@ class TrainIPAdapter(io.ComfyNode):
             (training_dtype, one_of(TRAINING_DTYPES, input_name="training_dtype")),
         )
         for values, check in checks:
-            for value in values or [None]:
+            for value in values if isinstance(values, list) else [values]:
                 result = validation_result(value, check)
                 if result is not True:
                     return f"{DISPLAY_NAME}: {result}"

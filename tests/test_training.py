@@ -13,6 +13,7 @@ import zlib
 import numpy
 import pytest
 import torch
+import torch.utils.checkpoint
 from PIL import Image, ImageDraw
 from tiny_clip_vision import tiny_clip_vision
 from safetensors import safe_open
@@ -389,3 +390,16 @@ def test_cancelling_stops_training_and_saves_nothing(model, clip_vision, tmp_pat
             kind="ip-adapter", settings=settings(steps=5), output_path=str(path), on_step=cancel_at_step_2,
         )  # fmt: skip
     assert no_file_written(path)
+
+
+def test_gradient_checkpointing_gives_the_same_training_and_is_undone(model, clip_vision, tmp_path, monkeypatch):
+    """The blocks recompute in the backward pass (each block's patches found again), with the same result."""
+    plain, checkpointed = tmp_path / "plain.safetensors", tmp_path / "checkpointed.safetensors"
+    train_file(model, clip_vision, plain, steps=2, learning_rate=1e-3)
+    calls = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs))
+    train_file(model, clip_vision, checkpointed, steps=2, learning_rate=1e-3, gradient_checkpointing=True)
+    assert len(calls) >= 2 * 20, "every block of both steps runs under checkpointing"
+    assert file_bytes(plain) == file_bytes(checkpointed)
+    assert not any("forward" in vars(module) for module in model.model.diffusion_model.modules())

@@ -351,7 +351,7 @@ def test_training_refuses_bad_input_with_what_to_fix_and_the_server_goes_on(sd15
     cases = (
         ({dataset: {"folder": "uncaptioned"}}, "picture 1 of 1 has no caption"),
         ({loader: {"ipadapter_name": "flux-ip-adapter.safetensors"}}, "training works on SD1.5 and SDXL adapters"),
-        ({train: {"filename": "../escape"}}, "does not name a file inside"),
+        ({train: {"filename": "../escape"}}, "'../escape.safetensors' does not name a file inside"),
     )
     for changes, expected in cases:
         message = prompt_error(sd15_server, with_inputs(prompt, changes))

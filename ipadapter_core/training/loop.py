@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 
 from ..errors import IPAdapterError
 from ..unet.format import BASE_OF_CROSS_ATTENTION_DIM, BASE_OF_LAYER_COUNT
@@ -113,11 +114,9 @@ def denoise(patched, batch: TrainingBatch, adapter, *, latents, noise, sigmas, i
     conditioning = model_conditioning(patched.model, captions, noise=noisy, device=device)
     options = {**patched.model_options.get("transformer_options", {}), "sigmas": sigmas}
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        # kept until the next call: gradient checkpointing runs the layers again in the backward pass
         batch.tokens = adapter.image_proj(image_inputs.to(device))  # [B, T, C]
-        try:
-            return patched.model.apply_model(noisy, sigmas, transformer_options=options, **conditioning)
-        finally:
-            batch.tokens = None
+        return patched.model.apply_model(noisy, sigmas, transformer_options=options, **conditioning)
 
 
 def step_loss(patched, batch, adapter, data: TrainingData, settings: TrainingSettings, step: int, *, kind, dtype) -> torch.Tensor:
@@ -146,14 +145,24 @@ def step_loss(patched, batch, adapter, data: TrainingData, settings: TrainingSet
 
 
 def checkpointed(diffusion_model):
-    """Core's gradient checkpointing (comfy_extras.nodes_train): every top-level block recomputes its activations
-    in the backward pass. Returns the function that undoes it."""
-    from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
+    """Gradient checkpointing on the blocks core's trainer picks (comfy_extras.nodes_train): each recomputes its
+    activations in the backward pass. The UNet sets which block runs in its `transformer_options` dict as it goes
+    (the attn2 patches are looked up by it), so each block gets a copy of that dict as it was at its call, and the
+    recomputation finds the same patches. Returns the function that undoes it."""
+    from comfy_extras.nodes_train import find_all_highest_child_module_with_forward
+
+    def snapshot(value):
+        return dict(value) if isinstance(value, dict) else value
 
     modules = find_all_highest_child_module_with_forward(diffusion_model)
     for module in modules:
-        patch(module)
-    return lambda: [unpatch(module) for module in modules]
+
+        def forward(*args, original=module.forward, **kwargs):
+            args, kwargs = [snapshot(arg) for arg in args], {key: snapshot(value) for key, value in kwargs.items()}
+            return torch.utils.checkpoint.checkpoint(original, *args, use_reentrant=False, **kwargs)
+
+        module.forward = forward  # an instance attribute over the class's forward
+    return lambda: [vars(module).pop("forward") for module in modules]
 
 
 def usable_by_autograd(module: torch.nn.Module) -> None:
