@@ -1,7 +1,8 @@
 """The training run, on ComfyUI's device and memory management.
 
 The model (the ModelPatcher, with whatever weight patches it carries) is cloned and given a training patch on every
-cross-attention layer (patch.py), then loaded by ComfyUI onto its device; only the adapter's parameters require
+cross-attention layer (patch.py), then loaded by ComfyUI onto its device (its inference-mode weights replaced by
+equal tensors autograd can use, `usable_by_autograd`); only the adapter's parameters require
 gradients and are in the optimiser, so the diffusion model, the text encoder and the image encoder stay frozen
 (their outputs are computed once, dataset.py). Each step draws its batch, drops, timesteps and noise from
 `step_generator(seed, step)`, runs the model through `BaseModel.apply_model` (ComfyUI's input scaling, extra
