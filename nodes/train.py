@@ -88,7 +88,10 @@ class TrainIPAdapter(io.ComfyNode):
                 io.Int.Input("steps", default=1000, min=0, max=1_000_000, tooltip="Optimiser steps of this run."),
                 io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Pictures per step."),
                 io.Float.Input("learning_rate", default=LEARNING_RATE, min=1e-7, max=1.0, step=1e-6, tooltip="AdamW's learning rate."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Initial weights, batches, drops, timesteps and noise."),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                    tooltip="Initial weights, batches, drops, timesteps and noise.",
+                ),
                 io.Combo.Input(
                     "adapter_kind",
                     options=list(ADAPTER_KINDS),
