@@ -20,7 +20,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_parity_diffusers import RELATIVE_TOLERANCE, clip_like, comfy_forward, diffusers_forward
 from tiny_flux import tiny_flux_config, tiny_flux_model
-from tiny_models import SD15_HIDDEN_SIZES, adapter_state_dict, diffusers_twin, layer_hidden_sizes, tiny_comfy_model
+from tiny_models import (
+    SD15_HIDDEN_SIZES,
+    TINY_SDXL_COMFY,
+    adapter_state_dict,
+    diffusers_twin,
+    fill_random_,
+    layer_hidden_sizes,
+    tiny_comfy_model,
+)
 
 from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
 from decoupled_ipadapter.ipadapter_core.apply import apply_image_prompt
@@ -403,3 +411,38 @@ def test_gradient_checkpointing_gives_the_same_training_and_is_undone(model, cli
     assert len(calls) >= 2 * 20, "every block of both steps runs under checkpointing"
     assert file_bytes(plain) == file_bytes(checkpointed)
     assert not any("forward" in vars(module) for module in model.model.diffusion_model.modules())
+
+
+def tiny_sdxl_with_size_conditioning():
+    """ComfyUI's SDXL model class (its `y` vector: the pooled text and the size embeddings, 2816 wide) over the tiny
+    SDXL-layout UNet (70 cross-attention layers)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SDXL(dict(TINY_SDXL_COMFY, adm_in_channels=2816, num_classes="sequential"))
+    config.unet_config.update(num_heads=-1, num_head_channels=16)
+    model = config.get_model({}, device=torch.device("cpu"))
+    fill_random_(model.diffusion_model, seed=0)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def test_an_sdxl_model_trains_with_its_size_conditioning(comfy_host, clip_vision, tmp_path):
+    model = tiny_sdxl_with_size_conditioning()
+
+    def sdxl_text(caption: str) -> Caption:
+        generator = torch.Generator().manual_seed(zlib.crc32(caption.encode()))
+        tokens, pooled = torch.randn(1, 77, 2048, generator=generator), torch.randn(1, 1280, generator=generator)
+        return Caption(cross_attn=tokens, options={"pooled_output": pooled, "width": 1024, "height": 1024})
+
+    inputs = loop.model_conditioning(model.model, [sdxl_text("a"), sdxl_text("b")], noise=torch.zeros(2, 4, 8, 8), device="cpu")
+    assert inputs["c_crossattn"].shape == (2, 77, 2048) and inputs["y"].shape == (2, 2816)
+    assert not torch.equal(inputs["y"][0], inputs["y"][1]), "each row gets its own caption's pooled output"
+    path = tmp_path / "trained_sdxl.safetensors"
+    trained, losses = train_adapter_file(
+        model, encode_latents=pooled_latents, clip_vision=clip_vision, encode_text=sdxl_text,
+        images=[shape_pictures(2, seed=0)], captions=["a", "b"], start=None, start_path=None, kind="ip-adapter",
+        settings=settings(steps=1), output_path=str(path),
+    )  # fmt: skip
+    assert len(losses) == 1 and torch.isfinite(torch.tensor(losses)).all()
+    assert load_adapter(str(path)).spec.variant == "ip-adapter_sdxl_vit-h" and trained.adapter.spec.layer_count == 70
