@@ -68,14 +68,19 @@ def fill_random_(module: torch.nn.Module, *, seed: int) -> torch.nn.Module:
     return module
 
 
-def tiny_comfy_model(layout: str, *, seed: int = 0, dtype: torch.dtype = torch.float32):
+def tiny_comfy_model(layout: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, prediction: str = "eps"):
     """A ComfyUI ModelPatcher over a tiny UNet with the real SD1.5 or SDXL cross-attention layout (CPU; fp32, or the
-    UNet dtype ComfyUI runs with --force-fp16 / --bf16-unet: the same random values, rounded)."""
+    UNet dtype ComfyUI runs with --force-fp16 / --bf16-unet: the same random values, rounded); `prediction`: "eps"
+    (SD1.5's, SDXL's) or "v" (SD2's 768-v models')."""
+    import comfy.model_base
     import comfy.model_patcher
     import comfy.supported_models
 
+    model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
+
     class TinySD15(comfy.supported_models.SD15):
-        pass
+        def model_type(self, state_dict, prefix=""):
+            return model_type
 
     class TinySDXLLayout(comfy.supported_models.SD15):
         unet_extra_config = {"num_heads": -1, "num_head_channels": 16}

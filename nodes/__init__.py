@@ -13,6 +13,7 @@ from .noise import NoiseImage
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
 from .prep_image import PrepImage
 from .siglip_loader import LoadSigLIPVision
+from .train import TrainIPAdapter
 from .unified_loader import UnifiedLoader, UnifiedLoaderFaceID
 
 NODES = [
@@ -33,6 +34,7 @@ NODES = [
     UnifiedLoaderFaceID,
     NoiseImage,
     PrepImage,
+    TrainIPAdapter,
 ]
 
 

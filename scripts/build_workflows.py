@@ -101,6 +101,7 @@ SECOND_FACE = "ipadapter_face_2.png"
 FACEID_DEFAULTS = {"faceid_v2_weight": 1.0, "lora_strength": 1.0}
 NEGATIVE_TEXT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 QUALITY_TEXT = "best quality, high quality"
+TRAINING_FOLDER = "ipadapter_training"  # the input sub-folder the training workflow reads pictures and captions from
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class Graph:
     images: tuple[str, ...]  # the input pictures LoadImage expects
     advice: str = ""  # extra Markdown for the note
     embeds_files: tuple[str, ...] = ()  # the saved embeds IPAdapter Load Embeds expects in the input folder
+    dataset_folders: tuple[str, ...] = ()  # input sub-folders of pictures with a .txt caption beside each
     nodes: list[Node] = field(default_factory=list)
 
     def add(self, node_type: str, column: int, *, title: str | None = None, **inputs) -> Node:
@@ -636,11 +638,44 @@ def flux_instantx() -> Graph:
     return graph
 
 
+def fine_tune_on_a_folder() -> Graph:
+    graph = Graph("23_fine_tune_ip_adapter_sd15", "Fine-tune ip-adapter_sd15 on a folder",
+                  "ip-adapter_sd15 trained further on your own pictures and captions (Train IPAdapter), saved to "
+                  "models/ipadapter and applied in the same graph",
+                  (SD15, VIT_H, IPADAPTER_SD15), (REFERENCE,),
+                  f"Put the pictures in `ComfyUI/input/{TRAINING_FOLDER}/`, each with a caption in a `.txt` file of "
+                  "the same name (`cat.png`, `cat.txt`). They are resized and cropped to 512x512. **Train IPAdapter** "
+                  "keeps the checkpoint and both encoders frozen and trains the adapter's projection and K'/V' "
+                  "(AdamW, lr 1e-4); the loss curve shows in the preview. It saves "
+                  "`models/ipadapter/ip-adapter_sd15_finetuned.safetensors` (official format) and a `.training` "
+                  "file beside it: load the saved file in Load IPAdapter and queue again with the same settings "
+                  "to continue. Disconnect Load IPAdapter to train a new adapter instead.",
+                  dataset_folders=(TRAINING_FOLDER,))  # fmt: skip
+    ckpt = graph.add("CheckpointLoaderSimple", 0, ckpt_name=SD15.name)
+    vision = graph.add("CLIPVisionLoader", 0, title="Load CLIP Vision (ViT-H)", clip_name=VIT_H.name)
+    start = graph.add("DecoupledIPAdapterLoader", 0, title="Adapter to Fine-tune", ipadapter_name=IPADAPTER_SD15.name)
+    dataset = graph.add("LoadImageTextDataSetFromFolder", 0, title="Training Pictures and Captions", folder=TRAINING_FOLDER)
+    resized = graph.add("ResizeImagesByShorterEdge", 1, images=dataset[0], shorter_edge=512)
+    cropped = graph.add("CenterCropImages", 1, images=resized, width=512, height=512)
+    trained = graph.add(
+        "DecoupledIPAdapterTrain", 2, model=ckpt[0], clip=ckpt[1], clip_vision=vision, vae=ckpt[2], images=cropped,
+        captions=dataset[1], steps=2000, batch_size=4, learning_rate=1e-4, seed=0, adapter_kind="ip-adapter",
+        filename="ip-adapter_sd15_finetuned.safetensors", ipadapter=start, weight_decay=0.01, training_dtype="auto",
+        gradient_checkpointing=False,
+    )  # fmt: skip
+    graph.add("PreviewImage", 3, title="Loss Curve", images=trained[1])
+    reference = graph.add("LoadImage", 1, title="Reference Image", image=REFERENCE)
+    embeds = _encode(graph, trained[0], vision, reference)
+    model = _apply(graph, ckpt, trained[0], embeds, weight=0.7, column=3)
+    _text_to_image(graph, ckpt, model, prefix="ipadapter_fine_tuned")
+    return graph
+
+
 GRAPHS = (image_prompt_only, image_and_text_prompt, lambda_comparison, with_controlnet, with_t2i_adapter,
           image_to_image, inpainting, sdxl_vit_h, two_references, fine_tuned_checkpoint, unified_loader,
           save_and_load_embeds, sdxl_style_transfer, sdxl_style_and_composition, regional_two_references,
           flux_xlabs, sd35_instantx, faceid_sd15, faceid_plusv2_with_image_prompt, faceid_portrait, faceid_sdxl,
-          flux_instantx)  # fmt: skip
+          flux_instantx, fine_tune_on_a_folder)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -869,7 +904,8 @@ def readme(graphs: list[Graph]) -> str:
     ]
     for graph in graphs:
         models = "<br>".join(f"`{model.folder}/{model.name}`" for model in graph.models)
-        pictures = ", ".join(f"`{name}`" for name in graph.images + graph.embeds_files)
+        folders = tuple(f"{folder}/ (pictures and .txt captions)" for folder in graph.dataset_folders)
+        pictures = ", ".join(f"`{name}`" for name in graph.images + graph.embeds_files + folders)
         lines.append(f"| `{graph.name}` ({graph.title}) | {graph.summary} | {models} | {pictures} |")
     lines += ["", "## Where to get the model files", "", *model_table(_models_of(graphs))]
     return "\n".join(lines) + "\n"

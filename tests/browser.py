@@ -94,11 +94,11 @@ LOAD_AND_INSPECT = """async ([workflow, name]) => {
     };
 }"""
 
-SHRINK = """([sizeInputs, size, steps, seedOffset]) => {
+SHRINK = """([sizeInputs, size, steps, seedOffset, stepNodes]) => {
     for (const node of window.app.graph.nodes) {
         for (const widget of node.widgets || []) {
             if ((sizeInputs[node.type] || []).includes(widget.name)) widget.value = size;
-            if (node.type === 'KSampler' && widget.name === 'steps') widget.value = steps;
+            if (stepNodes.includes(node.type) && widget.name === 'steps') widget.value = steps;
             if (node.type === 'KSampler' && widget.name === 'seed') widget.value += seedOffset;
         }
     }

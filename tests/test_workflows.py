@@ -33,6 +33,7 @@ from server_harness import (
 from workflow_checks import (
     SD15_WORKFLOWS,
     SMALL_SIZE,
+    TRAINING_WORKFLOW,
     WORKFLOW_NAMES,
     api_workflow,
     build_workflows,
@@ -82,8 +83,8 @@ def test_every_loader_names_its_file_url_and_folder_from_the_one_table():
     for name in WORKFLOW_NAMES:
         for node in editor_workflow(name)["nodes"]:
             files = {value for value in node["widgets_values"] if isinstance(value, str) and value.endswith(MODEL_FILE_SUFFIXES)}
-            if node["type"] == "DecoupledIPAdapterLoadEmbeds":  # a file the user saved in input/, not a download
-                files = set()
+            if node["type"] in ("DecoupledIPAdapterLoadEmbeds", "DecoupledIPAdapterTrain"):  # a file the user
+                files = set()  # saved in input/ or the file training writes: not a download
             if node["type"] == "DecoupledIPAdapterUnifiedLoader":  # its preset names the files
                 preset = preset_named(node["widgets_values"][0])
                 files = {preset.adapter.name, preset.encoder.name}
@@ -169,13 +170,16 @@ def test_the_workflows_inputs_are_the_same_on_this_host(sd15_server):
 
 def test_the_workflows_inputs_are_the_same_in_every_kept_snapshot():
     """Hosts CI no longer runs (0.28.2) stay supported as data: the workflows, written from the first host's
-    definitions, use nodes that take the same inputs in every snapshot of scripts/node_defs/."""
+    definitions, use nodes that take the same inputs in every snapshot of scripts/node_defs/. A snapshot holds the
+    nodes the workflows used when it was taken: the nodes of later workflows (23's training and dataset nodes,
+    after 0.28.2's archive was gone) are checked where a snapshot has them, and most workflows are all there."""
     written_from = build_workflows.load_node_defs()
     snapshots = sorted(build_workflows.NODE_DEFS_FOLDER.glob("*.json"))
     assert {path.stem for path in snapshots} >= {"0.3.75", "0.28.2"}
     for path in snapshots:
         kept = build_workflows.load_node_defs(path)
-        differing = [node for node in written_from if kept.get(node, {}).get("inputs") != written_from[node]["inputs"]]
+        assert len(set(kept) & set(written_from)) >= 31, f"{path.name} lacks the nodes of the first 17 workflows"
+        differing = [node for node in written_from if node in kept and kept[node]["inputs"] != written_from[node]["inputs"]]
         assert not differing, f"{path.name}: these nodes take other inputs there: {differing}"
 
 
@@ -214,6 +218,29 @@ def validate_and_run(server, name: str) -> None:
     for node_id, node in prompt.items():
         if node["class_type"] == "DecoupledIPAdapterSaveEmbeds":
             check_saved_embeds(server, prompt, entry["outputs"].get(node_id, {}).get("embeds", []), name)
+        if node["class_type"] == "DecoupledIPAdapterTrain":
+            check_trained_file(server, prompt, entry, node_id)
+
+
+def check_trained_file(server, prompt: dict, entry: dict, train_id: str) -> None:
+    """Train IPAdapter saved an official-format file in the server's models/ipadapter (not the stand-ins' folder),
+    different from the file it fine-tuned, its training state (the steps done) beside it, and the loss curve shows."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from decoupled_ipadapter.ipadapter_core.adapter import load_adapter
+
+    inputs = prompt[train_id]["inputs"]
+    path = server.base / "models" / "ipadapter" / inputs["filename"]
+    assert load_adapter(str(path)).spec.variant == "ip-adapter_sd15"
+    start = prompt[inputs["ipadapter"][0]]["inputs"]["ipadapter_name"]
+    started_from = load_file(str(standin_models() / "ipadapter" / start))
+    trained = load_file(str(path))
+    assert trained.keys() == started_from.keys() and any(not torch.equal(trained[key], started_from[key]) for key in trained)
+    with safe_open(f"{path}.training", framework="pt") as state:
+        assert state.metadata()["steps"] == str(inputs["steps"])
+    (preview,) = [key for key, node in prompt.items() if node["class_type"] == "PreviewImage"]
+    assert len(entry["outputs"][preview]["images"]) == 1, entry["outputs"]
 
 
 def check_lambda_zero_is_plain_and_weight_acts(server, name: str, *, weight: float) -> None:
@@ -354,3 +381,27 @@ def test_faceid_bad_inputs_are_refused_and_the_server_keeps_serving(sd15_server)
     message = prompt_error(sd15_server, with_inputs(faceid, {insightface: {"model_name": "broken"}}))
     assert "Load InsightFace: The InsightFace pack 'broken'" in message and "download" in message, message
     validate_and_run(sd15_server, "18_faceid")
+
+
+@pytest.mark.server
+def test_training_refuses_bad_input_with_what_to_fix_and_the_server_goes_on(sd15_server):
+    """A picture without its caption, an adapter of another family to fine-tune, and an output name outside
+    models/ipadapter (refused when queued); then the server runs a workflow."""
+    uncaptioned = {name: data for name, data in input_files().items() if name.endswith("picture_0.png")}
+    for name, data in uncaptioned.items():
+        upload_image(sd15_server, data, "uncaptioned/" + name.rpartition("/")[2])
+    prompt = on_standins(shrunk(api_workflow(TRAINING_WORKFLOW)))
+    (dataset,) = node_ids(prompt, "LoadImageTextDataSetFromFolder")
+    (train,) = node_ids(prompt, "DecoupledIPAdapterTrain")
+    (loader,) = [key for key in node_ids(prompt, "DecoupledIPAdapterLoader") if key == prompt[train]["inputs"]["ipadapter"][0]]
+    cases = (
+        ({dataset: {"folder": "uncaptioned"}}, "picture 1 of 1 has no caption"),
+        ({loader: {"ipadapter_name": "flux-ip-adapter.safetensors"}}, "training works on SD1.5 and SDXL adapters"),
+        ({train: {"filename": "../escape"}}, "'../escape.safetensors' does not name a file inside"),
+    )
+    for changes, expected in cases:
+        message = prompt_error(sd15_server, with_inputs(prompt, changes))
+        assert "Train IPAdapter" in message and expected in message, message
+    assert not (sd15_server.base / "models" / "escape.safetensors").exists()
+    latent = saved_latent(sd15_server, latent_prompt("01_image_prompt", weight=0.7, seed=44))
+    assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all()

@@ -30,7 +30,11 @@ SD15_WORKFLOWS = tuple(
 ENCODER_LOADERS = ("CLIPVisionLoader", "DecoupledIPAdapterSigLIPLoader")  # the loaders latent_prompt's `encoder` sets
 SMALL_SIZE, SMALL_STEPS = 64, 2
 SIZE_INPUTS = {"EmptyLatentImage": ("width", "height"), "EmptySD3LatentImage": ("width", "height"),
-               "ImageScale": ("width", "height")}  # fmt: skip
+               "ImageScale": ("width", "height"), "ResizeImagesByShorterEdge": ("shorter_edge",),
+               "CenterCropImages": ("width", "height")}  # fmt: skip
+STEP_NODES = ("KSampler", "DecoupledIPAdapterTrain")  # the nodes whose `steps` the small runs lower
+TRAINING_WORKFLOW = "23_fine_tune_ip_adapter_sd15"  # trains on the full-size stand-in: run by the API test only
+DATASET_PICTURES = 2  # pictures (with captions) in each dataset folder the workflows read
 # The nodes the stand-ins cannot run as the workflows name them: the loaders of T5-XXL (Flux's DualCLIPLoader,
 # SD3.5's TripleCLIPLoader). ComfyUI always builds T5-XXL at full size (4.7 B parameters), too big for CPU tests, so
 # the Flux and SD3 stand-ins read CLIP-L's text alone (devkit/standins.py) and the runs on stand-ins load CLIP-L with
@@ -53,7 +57,23 @@ def api_workflow(name: str) -> dict:
 
 def input_files() -> dict[str, bytes]:
     """Every file the workflows read from the input folder: name -> bytes."""
-    return {**input_pictures(), **input_embeds()}
+    return {**input_pictures(), **input_embeds(), **input_datasets()}
+
+
+def input_datasets() -> dict[str, bytes]:
+    """For each dataset folder the workflows read: DATASET_PICTURES 64x64 pictures of two colours, a .txt caption
+    beside each."""
+    files = {}
+    for folder in sorted({folder for build in build_workflows.GRAPHS for folder in build().dataset_folders}):
+        for index in range(DATASET_PICTURES):
+            rgb = numpy.zeros((SMALL_SIZE, SMALL_SIZE, 3), dtype=numpy.uint8)
+            rgb[...] = (200 - 150 * index, 60 + 120 * index, 90)
+            rgb[16:48, 16:48] = (240, 240, 240)
+            buffer = io.BytesIO()
+            Image.fromarray(rgb, "RGB").save(buffer, format="PNG")
+            files[f"{folder}/picture_{index}.png"] = buffer.getvalue()
+            files[f"{folder}/picture_{index}.txt"] = f"a white square on colour {index}".encode()
+    return files
 
 
 def input_embeds() -> dict[str, bytes]:
@@ -108,8 +128,10 @@ def shrunk(prompt: dict, *, size: int = SMALL_SIZE, steps: int = SMALL_STEPS) ->
     for node in prompt.values():
         for name in SIZE_INPUTS.get(node["class_type"], ()):
             node["inputs"][name] = size
-        if node["class_type"] == "KSampler":
+        if node["class_type"] in STEP_NODES:
             node["inputs"]["steps"] = steps
+        if node["class_type"] == "DecoupledIPAdapterTrain":
+            node["inputs"]["batch_size"] = 1
     return prompt
 
 
@@ -219,8 +241,8 @@ def validation_errors(prompt: dict, object_info: dict) -> list[str]:
             if name not in specs:
                 errors.append(f"{where}: no input named {name!r}")
                 continue
-            kind = specs[name][0]
-            is_widget = isinstance(kind, list) or kind in WIDGET_TYPES
+            kind, options = (list(specs[name]) + [{}])[:2]
+            is_widget = isinstance(kind, list) or (kind in WIDGET_TYPES and not options.get("forceInput"))
             if isinstance(value, list) and not is_widget:
                 source = prompt.get(str(value[0]))
                 if source is None:

@@ -102,11 +102,13 @@ class ComfyClient:
         return self._get(f"/object_info/{node_class}" if node_class else "/object_info").json()
 
     def upload_image(self, data: bytes, name: str, *, overwrite: bool = True) -> str:
-        """Stores an image in the input folder; returns the name LoadImage takes."""
+        """Stores an image (or any input file) in the input folder, `name` may hold a sub-folder (`folder/a.png`);
+        returns the name LoadImage takes."""
+        subfolder, _, base = name.rpartition("/")
         response = requests.post(
             f"{self.url}/upload/image",
-            files={"image": (name, data, "image/png")},
-            data={"type": "input", "overwrite": "true" if overwrite else "false"},
+            files={"image": (base, data, "image/png")},
+            data={"type": "input", "overwrite": "true" if overwrite else "false", "subfolder": subfolder},
             timeout=self.timeout,
         )
         if response.status_code != 200:

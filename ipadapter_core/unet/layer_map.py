@@ -46,6 +46,11 @@ def transformer_blocks_in_order(diffusion_model: torch.nn.Module):
 
 def cross_attention_layers(diffusion_model: torch.nn.Module) -> list[CrossAttentionLayer]:
     """Every cross-attention layer of a ComfyUI UNet, numbered as IP-Adapter checkpoints number them."""
+    return [layer for layer, _ in cross_attention_modules(diffusion_model)]
+
+
+def cross_attention_modules(diffusion_model: torch.nn.Module) -> list[tuple[CrossAttentionLayer, torch.nn.Module]]:
+    """Every cross-attention layer of a ComfyUI UNet with its attn2 module, in checkpoint order."""
     found = [
         (key, block.attn2) for key, _, block in transformer_blocks_in_order(diffusion_model) if getattr(block, "attn2", None) is not None
     ]  # (key, attn2) in checkpoint order
@@ -53,13 +58,12 @@ def cross_attention_layers(diffusion_model: torch.nn.Module) -> list[CrossAttent
     layers = []
     for key, attn2 in found:
         hidden_size, context_dim = attn2.to_k.weight.shape
-        layers.append(
-            CrossAttentionLayer(
-                number=2 * len(layers) + 1,
-                key=key,
-                hidden_size=hidden_size,
-                context_dim=context_dim,
-                block_key=key[:2] if layers_per_block[key[:2]] == 1 else None,
-            )
+        layer = CrossAttentionLayer(
+            number=2 * len(layers) + 1,
+            key=key,
+            hidden_size=hidden_size,
+            context_dim=context_dim,
+            block_key=key[:2] if layers_per_block[key[:2]] == 1 else None,
         )
+        layers.append((layer, attn2))
     return layers
