@@ -4,8 +4,14 @@ ComfyUI loads this folder as a custom node pack and calls `comfy_entrypoint` (V3
 """
 
 
+# The editor extension: offers to convert a ComfyUI_IPAdapter_plus workflow when one is opened.
+WEB_DIRECTORY = "./nodes/web"
+
+
 async def comfy_entrypoint():
     from .nodes import DecoupledIPAdapterExtension, register_model_folder
+    from .nodes.port_workflows_route import register_routes
 
     register_model_folder()
+    register_routes()
     return DecoupledIPAdapterExtension()

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import port_nodes
-from port_conversion import NotConvertible
-from workflow_formats import LINK_FIELDS, convert, port_node_types
+from port_workflows import vocabulary
+from port_workflows.rules import NotConvertible
+from port_workflows.formats import LINK_FIELDS, convert, port_node_types
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "node_schema.json"
@@ -32,11 +32,11 @@ def golden_nodes() -> dict:
 # --- the table of this pack's nodes ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("node_type", sorted(port_nodes.OUR_NODES))
+@pytest.mark.parametrize("node_type", sorted(vocabulary.OUR_NODES))
 def test_our_node_table_is_the_pinned_schema(node_type):
     """A renamed, reordered or retyped input or output of our nodes would make converted graphs invalid."""
     schema = golden_nodes()[node_type]
-    shape = port_nodes.OUR_NODES[node_type]
+    shape = vocabulary.OUR_NODES[node_type]
     inputs = [entry for entry in schema["inputs"] if entry["section"] != "hidden"]
     sockets = [(entry["name"], entry["type"]) for entry in inputs if entry["type"] not in WIDGET_TYPES]
     widgets = [entry for entry in inputs if entry["type"] in WIDGET_TYPES]
@@ -51,12 +51,12 @@ def test_our_node_table_is_the_pinned_schema(node_type):
 
 def test_presets_and_weight_types_exist_here():
     schema = golden_nodes()
-    presets = next(e for e in schema[port_nodes.UNIFIED_LOADER]["inputs"] if e["name"] == "preset")["options"]
-    assert {name for table in port_nodes.UNIFIED_PRESETS.values() for name in table.values()} <= set(presets)
-    weight_types = next(e for e in schema[port_nodes.APPLY_ADVANCED]["inputs"] if e["name"] == "weight_type")
-    assert set(port_nodes.SIMPLE_WEIGHT_TYPES.values()) <= set(weight_types["options"])
-    methods = next(e for e in schema[port_nodes.COMBINE]["inputs"] if e["name"] == "method")["options"]
-    assert set(port_nodes.COMBINE_METHODS) <= set(methods)
+    presets = next(e for e in schema[vocabulary.UNIFIED_LOADER]["inputs"] if e["name"] == "preset")["options"]
+    assert {name for table in vocabulary.UNIFIED_PRESETS.values() for name in table.values()} <= set(presets)
+    weight_types = next(e for e in schema[vocabulary.APPLY_ADVANCED]["inputs"] if e["name"] == "weight_type")
+    assert set(vocabulary.SIMPLE_WEIGHT_TYPES.values()) <= set(weight_types["options"])
+    methods = next(e for e in schema[vocabulary.COMBINE]["inputs"] if e["name"] == "method")["options"]
+    assert set(vocabulary.COMBINE_METHODS) <= set(methods)
 
 
 # --- small graphs, editor format ----------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ class EditorGraph:
 
 
 def port_shape_inputs(node_type):
-    return port_nodes.PORT_NODES[node_type].sockets
+    return vocabulary.PORT_NODES[node_type].sockets
 
 
 def simple_graph(checkpoint="sd15/realisticVision.safetensors", *, weight_type="standard", prep=None):
@@ -102,7 +102,7 @@ def simple_graph(checkpoint="sd15/realisticVision.safetensors", *, weight_type="
     graph = EditorGraph()
     ckpt = graph.add("CheckpointLoaderSimple", [checkpoint], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
     loader = graph.add("IPAdapterUnifiedLoader", ["PLUS (high strength)"], inputs=port_shape_inputs("IPAdapterUnifiedLoader"),
-                       outputs=port_nodes.PORT_NODES["IPAdapterUnifiedLoader"].outputs)  # fmt: skip
+                       outputs=vocabulary.PORT_NODES["IPAdapterUnifiedLoader"].outputs)  # fmt: skip
     image = graph.add("LoadImage", ["ref.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")])
     apply = graph.add("IPAdapter", [0.8, 0.1, 0.9, weight_type], inputs=port_shape_inputs("IPAdapter"),
                       outputs=[("MODEL", "MODEL")], title="my image prompt")  # fmt: skip
@@ -145,19 +145,19 @@ def test_simple_node_becomes_encode_and_apply_with_the_model_passed_through():
     out, report = convert(workflow)
     assert workflow == before  # the input is not changed
     check_editor_graph(before, out)
-    (apply,) = nodes_of(out, port_nodes.APPLY)
-    (encode,) = nodes_of(out, port_nodes.ENCODE)
-    (loader,) = nodes_of(out, port_nodes.UNIFIED_LOADER)
+    (apply,) = nodes_of(out, vocabulary.APPLY)
+    (encode,) = nodes_of(out, vocabulary.ENCODE)
+    (loader,) = nodes_of(out, vocabulary.UNIFIED_LOADER)
     assert apply["id"] == 4 and apply["title"] == "my image prompt" and apply["pos"] == [300, 50]
     assert apply["widgets_values"] == [0.8, 0.1, 0.9]
     # The port's loader passed the model through: Apply now reads the checkpoint's model.
     assert input_origin(out, apply, "model") == ("CheckpointLoaderSimple", 0)
-    assert input_origin(out, apply, "ipadapter") == (port_nodes.UNIFIED_LOADER, 0)
-    assert input_origin(out, apply, "embeds") == (port_nodes.ENCODE, 0)
-    assert input_origin(out, encode, "clip_vision") == (port_nodes.UNIFIED_LOADER, 1)
+    assert input_origin(out, apply, "ipadapter") == (vocabulary.UNIFIED_LOADER, 0)
+    assert input_origin(out, apply, "embeds") == (vocabulary.ENCODE, 0)
+    assert input_origin(out, encode, "clip_vision") == (vocabulary.UNIFIED_LOADER, 1)
     assert input_origin(out, encode, "image") == ("LoadImage", 0)
     (sampler,) = nodes_of(out, "KSampler")
-    assert input_origin(out, sampler, "model") == (port_nodes.APPLY, 0)
+    assert input_origin(out, sampler, "model") == (vocabulary.APPLY, 0)
     assert loader["widgets_values"] == ["SD1.5 plus"]
     assert any("middle block" in line for line in report)
     assert convert(out) == (out, [])  # a converted graph converts to itself
@@ -167,7 +167,7 @@ def test_simple_node_becomes_encode_and_apply_with_the_model_passed_through():
                                                     ("v1-5-pruned-emaonly.safetensors", "SD1.5 plus")])  # fmt: skip
 def test_unified_loader_preset_follows_the_checkpoint_and_says_so(checkpoint, preset):
     out, report = convert(simple_graph(checkpoint))
-    assert nodes_of(out, port_nodes.UNIFIED_LOADER)[0]["widgets_values"] == [preset]
+    assert nodes_of(out, vocabulary.UNIFIED_LOADER)[0]["widgets_values"] == [preset]
     assert any(checkpoint in line and preset in line for line in report)
 
 
@@ -175,19 +175,19 @@ def test_unified_loader_preset_follows_the_checkpoint_and_says_so(checkpoint, pr
                                                    ("style transfer", "style transfer")])  # fmt: skip
 def test_simple_node_weight_types_become_apply_advanced(weight_type, ours):
     out, _ = convert(simple_graph(weight_type=weight_type))
-    assert not nodes_of(out, port_nodes.APPLY)
-    (apply,) = nodes_of(out, port_nodes.APPLY_ADVANCED)
+    assert not nodes_of(out, vocabulary.APPLY)
+    (apply,) = nodes_of(out, vocabulary.APPLY_ADVANCED)
     assert apply["widgets_values"] == [0.8, 0.1, 0.9, ours, "V only", "", 1.0]
 
 
 @pytest.mark.parametrize("crop", ["top", "pad"])
 def test_prep_image_becomes_our_prep_image_between_the_same_nodes(crop):
     out, _ = convert(simple_graph(prep=["BICUBIC", crop, 0.15]))
-    (prep,) = nodes_of(out, port_nodes.PREP_IMAGE)
+    (prep,) = nodes_of(out, vocabulary.PREP_IMAGE)
     assert prep["widgets_values"] == ["BICUBIC", crop, 0.15, 224]
     assert input_origin(out, prep, "image") == ("LoadImage", 0)
-    (encode,) = nodes_of(out, port_nodes.ENCODE)
-    assert input_origin(out, encode, "image") == (port_nodes.PREP_IMAGE, 0)
+    (encode,) = nodes_of(out, vocabulary.ENCODE)
+    assert input_origin(out, encode, "image") == (vocabulary.PREP_IMAGE, 0)
 
 
 def test_a_linked_widget_stays_linked():
@@ -203,7 +203,7 @@ def test_a_linked_widget_stays_linked():
     workflow["last_node_id"], workflow["last_link_id"] = 6, 7
     out, _ = convert(workflow)
     check_editor_graph(workflow, out)
-    (apply,) = nodes_of(out, port_nodes.APPLY)
+    (apply,) = nodes_of(out, vocabulary.APPLY)
     assert input_origin(out, apply, "weight") == ("PrimitiveNode", 0)
     assert next(e for e in apply["inputs"] if e["name"] == "weight")["widget"] == {"name": "weight"}
 
@@ -212,7 +212,7 @@ def test_bypassed_port_node_gives_bypassed_nodes():
     workflow = simple_graph()
     workflow["nodes"][3]["mode"] = 4
     out, _ = convert(workflow)
-    assert {node["mode"] for node in out["nodes"] if node["type"] in (port_nodes.APPLY, port_nodes.ENCODE)} == {4}
+    assert {node["mode"] for node in out["nodes"] if node["type"] in (vocabulary.APPLY, vocabulary.ENCODE)} == {4}
 
 
 def test_refusal_names_every_node_type_it_cannot_map():
@@ -238,7 +238,7 @@ def test_advanced_with_a_batch_and_average_is_refused_but_a_single_loaded_image_
     apply["inputs"][0]["link"], apply["inputs"][1]["link"], apply["inputs"][2]["link"] = 2, 3, 4
     apply["widgets_values"] = [0.7, "ease in", "average", 0.0, 1.0, "K+V"]
     out, _ = convert(workflow)  # the reference is one LoadImage: averaging one image changes nothing
-    (advanced,) = nodes_of(out, port_nodes.APPLY_ADVANCED)
+    (advanced,) = nodes_of(out, vocabulary.APPLY_ADVANCED)
     assert advanced["widgets_values"] == [0.7, 0.0, 1.0, "ease in", "K+V", "", 1.0]
     batch = {"id": 9, "type": "ImageBatch", "pos": [0, 0], "size": [1, 1], "flags": {}, "order": 9, "mode": 0,
              "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [4]}], "properties": {},
@@ -271,10 +271,10 @@ def api_graph():
 def test_api_format_gives_api_format():
     workflow = api_graph()
     out, _ = convert(workflow)
-    assert out["2"] == {"class_type": port_nodes.LOADER, "inputs": {"ipadapter_name": "ip-adapter_sdxl_vit-h.safetensors"}}
-    assert out["5"]["class_type"] == port_nodes.ENCODE
+    assert out["2"] == {"class_type": vocabulary.LOADER, "inputs": {"ipadapter_name": "ip-adapter_sdxl_vit-h.safetensors"}}
+    assert out["5"]["class_type"] == vocabulary.ENCODE
     assert out["5"]["inputs"] == {"crop": "center", "ipadapter": ["2", 0], "clip_vision": ["3", 0], "image": ["4", 0]}
-    assert out["6"]["class_type"] == port_nodes.APPLY_ADVANCED
+    assert out["6"]["class_type"] == vocabulary.APPLY_ADVANCED
     assert out["6"]["inputs"] == {"weight": 0.9, "start_at": 0.0, "end_at": 0.8, "weight_type": "style transfer",
                                   "embeds_scaling": "K+V", "block_weights": "", "composition_weight": 1.0,
                                   "model": ["1", 0], "ipadapter": ["2", 0], "embeds": ["5", 0]}  # fmt: skip
@@ -311,16 +311,16 @@ def test_noise_becomes_our_noise_with_a_fixed_seed_in_both_formats():
     workflow["last_node_id"], workflow["last_link_id"] = 7, 8
     out, report = convert(workflow)
     check_editor_graph(workflow, out)
-    (ours,) = nodes_of(out, port_nodes.NOISE)
+    (ours,) = nodes_of(out, vocabulary.NOISE)
     assert ours["widgets_values"] == ["dissolve", 0.55, 3, 0, "fixed"]
     assert input_origin(out, ours, "image") == ("LoadImage", 0)
     (preview,) = nodes_of(out, "PreviewImage")
-    assert input_origin(out, preview, "images") == (port_nodes.NOISE, 0)
+    assert input_origin(out, preview, "images") == (vocabulary.NOISE, 0)
     assert any("seed" in line for line in report)
     api = {"1": {"class_type": "IPAdapterNoise", "inputs": {"type": "shuffle", "strength": 0.4, "blur": 0}},
            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}  # fmt: skip
     out, _ = convert(api)
-    assert out["1"] == {"class_type": port_nodes.NOISE, "inputs": {"type": "shuffle", "strength": 0.4, "blur": 0, "seed": 0}}
+    assert out["1"] == {"class_type": vocabulary.NOISE, "inputs": {"type": "shuffle", "strength": 0.4, "blur": 0, "seed": 0}}
 
 
 def test_kolors_adapter_file_is_refused():
@@ -379,7 +379,7 @@ def shared_files():
 
 def editor_widgets(node: dict) -> dict:
     """Our node's widget values by name, from its editor-format widgets_values."""
-    shape = port_nodes.OUR_NODES[node["type"]]
+    shape = vocabulary.OUR_NODES[node["type"]]
     values = iter(node["widgets_values"])
     named = {}
     for name, _ in shape.widgets:
@@ -400,7 +400,7 @@ def check_editor_graph(source: dict, out: dict) -> None:
         origin, target = by_id[link["origin_id"]], by_id[link["target_id"]]
         assert link["id"] in origin["outputs"][link["origin_slot"]]["links"]
         assert target["inputs"][link["target_slot"]]["link"] == link["id"]
-        if port_nodes.OUR_NODES.keys() & {origin["type"], target["type"]}:  # others keep their saved types
+        if vocabulary.OUR_NODES.keys() & {origin["type"], target["type"]}:  # others keep their saved types
             assert origin["outputs"][link["origin_slot"]]["type"] == link["type"]
     for node in out["nodes"]:
         for output in node.get("outputs") or []:
@@ -412,9 +412,9 @@ def check_editor_graph(source: dict, out: dict) -> None:
     assert not port_node_types(out)
     source_types = {node["type"] for node in source["nodes"]}
     for node in out["nodes"]:
-        assert node["type"] in source_types or node["type"] in port_nodes.OUR_NODES
-        if node["type"] in port_nodes.OUR_NODES:
-            shape = port_nodes.OUR_NODES[node["type"]]
+        assert node["type"] in source_types or node["type"] in vocabulary.OUR_NODES
+        if node["type"] in vocabulary.OUR_NODES:
+            shape = vocabulary.OUR_NODES[node["type"]]
             assert len(node["widgets_values"]) == len(shape.widgets) + len(shape.controlled)
             for entry in schema[node["type"]]["inputs"]:
                 if entry["section"] == "required" and entry["type"] not in WIDGET_TYPES:
@@ -436,7 +436,7 @@ def check_api_graph(out: dict) -> None:
         for value in node["inputs"].values():
             if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
                 assert str(value[0]) in out
-        if node["class_type"] in port_nodes.OUR_NODES:
+        if node["class_type"] in vocabulary.OUR_NODES:
             for entry in schema[node["class_type"]]["inputs"]:
                 if entry["section"] == "required":
                     assert entry["name"] in node["inputs"], (node["class_type"], entry["name"])
@@ -475,7 +475,7 @@ def test_combine_says_where_the_port_computed_otherwise(method, inputs, differs)
     workflow["6"]["inputs"]["pos_embed"] = ["20", 0]
     del workflow["6"]["inputs"]["neg_embed"]
     out, report = convert(workflow)
-    assert out["20"]["class_type"] == port_nodes.COMBINE and out["20"]["inputs"]["method"] == method
+    assert out["20"]["class_type"] == vocabulary.COMBINE and out["20"]["inputs"]["method"] == method
     assert out["20"]["inputs"]["embeds_3" if inputs == 3 else "embeds_2"] == [str(8 + inputs - 2), 0]
     assert out["6"]["inputs"]["embeds"] == ["20", 0]
     check_api_graph(out)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from browser import FIT_VIEW, LOAD_AND_INSPECT, MISSING_MODELS, QUEUE, SETTINGS, SHRINK, SWAP_NODES, frontend_page, playwright_driver
-from server_harness import PACK_LINK, comfy_server, standin_models
+from server_harness import PACK_LINK, comfy_server, run_prompt, standin_models
 from workflow_checks import (
     SD15_WORKFLOWS,
     SIZE_INPUTS,
@@ -32,6 +32,7 @@ from workflow_checks import (
     api_workflow,
     editor_workflow,
     input_files,
+    shrunk,
 )
 
 
@@ -209,3 +210,116 @@ def test_missing_models_are_listed_with_their_folder_and_link(playwright):
                 assert all(f"{folder} / {file}" in dialog for folder, file, _ in expected), (name, dialog)
                 page.keyboard.press("Escape")
                 page.wait_for_function("![...document.querySelectorAll('.p-dialog')].some(dialog => dialog.offsetParent)")
+
+
+# --- ComfyUI_IPAdapter_plus workflows, converted when opened (nodes/web/port_workflows.js) ---------------------------
+
+PORT_WORKFLOWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ipadapter-plus-workflows"
+needs_port_workflows = pytest.mark.skipif(not PORT_WORKFLOWS.is_dir(), reason="../shared/data/ipadapter-plus-workflows is absent")
+# The stand-ins' SD1.5 files for what the port's workflows name: every checkpoint is the SD1.5 stand-in, plus adapters
+# the plus stand-in, others the base one; SDXL presets run as their SD1.5 counterparts.
+STANDIN_CHECKPOINT, STANDIN_VIT_H = "v1-5-pruned-emaonly.safetensors", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+
+
+def _port_editor_files() -> list[Path]:
+    """The shared port workflows in the editor format that the converter maps (the others it refuses: tested in
+    tests/test_convert_workflow.py)."""
+    from port_workflows.formats import convert
+    from port_workflows.rules import NotConvertible
+
+    if not PORT_WORKFLOWS.is_dir():
+        return []
+    convertible = []
+    for path in sorted(PORT_WORKFLOWS.glob("*/*.json")):
+        workflow = json.loads(path.read_text())
+        if "nodes" not in workflow:
+            continue
+        try:
+            convert(workflow)
+        except NotConvertible:
+            continue
+        convertible.append(path)
+    return convertible
+
+
+def _on_sd15_standins(prompt: dict, pictures: list[str]) -> dict:
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = STANDIN_CHECKPOINT
+        elif kind == "CLIPVisionLoader":
+            inputs["clip_name"] = STANDIN_VIT_H
+        elif kind == "LoadImage":
+            inputs["image"] = pictures[0]
+        elif kind == "DecoupledIPAdapterLoader":
+            plus = "plus" in inputs["ipadapter_name"]
+            inputs["ipadapter_name"] = "ip-adapter-plus_sd15.safetensors" if plus else "ip-adapter_sd15.safetensors"
+        elif kind == "DecoupledIPAdapterUnifiedLoader":
+            inputs["preset"] = "SD1.5 plus" if "plus" in inputs["preset"] else "SD1.5 standard"
+    return shrunk(prompt)
+
+
+LOAD_ANSWERING = """async ([workflow, name, accept]) => {
+    const asked = [];
+    const confirm = window.confirm;
+    window.confirm = question => { asked.push(question); return accept; };
+    try {
+        window.app.graph.clear();
+        await window.app.loadGraphData(workflow, true, true, name);
+    } finally {
+        window.confirm = confirm;
+    }
+    await new Promise(resolve => setTimeout(resolve, 1500));
+    const nodes = window.app.graph.nodes;
+    return {
+        asked,
+        types: nodes.map(node => node.type),
+        unregistered: nodes.filter(node => !window.LiteGraph.registered_node_types[node.type]).map(node => node.type),
+        output: (await window.app.graphToPrompt()).output,
+        toasts: [...document.querySelectorAll('.p-toast-message, [data-testid="toast"]')]
+            .filter(element => element.offsetParent !== null).map(element => element.innerText.trim()),
+    };
+}"""
+
+
+@needs_port_workflows
+def test_port_workflows_are_offered_converted_in_the_editor_and_run(page_on_server):
+    """Each shared port workflow the converter maps, opened one after another in one page: the editor asks, the
+    answer yes gives this pack's nodes and no missing node the file did not already miss (a third pack's), the
+    front-end's prompt uses only them, and a file of core nodes and ours runs on the SD1.5 stand-ins."""
+    from port_workflows.rules import is_port_node
+
+    server, page = page_on_server
+    registered = set(server.client.object_info())
+    pictures = sorted(name for name in input_files() if name.endswith(".png"))
+    ran = []
+    for path in _port_editor_files():
+        workflow = json.loads(path.read_text())
+        third_party = {node["type"] for node in workflow["nodes"]} - registered
+        third_party = {node_type for node_type in third_party if not is_port_node(node_type)}
+        print(f"port workflow: {path.parent.name}/{path.name}", flush=True)  # where a crashed page was
+        seen = page.evaluate(LOAD_ANSWERING, [workflow, path.name, True])
+        assert len(seen["asked"]) == 1 and "ComfyUI_IPAdapter_plus" in seen["asked"][0], (path.name, seen["asked"])
+        assert not [kind for kind in seen["types"] if is_port_node(kind)], (path.name, seen["types"])
+        assert set(seen["unregistered"]) <= third_party, (path.name, seen["unregistered"])
+        assert any(kind.startswith("DecoupledIPAdapter") for kind in seen["types"]), path.name
+        if third_party:
+            continue
+        prompt = _on_sd15_standins(seen["output"], pictures)
+        entry = run_prompt(server, prompt)
+        assert entry["status"]["status_str"] == "success", (path.name, entry["status"])
+        ran.append(path.name)
+    assert ran, "no shared port workflow of core nodes ran"
+
+
+@needs_port_workflows
+def test_declining_the_offer_leaves_the_port_nodes_and_an_unmappable_file_says_why(page_on_server):
+    server, page = page_on_server
+    simple = json.loads((PORT_WORKFLOWS / "examples" / "ipadapter_simple.json").read_text())
+    seen = page.evaluate(LOAD_ANSWERING, [simple, "simple.json", False])
+    assert len(seen["asked"]) == 1 and {"IPAdapter", "IPAdapterUnifiedLoader"} <= set(seen["unregistered"]), seen
+    tiled = json.loads((PORT_WORKFLOWS / "examples" / "ipadapter_tiled.json").read_text())
+    seen = page.evaluate(LOAD_ANSWERING, [tiled, "tiled.json", True])
+    assert "IPAdapterTiled" in seen["unregistered"], seen
+    assert any("Not converted" in toast and "IPAdapterTiled (tiled references" in toast for toast in seen["toasts"]), seen

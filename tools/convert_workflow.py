@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from port_conversion import NotConvertible  # noqa: E402
-from workflow_formats import convert, is_editor_format, port_node_types  # noqa: E402
+from port_workflows.rules import NotConvertible  # noqa: E402
+from port_workflows.formats import convert, is_editor_format, port_node_types  # noqa: E402
 
 EXIT_NOT_MAPPED = 2
 

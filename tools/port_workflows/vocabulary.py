@@ -1,9 +1,9 @@
 """The two node vocabularies of a workflow conversion: ComfyUI_IPAdapter_plus's nodes ("the port", as its saved
-workflows hold them) and this pack's, and the rules that turn one into the other.
+workflows hold them) and this pack's, with the port's options and what they become here.
 
-Pure data and small pure functions: no ComfyUI, no torch. tools/port_conversion.py reads workflows with it. The
-table of this pack's nodes is checked against the nodes themselves by tests/test_convert_workflow.py (through the
-pinned schema, tests/golden/node_schema.json), so it cannot drift from them.
+Pure data: no ComfyUI, no torch. The table of this pack's nodes is checked against the nodes themselves by
+tests/test_convert_workflow.py (through the pinned schema, tests/golden/node_schema.json), so it cannot drift from
+them.
 """
 
 from dataclasses import dataclass

@@ -6,7 +6,7 @@ Editor format: {"nodes": [...], "links": [[id, origin, origin_slot, target, targ
 
 import copy
 
-from port_conversion import (
+from .rules import (
     MODEL_FILE_WIDGETS,
     Graph,
     NotConvertible,
@@ -17,7 +17,7 @@ from port_conversion import (
     our_widget_values,
     replacements,
 )
-from port_nodes import OUR_NODES, PORT_NODES
+from .vocabulary import OUR_NODES, PORT_NODES
 
 LINK_FIELDS = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
 EXTRA_NODE_OFFSET = 40  # px between a port node's place and the next node that replaces it, below it

@@ -1,18 +1,15 @@
-"""Converting a ComfyUI_IPAdapter_plus workflow ("the port's") to this pack's nodes, in either of ComfyUI's formats.
+"""What replaces each of the port's nodes: the format-neutral view of a workflow (`Graph`) the rules read, one rule
+per port node type, and the resolution of a port node's outputs to what replaces them.
 
-The editor format (what the front-end saves: nodes, links, groups) gives the editor format; the API format (what
-/prompt takes: {id: {class_type, inputs}}) gives the API format. Both are read into one view (`Graph`), the rules
-(one per port node type) say what replaces each port node, and the result is written back in the input's format.
-Nodes that are not the port's keep their id, place, widget values and links; the port's links between them are
-rewired to what replaces their origin.
-
-Pure Python (no ComfyUI, no torch): tools/convert_workflow.py is its command line.
+A rule returns the nodes that replace a port node (the first keeps its id) and what now feeds each of its outputs'
+consumers; formats.py reads a workflow into the view and writes the result back in the input's format. Nodes that
+are not the port's keep their id, place, widget values and links.
 """
 
 import re
 from dataclasses import dataclass, field
 
-from port_nodes import (
+from .vocabulary import (
     APPLY,
     APPLY_ADVANCED,
     COMBINE,
