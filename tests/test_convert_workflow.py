@@ -149,7 +149,7 @@ def test_simple_node_becomes_encode_and_apply_with_the_model_passed_through():
     (encode,) = nodes_of(out, vocabulary.ENCODE)
     (loader,) = nodes_of(out, vocabulary.UNIFIED_LOADER)
     assert apply["id"] == 4 and apply["title"] == "my image prompt" and apply["pos"] == [300, 50]
-    assert apply["widgets_values"] == [0.8, 0.1, 0.9]
+    assert apply["widgets_values"] == [0.8, 0.1, 0.9, 1.0, 1.0]
     # The port's loader passed the model through: Apply now reads the checkpoint's model.
     assert input_origin(out, apply, "model") == ("CheckpointLoaderSimple", 0)
     assert input_origin(out, apply, "ipadapter") == (vocabulary.UNIFIED_LOADER, 0)
@@ -177,7 +177,7 @@ def test_simple_node_weight_types_become_apply_advanced(weight_type, ours):
     out, _ = convert(simple_graph(weight_type=weight_type))
     assert not nodes_of(out, vocabulary.APPLY)
     (apply,) = nodes_of(out, vocabulary.APPLY_ADVANCED)
-    assert apply["widgets_values"] == [0.8, 0.1, 0.9, ours, "V only", "", 1.0]
+    assert apply["widgets_values"] == [0.8, 0.1, 0.9, ours, "V only", "", 1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("crop", ["top", "pad"])
@@ -239,7 +239,7 @@ def test_advanced_with_a_batch_and_average_is_refused_but_a_single_loaded_image_
     apply["widgets_values"] = [0.7, "ease in", "average", 0.0, 1.0, "K+V"]
     out, _ = convert(workflow)  # the reference is one LoadImage: averaging one image changes nothing
     (advanced,) = nodes_of(out, vocabulary.APPLY_ADVANCED)
-    assert advanced["widgets_values"] == [0.7, 0.0, 1.0, "ease in", "K+V", "", 1.0]
+    assert advanced["widgets_values"] == [0.7, 0.0, 1.0, "ease in", "K+V", "", 1.0, 1.0, 1.0]
     batch = {"id": 9, "type": "ImageBatch", "pos": [0, 0], "size": [1, 1], "flags": {}, "order": 9, "mode": 0,
              "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [4]}], "properties": {},
              "widgets_values": []}  # fmt: skip
@@ -277,7 +277,8 @@ def test_api_format_gives_api_format():
     assert out["6"]["class_type"] == vocabulary.APPLY_ADVANCED
     assert out["6"]["inputs"] == {"weight": 0.9, "start_at": 0.0, "end_at": 0.8, "weight_type": "style transfer",
                                   "embeds_scaling": "K+V", "block_weights": "", "composition_weight": 1.0,
-                                  "model": ["1", 0], "ipadapter": ["2", 0], "embeds": ["5", 0]}  # fmt: skip
+                                  "faceid_v2_weight": 1.0, "lora_strength": 1.0, "model": ["1", 0], "ipadapter": ["2", 0],
+                                  "embeds": ["5", 0]}  # fmt: skip
     assert out["7"] == workflow["7"] and out["1"] == workflow["1"]
     check_api_graph(out)
     assert convert(out) == (out, [])

@@ -25,6 +25,7 @@ class NodeShape:
 
 
 START_END = (("start_at", 0.0), ("end_at", 1.0))
+FACEID_WIDGETS = (("faceid_v2_weight", 1.0), ("lora_strength", 1.0))  # Apply's: PlusV2's s and the file's LoRA
 EMBEDS_SCALING = ("embeds_scaling", "V only")
 
 # The port's nodes that the converter reads: their INPUT_TYPES at its last release (9d076a3), widgets in order.
@@ -149,7 +150,7 @@ OUR_NODES = {
     ),
     APPLY: NodeShape(
         (("model", "MODEL"), ("ipadapter", IPADAPTER), ("embeds", EMBEDS), ("attn_mask", "MASK")),
-        (("weight", 1.0), *START_END),
+        (("weight", 1.0), *START_END, *FACEID_WIDGETS),
         (("MODEL", "MODEL"),),
     ),
     APPLY_ADVANCED: NodeShape(
@@ -161,7 +162,7 @@ OUR_NODES = {
             ("composition_embeds", EMBEDS),
         ),
         (("weight", 1.0), *START_END, ("weight_type", "linear"), EMBEDS_SCALING, ("block_weights", ""),
-         ("composition_weight", 1.0)),  # fmt: skip
+         ("composition_weight", 1.0), *FACEID_WIDGETS),  # fmt: skip
         (("MODEL", "MODEL"),),
     ),
     COMBINE: NodeShape(
