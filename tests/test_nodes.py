@@ -52,8 +52,8 @@ def run(node, **inputs):
 
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
-    from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, faceid, loader, openclip_loader
-    from decoupled_ipadapter.nodes import siglip_loader, unified_loader
+    from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, faceid, loader, noise, openclip_loader
+    from decoupled_ipadapter.nodes import prep_image, siglip_loader, train, unified_loader
 
     return {
         "load": loader.LoadIPAdapter,
@@ -71,6 +71,9 @@ def nodes(comfy_host):
         "load_insightface": faceid.LoadInsightFace,
         "encode_face": faceid.EncodeFace,
         "unified_loader_faceid": unified_loader.UnifiedLoaderFaceID,
+        "noise": noise.NoiseImage,
+        "prep_image": prep_image.PrepImage,
+        "train": train.TrainIPAdapter,
     }
 
 
