@@ -10,10 +10,15 @@ file, and the links and widget values it would save must equal the file's. Then 
 but the training workflow, whose run tests/test_workflows.py makes). A
 screenshot of each lands in tests-output/screenshots/<name>.png. A broken workflow shows that these checks fail.
 The SDXL workflows get the same checks in tests/test_workflows_sdxl.py (a server of their own).
+
+ComfyUI_IPAdapter_plus workflows (../shared/data/ipadapter-plus-workflows, skipped when absent) opened in the same page
+are offered for conversion (nodes/web/port_workflows.js): accepted, they hold this pack's nodes; declined, they stay
+as they were; a file the converter cannot map says why.
 """
 
 import importlib.metadata
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -287,10 +292,13 @@ LOAD_ANSWERING = """async ([workflow, name, accept]) => {
 def test_port_workflows_are_offered_converted_in_the_editor_and_run(page_on_server):
     """Each shared port workflow the converter maps, opened one after another in one page: the editor asks, the
     answer yes gives this pack's nodes and no missing node the file did not already miss (a third pack's), the
-    front-end's prompt uses only them, and a file of core nodes and ours runs on the SD1.5 stand-ins."""
+    front-end's prompt uses only them, and a file of core nodes and ours runs on the SD1.5 stand-ins: once, in the
+    pass on the host's own front-end (the newest front-end's pass converts and checks the graphs; the prompts the
+    runs would send are the backend's business, the same in both passes)."""
     from port_workflows.rules import is_port_node
 
     server, page = page_on_server
+    run_them = not os.environ.get("COMFYUI_FRONT_END_ROOT")  # scripts/with_host.sh --frontend sets it
     registered = set(server.client.object_info())
     pictures = sorted(name for name in input_files() if name.endswith(".png"))
     ran = []
@@ -304,13 +312,13 @@ def test_port_workflows_are_offered_converted_in_the_editor_and_run(page_on_serv
         assert not [kind for kind in seen["types"] if is_port_node(kind)], (path.name, seen["types"])
         assert set(seen["unregistered"]) <= third_party, (path.name, seen["unregistered"])
         assert any(kind.startswith("DecoupledIPAdapter") for kind in seen["types"]), path.name
-        if third_party:
+        if third_party or not run_them:
             continue
         prompt = _on_sd15_standins(seen["output"], pictures)
         entry = run_prompt(server, prompt)
         assert entry["status"]["status_str"] == "success", (path.name, entry["status"])
         ran.append(path.name)
-    assert ran, "no shared port workflow of core nodes ran"
+    assert ran or not run_them, "no shared port workflow of core nodes ran"
 
 
 @needs_port_workflows
