@@ -36,6 +36,11 @@ def _named_values(node_type: str, saved) -> dict:
     return {name: saved[index] if index < len(saved) else default for index, (name, default) in enumerate(shape.widgets)}
 
 
+def _is_api_link(value) -> bool:
+    """An API-format input that is a link: [origin id, output slot]."""
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+
+
 def _links_of(workflow: dict) -> list[dict]:
     return [link if isinstance(link, dict) else dict(zip(LINK_FIELDS, link)) for link in workflow.get("links") or []]
 
@@ -66,7 +71,7 @@ def read_api(workflow: dict) -> Graph:
         types[node_id] = node["class_type"]
         linked, plain = {}, {}
         for name, value in node.get("inputs", {}).items():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+            if _is_api_link(value):
                 linked[name] = Source(str(value[0]), value[1])
             else:
                 plain[name] = value
@@ -79,8 +84,9 @@ def read_api(workflow: dict) -> Graph:
     return Graph(types, inputs, values)
 
 
-def _made_ids(done: dict, first_free: int, *, as_text: bool) -> dict:
-    """(port id, key) -> id: the first node of each replacement keeps the port node's id, the others get new ones."""
+def _made_ids(done: dict, first_free: int) -> dict:
+    """(port id, key) -> id (text): the first node of each replacement keeps the port node's id, the others get new
+    ones from `first_free` on."""
     ids, next_id = {}, first_free
     for port_id, replacement in done.items():
         for index, new in enumerate(replacement.nodes):
@@ -89,7 +95,7 @@ def _made_ids(done: dict, first_free: int, *, as_text: bool) -> dict:
             else:
                 ids[(port_id, new.key)] = str(next_id)
                 next_id += 1
-    return {key: (value if as_text else int(value)) for key, value in ids.items()}
+    return ids
 
 
 def _refused_line(refused: dict) -> str:
@@ -119,8 +125,9 @@ def _node_height(node_type: str) -> int:
 
 
 def _place(port_node: dict, index: int, made_types: list[str]) -> list:
-    x, y = (port_node.get("pos") or [0, 0])[:2] if isinstance(port_node.get("pos"), list) else (
-        port_node["pos"]["0"], port_node["pos"]["1"])  # fmt: skip
+    """Where the index-th node replacing `port_node` goes: at its place, the later ones below the earlier ones."""
+    pos = port_node.get("pos") or [0, 0]
+    x, y = (pos["0"], pos["1"]) if isinstance(pos, dict) else pos[:2]  # older saves: {"0": x, "1": y}
     below = sum(_node_height(node_type) + EXTRA_NODE_OFFSET for node_type in made_types[:index])
     return [x, y + below]
 
@@ -134,26 +141,26 @@ def convert_editor(workflow: dict) -> tuple[dict, list[str]]:
         return copy.deepcopy(workflow), []
     nodes_by_id = {str(node["id"]): node for node in workflow["nodes"]}
     last_node_id = max([workflow.get("last_node_id") or 0, *(int(node_id) for node_id in nodes_by_id)])
-    made_ids = _made_ids(done, last_node_id + 1, as_text=True)
+    made_ids = _made_ids(done, last_node_id + 1)
     resolve = Resolver(done, made_ids)
+
+    made_types = {made_ids[(port_id, new.key)]: new.type for port_id, r in done.items() for new in r.nodes}
 
     def output_type(origin: tuple[str, int]) -> str:
         node_id, slot = origin
-        made_type = made_types.get(node_id)
-        if made_type is not None:
-            return our_output_type(made_type, slot)
+        if node_id in made_types:
+            return our_output_type(made_types[node_id], slot)
         return nodes_by_id[node_id]["outputs"][slot]["type"]
 
-    made_types = {made_ids[(port_id, new.key)]: new.type for port_id, r in done.items() for new in r.nodes}
     links = []  # [id, origin, origin_slot, target, target_slot, type]
-    kept_inputs = {}  # (node id, input index) -> link id or None
+    emptied_inputs = set()  # (node id, input index) of kept nodes whose origin now gives nothing
     for link in _links_of(workflow):
         target = str(link["target_id"])
         if target in done:
             continue
         origin = resolve(Source(str(link["origin_id"]), link["origin_slot"]))
         if origin is None:
-            kept_inputs[(target, link["target_slot"])] = None
+            emptied_inputs.add((target, link["target_slot"]))
             continue
         link_type = link["type"] if str(link["origin_id"]) not in done else output_type(origin)
         links.append([link["id"], origin[0], origin[1], target, link["target_slot"], link_type])
@@ -166,21 +173,17 @@ def convert_editor(workflow: dict) -> tuple[dict, list[str]]:
         for index, new in enumerate(replacement.nodes):
             node_id = made_ids[(port_id, new.key)]
             shape = OUR_NODES[new.type]
-            entries = []
-            for name, socket_type in shape.sockets:
-                entries.append({"name": name, "type": socket_type, "link": None})
-            for name, _ in shape.widgets:
-                if name in new.sources:
-                    entries.append({"name": name, "type": None, "link": None, "widget": {"name": name}})
-            entries = [entry for entry in entries if "widget" not in entry or resolve(new.sources[entry["name"]])]
+            origins = {name: resolve(source) for name, source in new.sources.items()}
+            # the sockets, linked or not, then the widgets that take a link (typed by what feeds them)
+            entries = [{"name": name, "type": socket_type, "link": None} for name, socket_type in shape.sockets]
+            entries += [{"name": name, "type": output_type(origins[name]), "link": None, "widget": {"name": name}}
+                        for name, _ in shape.widgets if origins.get(name) is not None]  # fmt: skip
             for slot, entry in enumerate(entries):
-                origin = resolve(new.sources.get(entry["name"]))
+                origin = origins.get(entry["name"])
                 if origin is None:
                     continue
-                link_type = output_type(origin)
                 entry["link"] = next_link
-                entry["type"] = entry["type"] or link_type
-                links.append([next_link, origin[0], origin[1], node_id, slot, link_type])
+                links.append([next_link, origin[0], origin[1], node_id, slot, output_type(origin)])
                 next_link += 1
             node = {
                 "id": int(node_id),
@@ -207,10 +210,10 @@ def convert_editor(workflow: dict) -> tuple[dict, list[str]]:
     for node in out["nodes"]:
         node_id = str(node["id"])
         if node_id in done:
-            nodes.extend(new_nodes[made_id] for (port_id, _), made_id in made_ids.items() if port_id == node_id)
+            nodes.extend(new_nodes[made_ids[(node_id, new.key)]] for new in done[node_id].nodes)
             continue
         for index, entry in enumerate(node.get("inputs") or []):
-            if (node_id, index) in kept_inputs:
+            if (node_id, index) in emptied_inputs:
                 entry["link"] = None
         nodes.append(node)
     by_id = {str(node["id"]): node for node in nodes}
@@ -240,15 +243,13 @@ def convert_api(workflow: dict) -> tuple[dict, list[str]]:
     if not done:
         return copy.deepcopy(workflow), []
     numeric = [int(node_id) for node_id in workflow if node_id.isdigit()]
-    made_ids = _made_ids(done, max(numeric, default=0) + 1, as_text=True)
+    made_ids = _made_ids(done, max(numeric, default=0) + 1)
     resolve = Resolver(done, made_ids)
     out = {}
     for node_id, node in workflow.items():
         if node_id in done:
-            for (port_id, key), made_id in made_ids.items():
-                if port_id != node_id:
-                    continue
-                new = next(new for new in done[port_id].nodes if new.key == key)
+            for new in done[node_id].nodes:
+                made_id = made_ids[(node_id, new.key)]
                 inputs = dict(zip((name for name, _ in OUR_NODES[new.type].widgets), our_widget_values(new, editor=False)))
                 for name, source in new.sources.items():
                     origin = resolve(source)
@@ -258,7 +259,7 @@ def convert_api(workflow: dict) -> tuple[dict, list[str]]:
             continue
         kept = copy.deepcopy(node)
         for name, value in node.get("inputs", {}).items():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int) and str(value[0]) in done:
+            if _is_api_link(value) and str(value[0]) in done:
                 origin = resolve(Source(str(value[0]), value[1]))
                 if origin is None:
                     del kept["inputs"][name]

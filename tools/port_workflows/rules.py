@@ -110,10 +110,6 @@ class Graph:
             source = next(iter(inputs.values()), None)
         return source
 
-    def consumers(self, node_id: str) -> list[tuple[str, str]]:
-        return [(target, name) for target, inputs in self._inputs.items() for name, source in inputs.items()
-                if source.node == node_id]  # fmt: skip
-
     def model_file(self, source: Source | None) -> str | None:
         """The checkpoint or diffusion model file a MODEL comes from, followed back through the nodes that pass a
         model on (LoRA loaders, model patches, the port's nodes)."""
