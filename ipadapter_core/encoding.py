@@ -10,6 +10,10 @@ Two ways to make a picture that is not square fit the encoder's square input (`c
   normalisation mean: (0.481, 0.458, 0.408) for CLIP), then the same preprocessing. That colour normalises to
   zero (to within ComfyUI's rounding to 8 bits), the pixel value the reference itself uses for "no image" (its unconditional input for plus adapters), so the
   padding adds as little as a colour can; black or white bars would read as part of the picture.
+
+The enhancer (`enhance_tiles` > 1, enhancer.py) also reads each picture in tiles: with `center` the picture as it is
+is cut (each tile then centre-cropped, the port's way), with `pad` the padded square. The negative image is read
+whole, as in the port. `weight` scales the positive embeds after that; the negative keeps its size.
 """
 
 from collections.abc import Callable, Sequence
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from .embeds import ImagePromptEmbeds, encoder_of_width, make_embeds
+from .enhancer import check_enhancer_fits, merge_tiles, mix_with_whole, split_into_tiles
 from .encoders import ENCODER_FILES, FACE_EMBEDDING, IMAGE_EMBEDS, PENULTIMATE, SIGLIP, SIGLIP_POOLED, EncoderReadingSpec
 from .errors import IPAdapterError
 from .face_analysis import FaceAnalyser, find_faces
@@ -120,6 +125,30 @@ def encode_images(
     return torch.cat(encoded)
 
 
+def encode_enhanced(
+    clip_vision,
+    images: torch.Tensor,
+    *,
+    clip_output: str,
+    crop: str,
+    tiles: int,
+    ratio: float,
+    after_batch: Callable[[int], None],
+) -> torch.Tensor:
+    """encode_images' output mixed with the pictures' tiles' merged reading (enhancer.py); tiles = 1: encode_images'
+    output as it is. `[B, H, W, C]` -> `[B, …]`, or `[2, …]` for one picture."""
+    whole = encode_images(clip_vision, images, clip_output=clip_output, crop=crop, after_batch=after_batch)
+    if tiles == 1:
+        return whole
+    pictures = images[:, :, :, :3]  # [B, H, W, 3]
+    if crop == "pad":
+        pictures = pad_to_square(pictures, fill=clip_vision.image_mean)  # [B, S, S, 3]
+    tile_pictures = split_into_tiles(pictures, tiles=tiles)  # [B·tiles², h, w, 3]
+    tile_outputs = encode_images(clip_vision, tile_pictures, clip_output=clip_output, after_batch=after_batch)
+    merged = merge_tiles(tile_outputs, tiles=tiles, clip_output=clip_output)  # [B, …]
+    return mix_with_whole(whole, merged, ratio=ratio)
+
+
 def clip_vision_output(clip_vision, pictures: torch.Tensor, *, clip_output: str) -> torch.Tensor:
     """ComfyUI's encoding of `[b, H, W, 3]` pictures: its centre-cropped `clip_output`, or for SIGLIP_POOLED the
     pooling head on the tokens of the whole picture resized to the encoder's square (the reference's way)."""
@@ -143,21 +172,35 @@ def unconditional_output(clip_vision, positive: torch.Tensor, *, clip_output: st
 
 
 def encode_image_prompt(
-    clip_vision, spec: EncoderReadingSpec, source: str, images, negative_images, *, crop: str = "center", after_batch
+    clip_vision,
+    spec: EncoderReadingSpec,
+    source: str,
+    images,
+    negative_images,
+    *,
+    crop: str = "center",
+    weight: float = 1.0,
+    enhance_tiles: int = 1,
+    enhance_ratio: float = 1.0,
+    after_batch,
 ) -> ImagePromptEmbeds:
+    """The image prompt of `images` for an adapter: `weight` times their (enhanced, see encode_enhanced) encoding, and
+    the negative: `negative_images` encoded whole, else the adapter's own unconditional embedding."""
     if getattr(spec, "face_embedding", ""):
         raise IPAdapterError(
             f"'{source}' ({spec.variant}) is an IP-Adapter FaceID file: it reads InsightFace face embeddings, not CLIP "
             "image embeds. Use IPAdapter Encode Face (with Load InsightFace) instead of IPAdapter Encode Image."
         )
     check_encoder_fits(clip_vision, spec, source)
+    check_enhancer_fits(spec, source, tiles=enhance_tiles, ratio=enhance_ratio)
     if negative_images is None and spec.black_negative_image:
         size = clip_vision.image_size
         negative_images = torch.zeros(1, size, size, 3)  # [1, S, S, 3]: a black picture, the reference's negative
     reading = dict(clip_output=spec.clip_output, crop=crop, after_batch=after_batch)
-    positive = encode_images(clip_vision, images, **reading)
+    encoded = encode_enhanced(clip_vision, images, tiles=enhance_tiles, ratio=enhance_ratio, **reading)
+    positive = encoded * weight
     if negative_images is None and spec.negative_is_positive:
-        negative = positive  # no unconditional image: every batch row reads the image prompt
+        negative = positive  # no unconditional image: every batch row reads the (weighted) image prompt
     elif negative_images is None and spec.zero_negative_embeds:
         negative = torch.zeros_like(positive[:1])  # the reference's negative: zero hidden states, not an encoded picture
     elif negative_images is None:
