@@ -217,6 +217,22 @@ def test_weight_scales_the_positive_not_the_negative(encode, output):
     assert torch.equal(encode(output, images, enhance_tiles=2, enhance_ratio=0.5, weight=2.5).positive, enhanced.positive * 2.5)
 
 
+def test_weight_scales_a_negative_that_is_the_image_itself(tmp_path):
+    """InstantX FLUX.1-dev has no unconditional pass: every row reads the image, weighted alike (a stand-in spec with
+    that flag, on SigLIP's hidden states, spares the pooling head)."""
+    from decoupled_ipadapter.ipadapter_core.encoding import encode_image_prompt
+
+    spec = SimpleNamespace(variant="instantx-flux", image_encoder="SigLIP", clip_output=PENULTIMATE, embedding_dim=1152,
+                           black_negative_image=False, zero_negative_embeds=False, negative_is_positive=True)  # fmt: skip
+    siglip, images = tiny_siglip_vision(tmp_path), pictures(1, seed=20)
+    with torch.inference_mode():
+        plain, weighted = (
+            encode_image_prompt(siglip, spec, "ip-adapter.bin", images, None, weight=weight, after_batch=lambda count: None)
+            for weight in (1.0, 0.5)
+        )
+    assert torch.equal(weighted.positive, plain.positive * 0.5) and torch.equal(weighted.negative, weighted.positive)
+
+
 def test_combine_average_of_weighted_references_is_their_weighted_mean(encode):
     from decoupled_ipadapter.nodes.combine import CombineEmbeds
 
