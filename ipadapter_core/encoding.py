@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .embeds import ImagePromptEmbeds, encoder_of_width, make_embeds
-from .enhancer import check_enhancer_fits, merge_tiles, mix_with_whole, split_into_tiles
 from .encoders import ENCODER_FILES, FACE_EMBEDDING, IMAGE_EMBEDS, PENULTIMATE, SIGLIP, SIGLIP_POOLED, EncoderReadingSpec
+from .enhancer import check_enhancer_fits, merge_tiles, mix_with_whole, split_into_tiles
 from .errors import IPAdapterError
 from .face_analysis import FaceAnalyser, find_faces
 from .siglip_pooling import LOADER_NAME, SIGLIP_WITH_HEAD_FILE, pooled_output
