@@ -180,3 +180,41 @@ def test_the_nodes_run_and_name_themselves(comfy_host):
         Weights.execute(**{**settings, "start_frame": 3})
     with pytest.raises(IPAdapterError, match="^IPAdapter Weights From Strategy: method 'shift batches'"):
         WeightsFromStrategy.execute(weights_strategy=made, image=references(1))
+
+
+@pytest.mark.host
+def test_comfyui_reports_the_missing_image_to_the_node_that_reads_it(comfy_host, monkeypatch):
+    """In ComfyUI's executor: a Preview Image on image_1 without references is stopped with our message, while the
+    weights list goes on to its readers."""
+    import execution
+    import nodes
+
+    from decoupled_ipadapter.nodes.frame_weights import CombineWeights, Weights
+
+    for node in (Weights, CombineWeights):
+        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, node.define_schema().node_id, node)
+
+    class Messages:
+        client_id = last_node_id = last_prompt_id = None
+
+        def __init__(self):
+            self.sent = []
+
+        def send_sync(self, event, data, client_id=None):
+            self.sent.append((event, data))
+
+    settings = dict(weights="1, 0", timing="linear", frames=3, start_frame=0, end_frame=9999, add_starting_frames=0,
+                    add_ending_frames=0, method="full batch")  # fmt: skip
+    prompt = {
+        "1": {"class_type": "DecoupledIPAdapterWeights", "inputs": settings},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 3]}},
+        "3": {"class_type": "DecoupledIPAdapterCombineWeights", "inputs": {"weights_1": ["1", 0], "weights_2": ["1", 1]}},
+        "4": {"class_type": "PrimitiveInt", "inputs": {"value": ["3", 1]}},
+    }
+    server = Messages()
+    execution.PromptExecutor(server, cache_args={"lru": 0, "ram": 0}).execute(prompt, "weights", {"client_id": "test"}, ["2", "4"])
+    errors = [data for event, data in server.sent if event == "execution_error"]
+    assert [(error["node_id"], error["exception_message"]) for error in errors] == [
+        ("2", "Execution Blocked: IPAdapter Weights has no image connected: connect the references to its image input.")
+    ]
+    assert {data["node"] for event, data in server.sent if event == "executing"} >= {"1", "3", "4"}
