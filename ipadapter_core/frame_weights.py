@@ -156,8 +156,8 @@ def plan_frames(strategy: WeightsStrategy, image_count: int | None) -> FramePlan
     if image_count == 0:
         raise IPAdapterError("image is an empty batch; connect one or more images, or leave it unconnected.")
     segments = _segments(strategy.method, image_count, cycle)
-    weights = [weight for _, _, segment_weights in segments for weight in segment_weights]
-    first = [image for image, _, segment_weights in segments for _ in segment_weights]
+    weights = [weight for _, _, part in segments for weight in part]
+    first = [image for image, _, part in segments for _ in part]
     second = None if strategy.method == FULL_BATCH else [image for _, image, part in segments for _ in part]
     before, after = strategy.add_starting_frames, strategy.add_ending_frames
     weights = [weights[0]] * before + weights + [weights[-1]] * after
