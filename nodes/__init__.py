@@ -8,6 +8,7 @@ from .combine import CombineEmbeds
 from .embeds_files import LoadEmbeds, SaveEmbeds
 from .encode import EncodeImage
 from .faceid import EncodeFace, LoadInsightFace
+from .frame_weights import CombineWeights, PromptScheduleFromWeightsStrategy, Weights, WeightsFromStrategy
 from .loader import LoadIPAdapter, register_model_folder
 from .noise import NoiseImage
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
@@ -35,6 +36,10 @@ NODES = [
     NoiseImage,
     PrepImage,
     TrainIPAdapter,
+    Weights,
+    WeightsFromStrategy,
+    PromptScheduleFromWeightsStrategy,
+    CombineWeights,
 ]
 
 

@@ -52,8 +52,8 @@ def run(node, **inputs):
 
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
-    from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, faceid, loader, noise, openclip_loader
-    from decoupled_ipadapter.nodes import prep_image, siglip_loader, train, unified_loader
+    from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, faceid, frame_weights, loader, noise
+    from decoupled_ipadapter.nodes import openclip_loader, prep_image, siglip_loader, train, unified_loader
 
     return {
         "load": loader.LoadIPAdapter,
@@ -74,6 +74,10 @@ def nodes(comfy_host):
         "noise": noise.NoiseImage,
         "prep_image": prep_image.PrepImage,
         "train": train.TrainIPAdapter,
+        "weights": frame_weights.Weights,
+        "weights_from_strategy": frame_weights.WeightsFromStrategy,
+        "prompt_schedule_from_weights_strategy": frame_weights.PromptScheduleFromWeightsStrategy,
+        "combine_weights": frame_weights.CombineWeights,
     }
 
 
