@@ -103,10 +103,9 @@ def read_port_embeds_tensor(path: str) -> torch.Tensor:
     return content
 
 
-def read_port_embeds_file(path: str, *, clip_vision=None, clip_vision_input: str = "clip_vision") -> ImagePromptEmbeds:
+def read_port_embeds_file(path: str, *, clip_vision=None) -> ImagePromptEmbeds:
     """A port `.ipadpt` file as embeds: its tensor is the positive; the negative is zeros (image embeds) or
-    `clip_vision`'s output on an all-zero normalised picture (hidden states; `clip_vision_input` names the input that
-    must give it)."""
+    `clip_vision`'s output on an all-zero normalised picture (hidden states: refused without `clip_vision`)."""
     name = os.path.basename(path)
     positive = read_port_embeds_tensor(path)  # [N, E] or [N, S, E]
     clip_output = CLIP_OUTPUT_OF_PORT_RANK[positive.dim()]
@@ -117,13 +116,13 @@ def read_port_embeds_file(path: str, *, clip_vision=None, clip_vision_input: str
             raise IPAdapterError(
                 f"'{name}' holds penultimate hidden states {list(positive.shape)}: their negative is the image encoder's "
                 f"output on an empty picture. Connect the CLIP vision model that encoded them (for the plus adapters "
-                f"{ENCODER_FILES[VIT_H]}, with CLIPVisionLoader) to {clip_vision_input}."
+                f"{ENCODER_FILES[VIT_H]}, with CLIPVisionLoader) to clip_vision."
             )
         negative = unconditional_output(clip_vision, positive, clip_output=clip_output)  # [1, S', E']
         if negative.shape[1:] != positive.shape[1:]:
             raise IPAdapterError(
                 f"'{name}' holds hidden states of {positive.shape[1]} tokens of width {positive.shape[2]}, but the CLIP "
-                f"vision model connected to {clip_vision_input} gives {negative.shape[1]} of width {negative.shape[2]}. "
+                f"vision model connected to clip_vision gives {negative.shape[1]} of width {negative.shape[2]}. "
                 "Connect the one that encoded them."
             )
     return make_embeds(positive, negative, clip_output=clip_output)

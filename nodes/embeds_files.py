@@ -85,7 +85,10 @@ def _is_port_file(name: str) -> bool:
 def _check_embeds_file(name: str) -> None:
     """The cheap check before a prompt runs: our file's header, or the port file's one tensor."""
     path = embeds_file_path(name)
-    read_port_embeds_tensor(path) if _is_port_file(name) else read_embeds_metadata(path)
+    if _is_port_file(name):
+        read_port_embeds_tensor(path)
+    else:
+        read_embeds_metadata(path)
 
 
 class SaveEmbeds(io.ComfyNode):

@@ -3,7 +3,10 @@
 Saved embeds come back bit for bit (both CLIP outputs, fp32 and fp16, with their provenance); files are counted as
 SaveImage counts them; a file that is not our embeds (another safetensors file, garbage, empty, damaged, a newer
 format, a path out of the input folder) is refused at queue time (validate_inputs) and when run, naming the file;
-loaded embeds given to an adapter they do not fit get Apply's usual error.
+loaded embeds given to an adapter they do not fit get Apply's usual error. The port's .ipadpt files (one torch.save'd
+tensor) are listed anywhere under the input folder and load with the reference's negative (zeros, or the connected
+encoder on zero pixels); a code-carrying pickle is refused unrun, and anything but one float tensor of rank 2 or 3
+is refused naming the file.
 """
 
 import json
