@@ -4,6 +4,12 @@ The file holds two tensors, `positive` and `negative` (the ImagePromptEmbeds ten
 same values, so a round trip is bit-exact; FaceID Plus embeds add `face_positive` and `face_negative`), and string metadata: `decoupled_ipadapter_embeds` (the format version),
 `clip_output`, `adapter_variant` and `image_encoder` (where they came from; empty when unknown). Writers may add
 more metadata (ComfyUI's `prompt` and `workflow`); readers ignore it. A file without our format key is refused.
+
+The port's (ComfyUI_IPAdapter_plus) `.ipadpt` files are read too: `torch.save` of ONE tensor, a positive or a negative
+embedding without metadata, `[N, E]` image embeds or `[N, S, E]` penultimate hidden states. They are read as weights
+only (a pickle that carries code is refused, never run); the tensor is the positive, and the negative is the
+reference's: zeros for image embeds, the image encoder's output on an all-zero normalised picture for hidden states
+(so those need the encoder). Where they came from is unknown (adapter_variant and image_encoder empty).
 """
 
 import os
@@ -11,9 +17,11 @@ import os
 import safetensors
 import torch
 
-from .encoders import FACE_EMBEDDING, IMAGE_EMBEDS, PENULTIMATE, SIGLIP_POOLED
+from .encoders import ENCODER_FILES, FACE_EMBEDDING, IMAGE_EMBEDS, PENULTIMATE, SIGLIP_POOLED, VIT_H
 from .embeds import ImagePromptEmbeds, make_embeds
+from .encoding import unconditional_output
 from .errors import IPAdapterError
+from .formats import WeightsFileKind, read_pickle
 
 FORMAT_KEY = "decoupled_ipadapter_embeds"
 FORMAT_VERSION = 1
@@ -21,6 +29,14 @@ TENSOR_NAMES = ("positive", "negative")
 FACE_TENSOR_NAMES = ("face_positive", "face_negative")  # FaceID Plus only
 CLIP_OUTPUTS = (IMAGE_EMBEDS, PENULTIMATE, SIGLIP_POOLED, FACE_EMBEDDING)
 SAVE_HINT = "Save embeds with IPAdapter Save Embeds and put the file in ComfyUI's input folder."
+PORT_EXTENSION = ".ipadpt"
+PORT_EMBEDS_FILE = WeightsFileKind(
+    label="Embeds file",
+    where_to_put="Put it in ComfyUI's input folder.",
+    what_to_use="Encode the reference again with IPAdapter Encode Image and save it with IPAdapter Save Embeds.",
+    when_damaged="save the embeds again",
+)
+CLIP_OUTPUT_OF_PORT_RANK = {2: IMAGE_EMBEDS, 3: PENULTIMATE}
 
 
 def embeds_file_content(embeds: ImagePromptEmbeds) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -68,13 +84,62 @@ def read_embeds_file(path: str) -> ImagePromptEmbeds:
         raise IPAdapterError(f"'{name}' holds embeds that do not fit together: {error}") from error
 
 
-def _opened(path: str):
-    """`safetensors.safe_open` (a context manager), with a missing, empty or unreadable file refused in our words."""
+def read_port_embeds_tensor(path: str) -> torch.Tensor:
+    """The one tensor of a port `.ipadpt` file, `[N, E]` or `[N, S, E]`, read as weights only; anything else is
+    refused, naming the file."""
+    name = os.path.basename(path)
+    _check_present(path)
+    content = read_pickle(path, kind=PORT_EMBEDS_FILE)
+    if not isinstance(content, torch.Tensor):
+        raise IPAdapterError(
+            f"'{name}' holds a {type(content).__name__}, not the one tensor ComfyUI_IPAdapter_plus's IPAdapter Save Embeds "
+            f"writes: it is not an embeds file. {PORT_EMBEDS_FILE.what_to_use}"
+        )
+    if not content.is_floating_point() or content.dim() not in CLIP_OUTPUT_OF_PORT_RANK or content.numel() == 0:
+        raise IPAdapterError(
+            f"'{name}' holds a {content.dtype} tensor of shape {list(content.shape)}; port embeds are floating point, "
+            f"[images, width] image embeds or [images, tokens, width] hidden states. {PORT_EMBEDS_FILE.what_to_use}"
+        )
+    return content
+
+
+def read_port_embeds_file(path: str, *, clip_vision=None) -> ImagePromptEmbeds:
+    """A port `.ipadpt` file as embeds: its tensor is the positive; the negative is zeros (image embeds) or
+    `clip_vision`'s output on an all-zero normalised picture (hidden states: refused without `clip_vision`)."""
+    name = os.path.basename(path)
+    positive = read_port_embeds_tensor(path)  # [N, E] or [N, S, E]
+    clip_output = CLIP_OUTPUT_OF_PORT_RANK[positive.dim()]
+    if clip_output == IMAGE_EMBEDS:
+        negative = torch.zeros_like(positive[:1])  # [1, E]
+    else:
+        if clip_vision is None:
+            raise IPAdapterError(
+                f"'{name}' holds penultimate hidden states {list(positive.shape)}: their negative is the image encoder's "
+                f"output on an empty picture. Connect the CLIP vision model that encoded them (for the plus adapters "
+                f"{ENCODER_FILES[VIT_H]}, with CLIPVisionLoader) to clip_vision."
+            )
+        negative = unconditional_output(clip_vision, positive, clip_output=clip_output)  # [1, S', E']
+        if negative.shape[1:] != positive.shape[1:]:
+            raise IPAdapterError(
+                f"'{name}' holds hidden states of {positive.shape[1]} tokens of width {positive.shape[2]}, but the CLIP "
+                f"vision model connected to clip_vision gives {negative.shape[1]} of width {negative.shape[2]}. "
+                "Connect the one that encoded them."
+            )
+    return make_embeds(positive, negative, clip_output=clip_output)
+
+
+def _check_present(path: str) -> None:
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise IPAdapterError(f"Embeds file '{name}' does not exist ({path}). {SAVE_HINT}")
     if os.path.getsize(path) == 0:
         raise IPAdapterError(f"Embeds file '{name}' is empty (0 bytes). {SAVE_HINT}")
+
+
+def _opened(path: str):
+    """`safetensors.safe_open` (a context manager), with a missing, empty or unreadable file refused in our words."""
+    name = os.path.basename(path)
+    _check_present(path)
     try:
         return safetensors.safe_open(path, framework="pt", device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as error:

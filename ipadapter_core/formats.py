@@ -36,6 +36,7 @@ class WeightsFileKind:
     label: str  # "IP-Adapter file"
     where_to_put: str  # "Put the file in ComfyUI's models/ipadapter folder."
     what_to_use: str  # which files to use instead of an unknown extension or a code-carrying pickle
+    when_damaged: str = "download it again"  # what to do about a truncated or damaged file
 
 
 IPADAPTER_FILE = WeightsFileKind(
@@ -68,7 +69,7 @@ def read_weights_file(path: str, *, kind: WeightsFileKind):
     if path.lower().endswith(SAFETENSORS_SUFFIXES):
         return _read_safetensors(path, name, kind)
     if path.lower().endswith(PICKLE_SUFFIXES):
-        return _read_pickle(path, name, kind)
+        return read_pickle(path, kind=kind)
     raise IPAdapterError(f"{kind.label} '{name}' has an unknown extension. {kind.what_to_use}")
 
 
@@ -121,11 +122,14 @@ def _read_safetensors(path: str, name: str, kind: WeightsFileKind) -> StateDict:
     except (safetensors.SafetensorError, OSError, ValueError) as error:
         raise IPAdapterError(
             f"{kind.label} '{name}' cannot be read as safetensors ({error}). "
-            "It is probably truncated or damaged: download it again."
+            f"It is probably truncated or damaged: {kind.when_damaged}."
         ) from error
 
 
-def _read_pickle(path: str, name: str, kind: WeightsFileKind):
+def read_pickle(path: str, *, kind: WeightsFileKind):
+    """Whatever a torch pickle holds, read with weights_only=True (a pickle that carries code is refused, never run);
+    an unreadable file raises IPAdapterError in `kind`'s words."""
+    name = os.path.basename(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -135,5 +139,5 @@ def _read_pickle(path: str, name: str, kind: WeightsFileKind):
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise IPAdapterError(
-            f"{kind.label} '{name}' cannot be read ({error}). It is probably truncated or damaged: download it again."
+            f"{kind.label} '{name}' cannot be read ({error}). It is probably truncated or damaged: {kind.when_damaged}."
         ) from error

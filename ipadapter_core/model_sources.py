@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 H94 = "https://huggingface.co/h94/IP-Adapter/resolve/main"
 H94_FACEID = "https://huggingface.co/h94/IP-Adapter-FaceID/resolve/main"
+OSTRIS_COMPOSITION = "https://huggingface.co/ostris/ip-composition-adapter/resolve/main"
+COMPOSITION_FILES = ("ip_plus_composition_sd15.safetensors", "ip_plus_composition_sdxl.safetensors")
 FACEID_FILES = (
     "ip-adapter-faceid_sd15.bin",
     "ip-adapter-faceid-plus_sd15.bin",
@@ -87,6 +89,14 @@ MODEL_SOURCES = (
             "ip-adapter-plus_sdxl_vit-h.safetensors",
             "ip-adapter-plus-face_sdxl_vit-h.safetensors",
         )
+    ),
+    *(
+        ModelSource(
+            "ipadapter", name, f"{OSTRIS_COMPOSITION}/{name}",
+            "[ostris/ip-composition-adapter](https://huggingface.co/ostris/ip-composition-adapter) (community: "
+            "the composition of the picture, not its style or content; plus format, ViT-H)",
+        )
+        for name in COMPOSITION_FILES
     ),
     ModelSource(
         "clip_vision", "clip_vision_l.safetensors",

@@ -1,5 +1,6 @@
-"""The Unified Loader's presets: every supported official adapter file with the image encoder it needs, where each
-file goes, where to download it, and the names it is found by. Pure data and pure lookups (no ComfyUI).
+"""The Unified Loader's presets: every supported official adapter file (and ostris's community composition adapters)
+with the image encoder it needs, where each file goes, where to download it, and the names it is found by. Pure data
+and pure lookups (no ComfyUI).
 
 A file is found by its official name and by the names users commonly give it (the README tables of the IP-Adapter
 packs rename h94's `image_encoder/model.safetensors` to CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors or
@@ -107,6 +108,18 @@ PRESETS = {
             _adapter("ip-adapter-plus-face_sdxl_vit-h.safetensors"),
             VIT_H_FILE,
             ("ip-adapter-plus-face_sdxl_vit-h",),
+        ),
+        Preset(
+            "SD1.5 composition (community)",
+            _adapter("ip_plus_composition_sd15.safetensors"),
+            VIT_H_FILE,
+            ("ip_plus_composition_sd15",),
+        ),
+        Preset(
+            "SDXL composition (community)",
+            _adapter("ip_plus_composition_sdxl.safetensors"),
+            VIT_H_FILE,
+            ("ip_plus_composition_sdxl",),
         ),
     )
 }

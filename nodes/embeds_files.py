@@ -1,5 +1,6 @@
 """IPAdapter Save Embeds / Load Embeds: image-prompt embeds as .safetensors files, saved to ComfyUI's output folder
-and loaded from its input folder (the format: ipadapter_core/embeds_file.py)."""
+and loaded from its input folder (the format: ipadapter_core/embeds_file.py); Load Embeds also reads the `.ipadpt`
+files of ComfyUI_IPAdapter_plus."""
 
 import hashlib
 import json
@@ -10,7 +11,14 @@ import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import io
 
-from ..ipadapter_core.embeds_file import embeds_file_content, read_embeds_file, read_embeds_metadata
+from ..ipadapter_core.embeds_file import (
+    PORT_EXTENSION,
+    embeds_file_content,
+    read_embeds_file,
+    read_embeds_metadata,
+    read_port_embeds_file,
+    read_port_embeds_tensor,
+)
 from ..ipadapter_core.errors import IPAdapterError
 from .errors import errors_named_for, validation_result
 from .types import EmbedsType
@@ -54,11 +62,33 @@ def embeds_file_path(name: str) -> str:
 
 
 def _input_files() -> list[str]:
+    """Our .safetensors files in the input folder itself, and the port's .ipadpt files anywhere under it (paths
+    relative to it, as the port lists them)."""
     directory = folder_paths.get_input_directory()
     if not os.path.isdir(directory):
         return []
     names = (name for name in os.listdir(directory) if name.lower().endswith(EXTENSION))
-    return sorted(name for name in names if os.path.isfile(os.path.join(directory, name)))
+    ours = [name for name in names if os.path.isfile(os.path.join(directory, name))]
+    ports = [
+        os.path.relpath(os.path.join(folder, name), directory)
+        for folder, _, files in os.walk(directory)
+        for name in files
+        if name.lower().endswith(PORT_EXTENSION)
+    ]
+    return sorted(ours + ports)
+
+
+def _is_port_file(name: str) -> bool:
+    return name.lower().endswith(PORT_EXTENSION)
+
+
+def _check_embeds_file(name: str) -> None:
+    """The cheap check before a prompt runs: our file's header, or the port file's one tensor."""
+    path = embeds_file_path(name)
+    if _is_port_file(name):
+        read_port_embeds_tensor(path)
+    else:
+        read_embeds_metadata(path)
 
 
 class SaveEmbeds(io.ComfyNode):
@@ -104,13 +134,22 @@ class LoadEmbeds(io.ComfyNode):
             category="decoupled_ipadapter",
             description=(
                 "Loads image-prompt embeds saved by IPAdapter Save Embeds from ComfyUI's input folder, exactly as "
-                "they were saved. Apply IPAdapter checks that they fit the adapter it is given."
+                "they were saved, or a .ipadpt file of ComfyUI_IPAdapter_plus's IPAdapter Save Embeds (read as "
+                "weights only; its negative is made as the reference makes it). Apply IPAdapter checks that they fit "
+                "the adapter it is given."
             ),
             inputs=[
                 io.Combo.Input(
                     "embeds_file",
                     options=_input_files(),
-                    tooltip="A .safetensors file written by IPAdapter Save Embeds, in ComfyUI/input.",
+                    tooltip="A .safetensors file written by IPAdapter Save Embeds in ComfyUI/input, or a .ipadpt file "
+                    "of ComfyUI_IPAdapter_plus anywhere under it.",
+                ),
+                io.ClipVision.Input(
+                    "clip_vision",
+                    optional=True,
+                    tooltip="Only for a .ipadpt file of hidden states (plus adapters): the CLIP vision model that "
+                    "encoded them, which makes their negative (its output on an empty picture).",
                 ),
             ],
             outputs=[EmbedsType.Output(display_name="embeds", tooltip="The saved embeds; connect to Apply IPAdapter.")],
@@ -118,10 +157,10 @@ class LoadEmbeds(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, embeds_file=None):
-        return validation_result(embeds_file, lambda name: read_embeds_metadata(embeds_file_path(name)))
+        return validation_result(embeds_file, _check_embeds_file)
 
     @classmethod
-    def fingerprint_inputs(cls, embeds_file=None):
+    def fingerprint_inputs(cls, embeds_file=None, clip_vision=None):
         """The file's content: a changed file under the same name is loaded again."""
         if embeds_file is None:
             return None
@@ -132,6 +171,9 @@ class LoadEmbeds(io.ComfyNode):
             return embeds_file
 
     @classmethod
-    def execute(cls, embeds_file) -> io.NodeOutput:
+    def execute(cls, embeds_file, clip_vision=None) -> io.NodeOutput:
         with errors_named_for("IPAdapter Load Embeds"):
-            return io.NodeOutput(read_embeds_file(embeds_file_path(embeds_file)))
+            path = embeds_file_path(embeds_file)
+            if _is_port_file(embeds_file):
+                return io.NodeOutput(read_port_embeds_file(path, clip_vision=clip_vision))
+            return io.NodeOutput(read_embeds_file(path))

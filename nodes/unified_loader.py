@@ -60,7 +60,8 @@ class UnifiedLoader(io.ComfyNode):
             display_name="IPAdapter Unified Loader",
             category="decoupled_ipadapter",
             description=(
-                "Loads an official IP-Adapter and the image encoder it needs, found by preset in models/ipadapter "
+                "Loads an official IP-Adapter (or ostris's community composition adapter) and the image encoder it "
+                "needs, found by preset in models/ipadapter "
                 "and models/clip_vision under their official names or the usual renames "
                 "(e.g. CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors for h94's image_encoder/model.safetensors). "
                 "A missing file is reported when the prompt is queued, with its folder and download link."
@@ -72,7 +73,9 @@ class UnifiedLoader(io.ComfyNode):
                     default=PRESET_NAMES[0],
                     tooltip=(
                         "Which adapter: SD1.5 standard / light / plus / plus-face / full-face read the ViT-H encoder, "
-                        "SD1.5 ViT-G and SDXL standard read ViT-bigG, the SDXL ViT-H ones read ViT-H."
+                        "SD1.5 ViT-G and SDXL standard read ViT-bigG, the SDXL ViT-H ones read ViT-H; the "
+                        "composition (community) presets are ostris's ip_plus_composition files, plus adapters that "
+                        "carry the composition of the picture (ViT-H)."
                     ),
                 ),
             ],

@@ -3,11 +3,15 @@
 Saved embeds come back bit for bit (both CLIP outputs, fp32 and fp16, with their provenance); files are counted as
 SaveImage counts them; a file that is not our embeds (another safetensors file, garbage, empty, damaged, a newer
 format, a path out of the input folder) is refused at queue time (validate_inputs) and when run, naming the file;
-loaded embeds given to an adapter they do not fit get Apply's usual error.
+loaded embeds given to an adapter they do not fit get Apply's usual error. The port's .ipadpt files (one torch.save'd
+tensor) are listed anywhere under the input folder and load with the reference's negative (zeros, or the connected
+encoder on zero pixels); a code-carrying pickle is refused unrun, and anything but one float tensor of rank 2 or 3
+is refused naming the file.
 """
 
 import json
 import os
+import shlex
 import shutil
 
 import pytest
@@ -246,3 +250,108 @@ def test_loaded_embeds_apply_and_a_mismatched_adapter_gets_the_usual_error(nodes
                        r"ip-adapter_sd15 with ViT-H\) hold image embeds"):  # fmt: skip
         run(nodes["apply"], ipadapter=adapters["ip-adapter-full-face_sd15"], **apply)
     assert "patches_replace" not in model.model_options.get("transformer_options", {})
+
+
+# --- ComfyUI_IPAdapter_plus's .ipadpt files: torch.save of one tensor, read as weights only --------------------------
+
+
+def write_port_file(relative: str, content) -> str:
+    """`content` torch.save'd as the port's IPAdapter Save Embeds writes it, at `relative` in the input folder."""
+    import folder_paths
+
+    path = os.path.join(folder_paths.get_input_directory(), relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(content, path)
+    return relative
+
+
+@pytest.fixture(scope="module")
+def port_encoders(comfy_host, tmp_path_factory):
+    from tiny_clip_vision import tiny_clip_vision
+
+    directory = tmp_path_factory.mktemp("port_embeds_encoders")
+    return {name: tiny_clip_vision(name, directory, seed=index) for index, name in enumerate(("ViT-H", "ViT-bigG"))}
+
+
+def test_port_files_are_listed_anywhere_under_the_input_folder(nodes, folders):
+    for relative in ("refs/cats/cat_00001.ipadpt", "b.ipadpt", "Z.IPADPT"):
+        write_port_file(relative, torch.zeros(1, 8))
+    open(os.path.join(folders["input"], "a.safetensors"), "wb").close()
+    open(os.path.join(folders["input"], "refs", "nested.safetensors"), "wb").close()  # ours: the folder itself only
+    assert nodes["load"].define_schema().inputs[0].options == sorted(
+        ["Z.IPADPT", "a.safetensors", "b.ipadpt", os.path.join("refs", "cats", "cat_00001.ipadpt")]
+    )
+
+
+def test_a_port_file_of_image_embeds_loads_with_a_zero_negative(nodes, folders):
+    positive = torch.randn(2, 1024, generator=torch.Generator().manual_seed(3)).to(torch.float16)  # [N, E]
+    name = write_port_file(os.path.join("port", "ref_00001.ipadpt"), positive)
+    assert nodes["load"].validate_inputs(embeds_file=name) is True
+    (loaded,) = run(nodes["load"], embeds_file=name).result
+    assert loaded.clip_output == "image_embeds" and (loaded.adapter_variant, loaded.image_encoder) == ("", "")
+    assert loaded.positive.dtype == torch.float16 and torch.equal(loaded.positive, positive)
+    assert loaded.negative.shape == (2, 1024) and loaded.negative.dtype == torch.float16
+    assert torch.count_nonzero(loaded.negative) == 0
+
+
+def test_a_port_file_of_hidden_states_takes_its_negative_from_the_connected_encoder(nodes, folders, port_encoders):
+    from tiny_clip_vision import TOKENS
+
+    clip_vision = port_encoders["ViT-H"]
+    positive = torch.randn(3, TOKENS, 1280, generator=torch.Generator().manual_seed(4))  # [N, S, E]
+    name = write_port_file("plus_00001.ipadpt", positive)
+    (loaded,) = run(nodes["load"], embeds_file=name, clip_vision=clip_vision).result
+    assert loaded.clip_output == "penultimate_hidden_states" and torch.equal(loaded.positive, positive)
+    size = clip_vision.image_size
+    with torch.inference_mode():
+        zero_pixels = clip_vision.model(pixel_values=torch.zeros(1, 3, size, size), intermediate_output=-2)[1]  # [1, S, E]
+    assert loaded.negative.shape == positive.shape
+    for row in loaded.negative:
+        torch.testing.assert_close(row, zero_pixels[0], rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(IPAdapterError) as raised:
+        run(nodes["load"], embeds_file=name)
+    message = str(raised.value)
+    assert message.startswith("IPAdapter Load Embeds: 'plus_00001.ipadpt' holds penultimate hidden states")
+    assert "to clip_vision" in message and "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors" in message
+    with pytest.raises(IPAdapterError, match=r"'plus_00001.ipadpt' holds hidden states of 5 tokens of width 1280, but "
+                       r"the CLIP vision model connected to clip_vision gives 5 of width 1664"):  # fmt: skip
+        run(nodes["load"], embeds_file=name, clip_vision=port_encoders["ViT-bigG"])
+
+
+def test_a_port_file_that_carries_code_is_refused_and_never_run(nodes, folders, tmp_path):
+    from test_bad_inputs import RunsAShellCommand
+
+    marker = tmp_path / "code_was_run"
+    name = write_port_file("evil.ipadpt", RunsAShellCommand(f"touch {shlex.quote(str(marker))}"))
+    message = nodes["load"].validate_inputs(embeds_file=name)
+    assert isinstance(message, str) and "'evil.ipadpt' was refused: it is a pickle that carries code" in message
+    with pytest.raises(IPAdapterError, match="'evil.ipadpt' was refused: it is a pickle that carries code"):
+        run(nodes["load"], embeds_file=name)
+    assert not marker.exists(), "loading the file ran the code in its pickle"
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (torch.zeros(1024), "float32 tensor of shape [1024]"),
+        (torch.zeros(1, 1, 5, 1280), "float32 tensor of shape [1, 1, 5, 1280]"),
+        (torch.zeros(0, 1024), "float32 tensor of shape [0, 1024]"),
+        (torch.zeros(1, 1024, dtype=torch.int64), "int64 tensor"),
+        ({"positive": torch.zeros(1, 1024)}, "holds a dict, not the one tensor"),
+        ("truncated", "cannot be read"),
+    ],
+    ids=["rank-1", "rank-4", "no-images", "integers", "a-dict", "truncated"],
+)
+def test_a_port_file_that_is_not_one_float_tensor_of_rank_2_or_3_is_refused(nodes, folders, content, reason):
+    if content == "truncated":
+        path = os.path.join(folders["input"], write_port_file("wrong.ipadpt", torch.zeros(4, 1024)))
+        with open(path, "r+b") as file:
+            file.truncate(os.path.getsize(path) // 2)
+    else:
+        write_port_file("wrong.ipadpt", content)
+    message = nodes["load"].validate_inputs(embeds_file="wrong.ipadpt")
+    assert isinstance(message, str) and "'wrong.ipadpt'" in message and reason in message, message
+    with pytest.raises(IPAdapterError) as raised:
+        run(nodes["load"], embeds_file="wrong.ipadpt")
+    assert str(raised.value).startswith("IPAdapter Load Embeds: ") and reason in str(raised.value)

@@ -1,14 +1,16 @@
 """The Unified Loader's preset table and its file lookup (ipadapter_core/presets.py), without ComfyUI.
 
-The table must cover every supported official file with the right encoder and the official download, find files
-under their official names and the usual renames, never take one file for another, and say exactly what to do
-when a file is missing.
+The table must cover every supported official file with the right encoder and the official download (and ostris's
+community composition adapters, told from plus files by their names), find files under their official names and the
+usual renames, never take one file for another, and say exactly what to do when a file is missing.
 """
 
 import pytest
-from official_shapes import VARIANTS
+import torch
+from official_shapes import IMAGE_PROJ_SHAPES, VARIANTS
 
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
+from decoupled_ipadapter.ipadapter_core.unet.format import detect_spec
 from decoupled_ipadapter.ipadapter_core.presets import (
     PRESET_NAMES,
     PRESETS,
@@ -34,6 +36,12 @@ OFFICIAL = {
     "SDXL plus ViT-H": ("sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors", "ViT-H"),
     "SDXL plus-face ViT-H": ("sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors", "ViT-H"),
 }
+# ostris/ip-composition-adapter: plus-format files (the plus files' keys and shapes) that read ViT-H's hidden states.
+OSTRIS = "https://huggingface.co/ostris/ip-composition-adapter/resolve/main/"
+COMMUNITY = {
+    "SD1.5 composition (community)": ("ip_plus_composition_sd15.safetensors", "ip-adapter-plus_sd15"),
+    "SDXL composition (community)": ("ip_plus_composition_sdxl.safetensors", "ip-adapter-plus_sdxl_vit-h"),
+}
 ENCODERS = {
     "ViT-H": ("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", HUB + "models/image_encoder/model.safetensors"),
     "ViT-bigG": ("CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors", HUB + "sdxl_models/image_encoder/model.safetensors"),
@@ -42,7 +50,7 @@ FOLDERS = {"ipadapter": ["/comfy/models/ipadapter"], "clip_vision": ["/comfy/mod
 
 
 def test_the_presets_are_the_official_files_with_their_encoders_and_downloads():
-    assert PRESET_NAMES == tuple(OFFICIAL)
+    assert PRESET_NAMES == tuple(OFFICIAL) + tuple(COMMUNITY)
     for name, (hub_path, encoder) in OFFICIAL.items():
         preset = PRESETS[name]
         assert (preset.adapter.folder, preset.adapter.name) == ("ipadapter", hub_path.rsplit("/", 1)[1]), name
@@ -52,12 +60,45 @@ def test_the_presets_are_the_official_files_with_their_encoders_and_downloads():
 
 def test_every_supported_official_variant_has_a_preset_with_the_encoder_it_needs():
     """Cross-check with devkit/official_shapes.py, which says what detection reports for each official file."""
-    covered = {variant: preset for preset in PRESETS.values() for variant in preset.variants}
+    covered = {variant: preset for preset in PRESETS.values() if preset.name not in COMMUNITY for variant in preset.variants}
     assert set(covered) == set(VARIANTS)
     for variant, preset in covered.items():
         encoder = {VIT_H_FILE: "ViT-H", VIT_BIGG_FILE: "ViT-bigG"}[preset.encoder]
         assert VARIANTS[variant].image_encoder == encoder, (variant, preset.name)
         assert preset.adapter.name.rsplit(".", 1)[0] == preset.variants[0], preset.name
+
+
+def test_the_community_composition_presets_are_ostris_files_with_the_vit_h_encoder():
+    for name, (file, _) in COMMUNITY.items():
+        preset = PRESETS[name]
+        assert (preset.adapter.folder, preset.adapter.name, preset.adapter.url) == ("ipadapter", file, OSTRIS + file)
+        assert preset.encoder == VIT_H_FILE and preset.variants == (file.removesuffix(".safetensors"),)
+
+
+def meta_parts(plus_variant: str) -> dict[str, dict[str, torch.Tensor]]:
+    """A plus file's nested parts as shapes only (meta tensors): what detection reads."""
+    variant = VARIANTS[plus_variant]
+    image_proj = {key: torch.empty(shape, device="meta") for key, shape in IMAGE_PROJ_SHAPES[plus_variant].items()}
+    ip_adapter = {
+        f"{2 * index + 1}.to_{kv}_ip.weight": torch.empty(hidden, variant.text_width, device="meta")  # [hidden, text]
+        for index, hidden in enumerate(variant.hidden_sizes)
+        for kv in "kv"
+    }
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+@pytest.mark.parametrize("preset_name", list(COMMUNITY))
+def test_a_composition_file_is_told_from_a_plus_file_by_its_name(preset_name):
+    file, plus_variant = COMMUNITY[preset_name]
+    preset, parts = PRESETS[preset_name], meta_parts(plus_variant)
+    spec = detect_spec(parts, f"community/{file}")
+    assert (spec.variant, spec.projection, spec.num_tokens) == (preset.variants[0], "resampler", 16)
+    assert (spec.image_encoder, spec.clip_output, spec.embedding_dim) == ("ViT-H", "penultimate_hidden_states", 1280)
+    check_detected_variant(preset, spec.variant, path=file)
+    assert detect_spec(parts, f"{plus_variant}.safetensors").variant == plus_variant, "the same tensors under h94's name"
+    with pytest.raises(IPAdapterError) as raised:
+        check_detected_variant(preset, plus_variant, path=file)
+    assert f"'{file}' was picked for preset '{preset_name}' by its name, but it is {plus_variant}," in str(raised.value)
 
 
 def test_official_names_are_found_also_in_subfolders():
@@ -79,6 +120,8 @@ def test_official_names_are_found_also_in_subfolders():
         (PRESETS["SD1.5 plus-face"].adapter, ["ip_adapter_plus_face_sd15.safetensors"], "ip_adapter_plus_face_sd15.safetensors"),
         (PRESETS["SDXL plus ViT-H"].adapter, ["xl/IP-Adapter-Plus_SDXL_ViT-H.safetensors"], "xl/IP-Adapter-Plus_SDXL_ViT-H.safetensors"),
         (PRESETS["SD1.5 light"].adapter, ["ip-adapter_sd15_light.safetensors"], "ip-adapter_sd15_light.safetensors"),
+        (PRESETS["SDXL composition (community)"].adapter, ["ostris/IP-Plus-Composition-SDXL.safetensors"],
+         "ostris/IP-Plus-Composition-SDXL.safetensors"),
         (VIT_H_FILE, ["clip-vit-h-14-laion2b-s32b-b79k.safetensors"], "clip-vit-h-14-laion2b-s32b-b79k.safetensors"),
         (VIT_H_FILE, ["CLIP-ViT-H-14.safetensors"], "CLIP-ViT-H-14.safetensors"),
         (VIT_H_FILE, ["SD1.5/model.safetensors"], "SD1.5/model.safetensors"),
@@ -99,6 +142,8 @@ def test_the_usual_renames_are_found(wanted, listing, expected):
         (PRESETS["SD1.5 plus-face"].adapter, ["ip-adapter-plus_sd15.safetensors"]),
         (PRESETS["SD1.5 plus"].adapter, ["ip-adapter-plus-face_sd15.safetensors", "ip-adapter-plus_sdxl_vit-h.safetensors"]),
         (PRESETS["SDXL standard (ViT-bigG)"].adapter, ["ip-adapter_sdxl_vit-h.safetensors"]),
+        (PRESETS["SD1.5 composition (community)"].adapter, ["ip-adapter-plus_sd15.safetensors", "ip_plus_composition_sdxl.safetensors"]),
+        (PRESETS["SD1.5 plus"].adapter, ["ip_plus_composition_sd15.safetensors"]),
         (VIT_H_FILE, ["model.safetensors", "image_encoder/model.safetensors", "IP-Adapter/sdxl_models/image_encoder/model.safetensors"]),
         (VIT_H_FILE, ["SDXL/model.safetensors", "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors", "clip_vision_h.safetensors"]),
         (VIT_BIGG_FILE, ["CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "SD1.5/model.safetensors", "clip_vision_g.safetensors"]),

@@ -193,3 +193,21 @@ def test_unified_loader_faceid_finds_its_files_or_names_the_missing_ones(model_f
     assert managed.adapter.spec.variant == "ip-adapter-faceid-plusv2_sd15" and clip_vision is not None and analyser.name == "buffalo_l"
     managed, clip_vision, _ = run(UnifiedLoaderFaceID, preset="FaceID", base="SD1.5", provider="CPU")
     assert managed.adapter.spec.variant == "ip-adapter-faceid_sd15" and clip_vision is None
+
+
+def test_the_community_composition_preset_loads_ostris_file_and_names_its_download(nodes, model_folders, clip_vision_loads):
+    message = nodes["unified"].validate_inputs(preset="SD1.5 composition (community)")
+    assert isinstance(message, str) and (
+        "- ip_plus_composition_sd15.safetensors: put it in the ipadapter model folder "
+        f"({model_folders['ipadapter']}). Download "
+        "https://huggingface.co/ostris/ip-composition-adapter/resolve/main/ip_plus_composition_sd15.safetensors."
+    ) in message, message
+    plus = adapter_state_dict("resampler", hidden_sizes=SMALL_SD15_WIDTHS, text_width=SD15_TEXT_WIDTH, seed=3,
+                              dtype=torch.float16)  # fmt: skip
+    put(model_folders["ipadapter"], "ostris/ip_plus_composition_sd15.safetensors", plus)
+    put(model_folders["ipadapter"], "ip-adapter-plus_sd15.safetensors", plus)  # h94's plus file: not the preset's
+    put(model_folders["clip_vision"], "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
+    managed, _ = run(nodes["unified"], preset="SD1.5 composition (community)")
+    assert managed.adapter.spec.variant == "ip_plus_composition_sd15"
+    assert (managed.adapter.spec.projection, managed.adapter.spec.num_tokens) == ("resampler", 16)
+    assert run(nodes["unified"], preset="SD1.5 plus")[0].adapter.spec.variant == "ip-adapter-plus_sd15"

@@ -9,7 +9,9 @@ embeddings (`unnorm`).
 
 The tensors give the base model (cross-attention width 768 = SD1.5, 2048 = SDXL), the projection type, the token
 count, and the CLIP width the projection reads (1024 = ViT-H image embeds, 1280 = ViT-bigG image embeds or ViT-H
-hidden states). The name separates what has identical tensors: `light` vs standard, `plus-face` vs `plus`.
+hidden states). The name separates what has identical tensors: `light` vs standard, `plus-face` vs `plus`, and
+ostris's community composition files (`ip_plus_composition_sd15` / `_sdxl`: the plus format, trained to carry the
+composition of the picture) vs `plus`.
 """
 
 import os
@@ -30,6 +32,7 @@ LAYER_COUNT_OF_BASE = {"SD1.5": 16, "SDXL": 70}
 BASE_OF_LAYER_COUNT = {count: base for base, count in LAYER_COUNT_OF_BASE.items()}
 RESAMPLER_DIM_HEAD = 64
 RESAMPLER_FF_MULT = 4
+COMPOSITION_VARIANT_OF_BASE = {"SD1.5": "ip_plus_composition_sd15", "SDXL": "ip_plus_composition_sdxl"}  # ostris's names
 
 
 @dataclass(frozen=True)
@@ -127,9 +130,12 @@ def _resampler_spec(image_proj, base, lowered, layer_numbers, hidden_sizes, cros
     heads = _shape(image_proj, "layers.0.0.to_q.weight", name)[0] // RESAMPLER_DIM_HEAD
     if embedding_dim != ENCODER_HIDDEN_DIM[VIT_H]:
         raise IPAdapterError(f"'{name}' reads CLIP hidden states of width {embedding_dim}; official plus files read ViT-H's 1280.")
-    family = "ip-adapter-plus-face" if "face" in lowered else "ip-adapter-plus"
+    if "composition" in lowered:
+        variant = COMPOSITION_VARIANT_OF_BASE[base]
+    else:
+        variant = ("ip-adapter-plus-face_" if "face" in lowered else "ip-adapter-plus_") + _suffix(base, VIT_H)
     return AdapterSpec(
-        variant=f"{family}_{_suffix(base, VIT_H)}", base=base, projection="resampler", num_tokens=num_queries,
+        variant=variant, base=base, projection="resampler", num_tokens=num_queries,
         image_encoder=VIT_H, clip_output=PENULTIMATE, embedding_dim=embedding_dim,
         cross_attention_dim=cross_attention_dim, layer_numbers=layer_numbers, hidden_sizes=hidden_sizes,
         resampler_dim=dim, resampler_depth=depth, resampler_heads=heads,
