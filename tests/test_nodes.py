@@ -53,7 +53,7 @@ def run(node, **inputs):
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
     from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, faceid, loader, noise, openclip_loader
-    from decoupled_ipadapter.nodes import prep_image, siglip_loader, train, unified_loader
+    from decoupled_ipadapter.nodes import prep_image, siglip_loader, tiles, train, unified_loader
 
     return {
         "load": loader.LoadIPAdapter,
@@ -74,6 +74,7 @@ def nodes(comfy_host):
         "noise": noise.NoiseImage,
         "prep_image": prep_image.PrepImage,
         "train": train.TrainIPAdapter,
+        "tiles": tiles.Tiles,
     }
 
 
