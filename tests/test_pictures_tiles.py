@@ -180,3 +180,34 @@ def test_grouped_masks_act_as_one_apply_per_group(tiny):
     assert (out - layer_output(model, one_softmax, inputs)).abs().max() > 1e-3
     with pytest.raises(IPAdapterError, match="attn_mask holds 3 masks but the embeds hold 4 reference images"):
         applied(model, positive, torch.ones(3, 64, 64))
+
+
+def test_tiles_of_two_pictures_through_encode_and_apply_act_tile_by_tile(tiny, tmp_path):
+    """The wiring the node is made for: Tiles -> Encode Image -> Apply IPAdapter (advanced) with the tiles' masks is,
+    at a layer, one Apply per tile with that tile's two pictures and mask."""
+    from tiny_clip_vision import tiny_clip_vision
+
+    from decoupled_ipadapter.nodes.apply import ApplyIPAdapterAdvanced
+    from decoupled_ipadapter.nodes.encode import EncodeImage
+    from decoupled_ipadapter.nodes.tiles import Tiles
+
+    model, managed = tiny
+    clip_vision = tiny_clip_vision("ViT-H", tmp_path, seed=64)
+    options = {"weight": 0.8, "start_at": 0.0, "end_at": 1.0, "weight_type": "linear", "embeds_scaling": "V only",
+               "block_weights": ""}  # fmt: skip
+    with torch.inference_mode():
+        tiles, masks = Tiles.execute(image=picture(200, 600, seed=2, batch=2), sharpening=0.3).result
+        (embeds,) = EncodeImage.execute(ipadapter=managed, clip_vision=clip_vision, image=tiles).result
+        applied = ApplyIPAdapterAdvanced.execute(model=model, ipadapter=managed, embeds=embeds, attn_mask=masks, **options)
+        (patched,) = applied.result
+    assert embeds.image_count == 6 and masks.shape == (3, 256, 768)
+    by_tile = model
+    for tile in range(3):
+        pair = make_embeds(embeds.positive[2 * tile : 2 * tile + 2], embeds.negative[:1], clip_output=embeds.clip_output)
+        by_tile = apply_image_prompt(by_tile, managed.adapter, managed.weights_patcher, pair, attn_mask=masks[tile : tile + 1],
+                                     **options)  # fmt: skip
+    q, k, v, layer_options = layer_inputs(model, unet_transformer_modules(model.model.diffusion_model)[0].layers[0].key, seed=7)
+    inputs = (q, k, v, {**layer_options, "original_shape": [2, 4, 4, 16]})  # 64 queries: a wide 4x16 latent
+    out = layer_output(model, patched, inputs)
+    torch.testing.assert_close(out, layer_output(model, by_tile, inputs), rtol=1e-5, atol=1e-6)
+    assert (out - layer_output(model, model, inputs)).abs().max() > 1e-3
