@@ -25,24 +25,25 @@ def picture(height: int, width: int, *, seed: int = 0, batch: int = 1) -> torch.
     return (0.6 * ramps + 0.4 * torch.rand(batch, height, width, 3, generator=generator)).clamp(0, 1)
 
 
-# (height, width) -> (centre square first, resized (h, w), tiled (h, w), tile starts down, tile starts across)
+# (height, width) -> (centre part kept (h, w), resized to (h, w), tile starts down, tile starts across)
 LAYOUTS = {
-    "square": ((300, 300), (True, (512, 512), (512, 512), [0, 256], [0, 256])),
-    "near-square": ((400, 480), (True, (512, 512), (512, 512), [0, 256], [0, 256])),
-    "3:4, just outside near-square": ((300, 400), (False, (256, 341), (256, 341), [0], [0, 85])),
-    "wide 3:2": ((300, 450), (False, (256, 384), (256, 384), [0], [0, 128])),
-    "wide 2:1": ((200, 400), (False, (256, 512), (256, 512), [0], [0, 256])),
-    "tall 5:2": ((500, 200), (False, (640, 256), (640, 256), [0, 192, 384], [0])),
-    "very wide 6:1": ((100, 600), (False, (256, 1536), (256, 1024), [0], [0, 256, 512, 768])),
-    "very tall 5:1": ((500, 100), (False, (1280, 256), (1024, 256), [0, 256, 512, 768], [0])),
+    "square": ((300, 300), ((300, 300), (512, 512), [0, 256], [0, 256])),
+    "near-square": ((400, 480), ((400, 400), (512, 512), [0, 256], [0, 256])),
+    "3:4, just outside near-square": ((300, 400), ((300, 400), (256, 341), [0], [0, 85])),
+    "wide 3:2": ((300, 450), ((300, 450), (256, 384), [0], [0, 128])),
+    "wide 2:1": ((200, 400), ((200, 400), (256, 512), [0], [0, 256])),
+    "tall 5:2": ((500, 200), ((500, 200), (640, 256), [0, 192, 384], [0])),
+    "very wide 6:1": ((100, 600), ((100, 400), (256, 1024), [0], [0, 256, 512, 768])),
+    "very tall 5:1": ((500, 100), ((400, 100), (1024, 256), [0, 256, 512, 768], [0])),
+    "a line of pixels": ((1, 2000), ((1, 4), (256, 1024), [0], [0, 256, 512, 768])),
 }
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_the_layout_of_each_shape(name):
-    (height, width), (square, resized_size, size, starts_down, starts_across) = LAYOUTS[name]
+    (height, width), (crop, size, starts_down, starts_across) = LAYOUTS[name]
     layout = tile_layout(height, width)
-    assert (layout.square, layout.resized_size, layout.size) == (square, resized_size, size)
+    assert (layout.crop, layout.size) == (crop, size)
     assert layout.offsets == tuple((top, left) for top in starts_down for left in starts_across)
     assert 1 <= len(layout.offsets) <= 4
     for length, starts in ((size[0], starts_down), (size[1], starts_across)):
@@ -53,17 +54,10 @@ def test_the_layout_of_each_shape(name):
 
 @pytest.mark.parametrize("name", ["near-square", "wide 3:2", "very wide 6:1", "tall 5:2"])
 def test_tiles_are_the_crops_of_the_resized_picture(name):
-    (height, width), (square, resized_size, size, _, _) = LAYOUTS[name]
+    (height, width), (crop, size, _, _) = LAYOUTS[name]
     pictures = picture(height, width)
-    if square:
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        pictures_seen = pictures[:, top : top + side, left : left + side]
-    else:
-        pictures_seen = pictures
-    whole = resized(pictures_seen, resized_size, "LANCZOS")
-    top, left = (resized_size[0] - size[0]) // 2, (resized_size[1] - size[1]) // 2
-    whole = whole[:, top : top + size[0], left : left + size[1]]  # [1, h, w, 3]
+    top, left = (height - crop[0]) // 2, (width - crop[1]) // 2
+    whole = resized(pictures[:, top : top + crop[0], left : left + crop[1]], size, "LANCZOS")  # [1, h, w, 3]
     tiles, masks = tiles_and_masks(pictures, sharpening=0.0)
     layout = tile_layout(height, width)
     assert tiles.shape == (len(layout.offsets), TILE_SIZE, TILE_SIZE, 3) and masks.shape == (len(layout.offsets), *size)

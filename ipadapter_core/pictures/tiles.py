@@ -4,8 +4,8 @@ with an attention mask of its own region, so that each tile acts only on its par
 Pictures are ComfyUI IMAGE tensors `[B, H, W, C]` in [0, 1], masks ComfyUI MASKs `[M, H, W]` in [0, 1].
 - Near-square pictures (NEAR_SQUARE: 0.75 < H/W < 1.33): the centre square is cut and resized to 2·TILE_SIZE on a
   side: 2×2 tiles that do not overlap.
-- Other pictures: the short side resized to TILE_SIZE, the long side in proportion (rounded down); a long side over
-  MAX_TILES·TILE_SIZE (a picture longer than 4:1) is then centre-cropped to that.
+- Other pictures: the short side resized to TILE_SIZE, the long side in proportion (rounded down); a picture longer
+  than MAX_TILES:1 is first centre-cropped to MAX_TILES:1, so that at most MAX_TILES tiles come out.
 - Resizing is PIL's LANCZOS in floating point, sharpening the contrast-adaptive sharpening of Prep Image (prep.py),
   on the resized picture before it is cut.
 - Along a side of L pixels: n = ceil(L / TILE_SIZE) tiles, the first at 0, the last at L - TILE_SIZE and the others
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import IPAdapterError
 from ..masks import mask_batch
-from .prep import check_pictures_and_sharpening, resized, sharpened, squared
+from .prep import check_pictures_and_sharpening, resized, sharpened
 
 TILE_SIZE = 256
 MAX_TILES = 4
@@ -37,11 +37,10 @@ NEAR_SQUARE = (0.75, 1.33)  # height / width strictly between these: the centre 
 
 @dataclass(frozen=True)
 class TileLayout:
-    """How a picture is tiled: its centre square cut first (`square`) or not, resized to `resized_size`, centre-cropped
-    to `size` (both (height, width)), and tile i cut at `offsets[i]` (top, left)."""
+    """How a picture is tiled: its centre part of `crop` resized to `size` (both (height, width)), and tile i cut at
+    `offsets[i]` (top, left) of that."""
 
-    square: bool
-    resized_size: tuple[int, int]
+    crop: tuple[int, int]
     size: tuple[int, int]
     offsets: tuple[tuple[int, int], ...]
 
@@ -57,17 +56,17 @@ def tile_starts(length: int) -> list[int]:
 def tile_layout(height: int, width: int) -> TileLayout:
     """The tiling of a `height` × `width` picture (module docstring)."""
     low, high = NEAR_SQUARE
-    near_square = low < height / width < high
-    if near_square:
-        resized_size = size = (2 * TILE_SIZE, 2 * TILE_SIZE)
+    if low < height / width < high:
+        side = min(height, width)
+        crop, size = (side, side), (2 * TILE_SIZE, 2 * TILE_SIZE)
     else:
         short_side, long_side = sorted((height, width))
-        long_resized = TILE_SIZE * long_side // short_side
-        long_kept = min(long_resized, MAX_TILES * TILE_SIZE)
-        resized_size = (TILE_SIZE, long_resized) if height < width else (long_resized, TILE_SIZE)
-        size = (TILE_SIZE, long_kept) if height < width else (long_kept, TILE_SIZE)
+        long_kept = min(long_side, MAX_TILES * short_side)
+        long_resized = TILE_SIZE * long_kept // short_side
+        crop = (short_side, long_kept) if height < width else (long_kept, short_side)
+        size = (TILE_SIZE, long_resized) if height < width else (long_resized, TILE_SIZE)
     offsets = tuple((top, left) for top in tile_starts(size[0]) for left in tile_starts(size[1]))
-    return TileLayout(square=near_square, resized_size=resized_size, size=size, offsets=offsets)
+    return TileLayout(crop=crop, size=size, offsets=offsets)
 
 
 def centre_cropped(pictures: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -88,11 +87,8 @@ Resize = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]  # [B, H, W, C]
 
 
 def fitted(pictures: torch.Tensor, layout: TileLayout, resize: Resize) -> torch.Tensor:
-    """[B, H, W, C] -> [B, height, width, C] of `layout.size`: the centre square (if the layout cuts one), resized with
-    `resize`, centre-cropped."""
-    if layout.square:
-        pictures = squared(pictures, "center")
-    return centre_cropped(resize(pictures, layout.resized_size), layout.size)
+    """[B, H, W, C] -> [B, height, width, C] of `layout.size`: the centre part, resized with `resize`."""
+    return resize(centre_cropped(pictures, layout.crop), layout.size)
 
 
 def cut_tiles(pictures: torch.Tensor, layout: TileLayout) -> torch.Tensor:
