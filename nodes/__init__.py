@@ -14,6 +14,7 @@ from .noise import NoiseImage
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
 from .prep_image import PrepImage
 from .siglip_loader import LoadSigLIPVision
+from .tiles import Tiles
 from .train import TrainIPAdapter
 from .unified_loader import UnifiedLoader, UnifiedLoaderFaceID
 
@@ -40,6 +41,7 @@ NODES = [
     WeightsFromStrategy,
     PromptScheduleFromWeightsStrategy,
     CombineWeights,
+    Tiles,
 ]
 
 

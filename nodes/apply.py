@@ -48,7 +48,9 @@ def mask_input():
         "attn_mask",
         optional=True,
         tooltip="Where on the picture the image prompt acts (1 = fully, 0 = not at all, soft edges allowed). One "
-        "mask for the whole prompt, or one per reference image, each image then acting only in its own mask.",
+        "mask for the whole prompt, or one per reference image, each image then acting only in its own mask. M "
+        "masks for a multiple of M images: each mask covers that many consecutive images (one softmax), as the "
+        "masks of IPAdapter Tiles.",
     )
 
 

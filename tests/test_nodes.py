@@ -53,7 +53,7 @@ def run(node, **inputs):
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
     from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, faceid, frame_weights, loader, noise
-    from decoupled_ipadapter.nodes import openclip_loader, prep_image, siglip_loader, train, unified_loader
+    from decoupled_ipadapter.nodes import openclip_loader, prep_image, siglip_loader, tiles, train, unified_loader
 
     return {
         "load": loader.LoadIPAdapter,
@@ -78,6 +78,7 @@ def nodes(comfy_host):
         "weights_from_strategy": frame_weights.WeightsFromStrategy,
         "prompt_schedule_from_weights_strategy": frame_weights.PromptScheduleFromWeightsStrategy,
         "combine_weights": frame_weights.CombineWeights,
+        "tiles": tiles.Tiles,
     }
 
 

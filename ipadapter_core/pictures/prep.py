@@ -49,14 +49,16 @@ def squared(pictures: torch.Tensor, position: str) -> torch.Tensor:
     return pictures[:, top : top + side, left : left + side, :]
 
 
-def resized(pictures: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
-    """[B, S, S, C] -> [B, size, size, C] with PIL's `interpolation` filter, each channel a 32-bit float image."""
+def resized(pictures: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """[B, H, W, C] -> [B, height, width, C] for `size` = (height, width), with PIL's `interpolation` filter, each
+    channel a 32-bit float image."""
+    height, width = size
     resample = Image.Resampling[interpolation]
     out = []
-    for picture in pictures.float().cpu().numpy():  # [S, S, C]
+    for picture in pictures.float().cpu().numpy():  # [H, W, C]
         channels = [numpy.asarray(Image.fromarray(numpy.ascontiguousarray(picture[..., c]), mode="F")
-                                  .resize((size, size), resample=resample)) for c in range(picture.shape[-1])]  # fmt: skip
-        out.append(numpy.stack(channels, axis=-1))  # [size, size, C]
+                                  .resize((width, height), resample=resample)) for c in range(picture.shape[-1])]  # fmt: skip
+        out.append(numpy.stack(channels, axis=-1))  # [height, width, C]
     return torch.from_numpy(numpy.stack(out))
 
 
@@ -80,6 +82,14 @@ def sharpened(pictures: torch.Tensor, amount: float) -> torch.Tensor:
     return out.clamp(0, 1).permute(0, 2, 3, 1)  # [B, H, W, C]
 
 
+def check_pictures_and_sharpening(pictures: torch.Tensor, sharpening: float) -> None:
+    """An IPAdapterError unless `pictures` is a non-empty [B, H, W, C] batch and 0 <= sharpening <= 1."""
+    if not 0.0 <= sharpening <= 1.0:
+        raise IPAdapterError(f"the sharpening must be between 0 and 1, not {sharpening}.")
+    if pictures.ndim != 4 or pictures.shape[0] == 0 or min(pictures.shape[1:3]) == 0:
+        raise IPAdapterError(f"the image must be a batch of pictures [B, H, W, C], not a tensor of {tuple(pictures.shape)}.")
+
+
 def prepared_pictures(pictures: torch.Tensor, *, crop_position: str, interpolation: str, sharpening: float,
                       size: int = PREP_SIZE) -> torch.Tensor:  # fmt: skip
     """[B, H, W, C] -> [B, size, size, C]: cropped (or padded), resized and sharpened (module docstring)."""
@@ -87,11 +97,8 @@ def prepared_pictures(pictures: torch.Tensor, *, crop_position: str, interpolati
         raise IPAdapterError(f"'{crop_position}' is not a crop position; use one of: {', '.join(CROP_POSITIONS)}.")
     if interpolation not in INTERPOLATIONS:
         raise IPAdapterError(f"'{interpolation}' is not an interpolation; use one of: {', '.join(INTERPOLATIONS)}.")
-    if not 0.0 <= sharpening <= 1.0:
-        raise IPAdapterError(f"the sharpening must be between 0 and 1, not {sharpening}.")
-    if pictures.ndim != 4 or pictures.shape[0] == 0 or min(pictures.shape[1:3]) == 0:
-        raise IPAdapterError(f"the image must be a batch of pictures [B, H, W, C], not a tensor of {tuple(pictures.shape)}.")
-    prepared = resized(squared(pictures, crop_position), size, interpolation)
+    check_pictures_and_sharpening(pictures, sharpening)
+    prepared = resized(squared(pictures, crop_position), (size, size), interpolation)
     if sharpening > 0:
         prepared = sharpened(prepared, sharpening)
     return prepared.to(pictures.dtype)

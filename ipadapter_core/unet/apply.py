@@ -58,16 +58,18 @@ def check_model_is_unet(adapter: LoadedAdapter, model) -> None:
 
 
 def check_mask_fits(mask: torch.Tensor, embeds: ImagePromptEmbeds, composition_embeds: ImagePromptEmbeds | None) -> torch.Tensor:
-    """The attention mask as `[M, H, W]`: one mask for the whole image prompt, or one per reference image."""
+    """The attention mask as `[M, H, W]`: one mask for the whole image prompt, or M masks for N = M·G images, mask m
+    for the G consecutive images m·G .. m·G + G - 1 (one softmax per group; G = 1: one mask per image)."""
     masks = mask_batch(mask)
     images = {embeds.image_count} | ({composition_embeds.image_count} if composition_embeds is not None else set())
-    if masks.shape[0] == 1 or images == {masks.shape[0]}:
+    if all(count % masks.shape[0] == 0 for count in images):
         return masks
     counts = " and ".join(str(count) for count in sorted(images))
     raise IPAdapterError(
         f"attn_mask holds {masks.shape[0]} masks but the embeds hold {counts} reference images. Give one mask (it "
-        "applies to the whole image prompt), or one mask per reference image (each image then acts only in its own "
-        "mask), in the same order as the images."
+        "applies to the whole image prompt), one mask per reference image (each image then acts only in its own "
+        "mask), in the same order as the images, or a number of masks the image count is a multiple of (each mask "
+        "then covers that many consecutive images, which share one softmax, as IPAdapter Tiles' masks do)."
     )
 
 
