@@ -26,7 +26,7 @@ VOLATILE = {
     ("DecoupledIPAdapterLoader", "ipadapter_name"): ("options", "<the files in the ipadapter model folders>"),
     ("DecoupledIPAdapterOpenCLIPVisionLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
     ("DecoupledIPAdapterOpenCLIPLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
-    ("DecoupledIPAdapterLoadEmbeds", "embeds_file"): ("options", "<the .safetensors files in the input folder>"),
+    ("DecoupledIPAdapterLoadEmbeds", "embeds_file"): ("options", "<the .safetensors files in the input folder and the port's .ipadpt files under it>"),
     ("DecoupledIPAdapterSigLIPLoader", "clip_name"): ("options", "<the files in the clip_vision model folders>"),
     ("DecoupledIPAdapterInsightFaceLoader", "model_name"): ("options", "<the packs in the insightface model folders>"),
     ("DecoupledIPAdapterInsightFaceLoader", "provider"): ("options", "<CPU and the onnxruntime providers installed>"),
