@@ -12,6 +12,7 @@ from .loader import LoadIPAdapter, register_model_folder
 from .noise import NoiseImage
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
 from .prep_image import PrepImage
+from .regions import ApplyFromParams, CombineParams, RegionalConditioning
 from .siglip_loader import LoadSigLIPVision
 from .train import TrainIPAdapter
 from .unified_loader import UnifiedLoader, UnifiedLoaderFaceID
@@ -35,6 +36,9 @@ NODES = [
     NoiseImage,
     PrepImage,
     TrainIPAdapter,
+    RegionalConditioning,
+    CombineParams,
+    ApplyFromParams,
 ]
 
 

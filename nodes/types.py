@@ -5,3 +5,4 @@ from comfy_api.latest import io
 IPAdapterType = io.Custom("DECOUPLED_IPADAPTER")
 EmbedsType = io.Custom("DECOUPLED_IPADAPTER_EMBEDS")
 InsightFaceType = io.Custom("DECOUPLED_IPADAPTER_INSIGHTFACE")
+ParamsType = io.Custom("DECOUPLED_IPADAPTER_PARAMS")  # a tuple of ipadapter_core.regions.Region
