@@ -18,6 +18,7 @@ from .combine import METHODS, combine_embeds
 from .embeds import ImagePromptEmbeds
 from .errors import IPAdapterError
 from .masks import mask_batch
+from .schedule import check_step_range
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,9 +34,11 @@ class Region:
 def region_params(
     images: torch.Tensor, *, weight: float, weight_type: str, start_at: float, end_at: float, mask: torch.Tensor | None
 ) -> tuple[Region]:
-    """A params bundle of one region; the mask holds one mask, or one per reference image."""
+    """A params bundle of one region; the mask holds one mask, or one per reference image. A bad step range or mask
+    count is refused here, where the region is made."""
     if images.dim() != 4 or images.shape[0] == 0:
         raise IPAdapterError(f"image has shape {list(images.shape)}; connect an IMAGE batch of at least one picture.")
+    check_step_range(start_at=start_at, end_at=end_at)
     masks = None
     if mask is not None:
         masks = mask_batch(mask)  # [M, H, W]

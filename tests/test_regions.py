@@ -145,6 +145,11 @@ def test_a_mask_batch_that_fits_neither_one_nor_the_pictures_is_refused(nodes):
         region(nodes, pictures(20, 2), mask=torch.ones(3, 64, 64))
 
 
+def test_a_range_that_ends_before_it_starts_is_refused_by_the_region(nodes):
+    with pytest.raises(IPAdapterError, match=r"^IPAdapter Regional Conditioning: start_at \(0.8\) and end_at \(0.2\) must satisfy"):
+        region(nodes, pictures(25), start_at=0.8, end_at=0.2)
+
+
 def test_per_picture_masks_with_mixed_pictures_are_refused_naming_the_region(nodes, sd15):
     model, managed, clip_vision = sd15
     plain = region(nodes, pictures(21))[0]
