@@ -26,10 +26,14 @@ def model_sigma_range(model, *, start_at: float, end_at: float) -> SigmaRange:
     return sigma_range(model.get_model_object("model_sampling").percent_to_sigma, start_at=start_at, end_at=end_at)
 
 
-def sigma_range(percent_to_sigma, *, start_at: float, end_at: float) -> SigmaRange:
-    """The range of `start_at`..`end_at` (fractions of the denoising, 0 <= start_at <= end_at <= 1) in sigmas."""
+def check_step_range(*, start_at: float, end_at: float) -> None:
     if not 0.0 <= start_at <= end_at <= 1.0:
         raise IPAdapterError(f"start_at ({start_at}) and end_at ({end_at}) must satisfy 0 <= start_at <= end_at <= 1.")
+
+
+def sigma_range(percent_to_sigma, *, start_at: float, end_at: float) -> SigmaRange:
+    """The range of `start_at`..`end_at` (fractions of the denoising, 0 <= start_at <= end_at <= 1) in sigmas."""
+    check_step_range(start_at=start_at, end_at=end_at)
     return SigmaRange(
         start=float(percent_to_sigma(start_at)),
         end=float(percent_to_sigma(end_at)),

@@ -13,6 +13,7 @@ from .loader import LoadIPAdapter, register_model_folder
 from .noise import NoiseImage
 from .openclip_loader import LoadOpenCLIPModel, LoadOpenCLIPVision
 from .prep_image import PrepImage
+from .regions import ApplyFromParams, CombineParams, RegionalConditioning
 from .siglip_loader import LoadSigLIPVision
 from .tiles import Tiles
 from .train import TrainIPAdapter
@@ -42,6 +43,9 @@ NODES = [
     PromptScheduleFromWeightsStrategy,
     CombineWeights,
     Tiles,
+    RegionalConditioning,
+    CombineParams,
+    ApplyFromParams,
 ]
 
 

@@ -6,7 +6,7 @@ from ..ipadapter_core.block_weights import check_block_weights_text
 from ..ipadapter_core.apply import apply_image_prompt
 from ..ipadapter_core.embeds_scaling import EMBEDS_SCALINGS
 from ..ipadapter_core.unet.weight_types import WEIGHT_TYPES
-from .errors import errors_named_for, one_of, validation_result
+from .errors import errors_named_for, first_refusal, one_of
 from .types import EmbedsType, IPAdapterType
 
 
@@ -24,6 +24,13 @@ def common_inputs() -> list:
             step=0.05,
             tooltip="λ, the strength of the image prompt: 0 gives the plain model, 1 the reference's default; around 0.5 balances image and text prompts.",
         ),
+        *step_range_inputs(),
+    ]
+
+
+def step_range_inputs() -> list:
+    """start_at, end_at: when in the denoising the image prompt acts."""
+    return [
         io.Float.Input(
             "start_at",
             default=0.0,
@@ -173,15 +180,11 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, weight_type=None, embeds_scaling=None, block_weights=None):
-        for value, check in (
+        return first_refusal(
             (weight_type, one_of(WEIGHT_TYPES, input_name="weight_type")),
             (embeds_scaling, one_of(EMBEDS_SCALINGS, input_name="embeds_scaling")),
             (block_weights, check_block_weights_text),
-        ):
-            result = validation_result(value, check)
-            if result is not True:
-                return result
-        return True
+        )
 
     @classmethod
     def execute(

@@ -1,5 +1,7 @@
 """IPAdapter Encode Image: reference images -> the embeds the adapter reads."""
 
+from collections.abc import Callable
+
 import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
@@ -8,6 +10,19 @@ from ..ipadapter_core.encoding import CROP_MODES, encode_image_prompt
 from ..ipadapter_core.enhancer import MAX_TILES
 from .errors import errors_named_for, one_of, validation_result
 from .types import EmbedsType, IPAdapterType
+
+
+def encoding_progress(total: int) -> Callable[[int], None]:
+    """The `after_batch` callback of an encoding of `total` pictures: the node's progress bar, and a cancel between
+    batches (checked once before the first as well)."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    progress = comfy.utils.ProgressBar(total)
+
+    def after_batch(count: int) -> None:
+        progress.update(count)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    return after_batch
 
 
 class EncodeImage(io.ComfyNode):
@@ -113,15 +128,10 @@ class EncodeImage(io.ComfyNode):
         enhance_tiles=1,
         enhance_ratio=1.0,
     ) -> io.NodeOutput:
-        comfy.model_management.throw_exception_if_processing_interrupted()  # cancelled before the first batch
         tile_count = 0 if enhance_tiles == 1 else enhance_tiles * enhance_tiles
-        total = image.shape[0] * (1 + tile_count) + (0 if negative_image is None else negative_image.shape[0])
-        progress = comfy.utils.ProgressBar(total)
-
-        def after_batch(count: int) -> None:
-            progress.update(count)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-
+        after_batch = encoding_progress(
+            image.shape[0] * (1 + tile_count) + (0 if negative_image is None else negative_image.shape[0])
+        )
         with errors_named_for("IPAdapter Encode Image"):
             adapter = ipadapter.adapter
             embeds = encode_image_prompt(

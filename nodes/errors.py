@@ -27,6 +27,15 @@ def validation_result(value, check: Callable[[object], object]) -> bool | str:
     return True
 
 
+def first_refusal(*checks: tuple[object, Callable[[object], object]]) -> bool | str:
+    """`validation_result` over several (value, check) pairs: the first refusal's message, else True."""
+    for value, check in checks:
+        result = validation_result(value, check)
+        if result is not True:
+            return result
+    return True
+
+
 def one_of(options, *, input_name: str) -> Callable[[object], None]:
     """A check for a combo value (ComfyUI 0.3.75 does not check V3 combos at queue time, and an input our
     `validate_inputs` takes is not checked by ComfyUI on any host): an IPAdapterError naming the input and the

@@ -6,3 +6,4 @@ IPAdapterType = io.Custom("DECOUPLED_IPADAPTER")
 EmbedsType = io.Custom("DECOUPLED_IPADAPTER_EMBEDS")
 InsightFaceType = io.Custom("DECOUPLED_IPADAPTER_INSIGHTFACE")
 WeightsStrategyType = io.Custom("DECOUPLED_IPADAPTER_WEIGHTS_STRATEGY")
+ParamsType = io.Custom("DECOUPLED_IPADAPTER_PARAMS")  # a tuple of ipadapter_core.regions.Region

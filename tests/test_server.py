@@ -167,3 +167,24 @@ def test_advanced_style_transfer_runs_and_a_missing_block_is_reported_by_the_nod
     assert 'Apply IPAdapter (advanced): block_weights "{\"down\": {\"block_3\": 1.0}}": "down" has no "block_3"' in message, message
     assert "Write a diffusers scale dict such as" in message
     assert_png(run_to_png(standin_server, advanced_prompt(reference_name, seed=6, block_weights='{"up": {"block_1": 1.0}}')), 64)
+
+
+def test_regional_conditioning_runs_with_an_unconnected_negative(standin_server, reference_name):
+    """Two regions through Combine Params and Apply IPAdapter from Params; the sampler reads the region's masked
+    positive, while its negative, unconnected, comes out as nothing (None) and ComfyUI runs on."""
+    prompt = example_prompt(image=reference_name, size=64, steps=1, seed=7)
+    del prompt["5"]  # the Encode node: the regions encode their own pictures
+    prompt["20"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
+    region = {"image": ["4", 0], "image_weight": 0.7, "prompt_weight": 1.0, "weight_type": "linear", "start_at": 0.0, "end_at": 1.0}
+    prompt["21"] = {"class_type": "DecoupledIPAdapterRegionalConditioning", "inputs": {**region, "mask": ["20", 0], "positive": ["7", 0]}}
+    prompt["22"] = {"class_type": "DecoupledIPAdapterRegionalConditioning", "inputs": {**region, "weight_type": "ease in"}}
+    prompt["23"] = {"class_type": "DecoupledIPAdapterCombineParams", "inputs": {"params_1": ["21", 0], "params_2": ["22", 0]}}
+    prompt["6"] = {
+        "class_type": "DecoupledIPAdapterFromParams",
+        "inputs": {
+            "model": ["1", 0], "ipadapter": ["3", 0], "clip_vision": ["2", 0], "ipadapter_params": ["23", 0],
+            "combine_embeds": "concat", "embeds_scaling": "V only",
+        },
+    }  # fmt: skip
+    prompt["10"]["inputs"]["positive"] = ["21", 1]
+    assert_png(run_to_png(standin_server, prompt), 64)
