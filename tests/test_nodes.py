@@ -53,7 +53,7 @@ def run(node, **inputs):
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
     from decoupled_ipadapter.nodes import apply, clip_scores, combine, embeds_files, encode, faceid, frame_weights, loader, noise
-    from decoupled_ipadapter.nodes import openclip_loader, prep_image, siglip_loader, tiles, train, unified_loader
+    from decoupled_ipadapter.nodes import openclip_loader, prep_image, regions, siglip_loader, tiles, train, unified_loader
 
     return {
         "load": loader.LoadIPAdapter,
@@ -79,6 +79,9 @@ def nodes(comfy_host):
         "prompt_schedule_from_weights_strategy": frame_weights.PromptScheduleFromWeightsStrategy,
         "combine_weights": frame_weights.CombineWeights,
         "tiles": tiles.Tiles,
+        "regional_conditioning": regions.RegionalConditioning,
+        "combine_params": regions.CombineParams,
+        "apply_from_params": regions.ApplyFromParams,
     }
 
 
