@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import port_workflow_files
 from port_workflows import vocabulary
 from port_workflows.rules import NotConvertible, faceid_lora_bypasses
 from port_workflows.formats import LINK_FIELDS, convert, port_node_types, read_api, read_editor
@@ -472,22 +473,37 @@ def check_api_graph(out: dict) -> None:
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/ipadapter-plus-workflows is absent (a user's clone)")
 @pytest.mark.parametrize("path", shared_files(), ids=lambda path: path.name[:60])
-def test_shared_workflow_converts_well_formed_or_is_refused_with_reasons(path):
+def test_shared_workflow_converts_well_formed_or_is_refused_as_listed(path):
+    """Each file converts into a well-formed graph that converts to itself, or is refused naming the node types that
+    tests/port_workflow_files.py lists for it (the list the browser test reads too)."""
     workflow = json.loads(path.read_text())
     found = port_node_types(workflow)
     assert found, "every file of the set uses the port's nodes"
-    try:
-        out, report = convert(workflow)
-    except NotConvertible as refused:
-        for part in str(refused).split(" | "):
+    name = f"{path.parent.name}/{path.name}"
+    if name in port_workflow_files.REFUSED:
+        with pytest.raises(NotConvertible) as refused:
+            convert(workflow)
+        named = set()
+        for part in str(refused.value).split(" | "):
             node_type, _, why = part.partition(" (")
             assert node_type in found and why, part
+            named.add(node_type)
+        assert named == port_workflow_files.REFUSED[name]
         return
+    out, report = convert(workflow)
     if "nodes" in workflow:
         check_editor_graph(workflow, out)
     else:
         check_api_graph(out)
     assert report and convert(out) == (out, [])
+
+
+def test_the_list_of_shared_files_names_only_files_of_the_set():
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data/ipadapter-plus-workflows is absent (a user's clone)")
+    names = {f"{path.parent.name}/{path.name}" for path in shared_files()}
+    assert set(port_workflow_files.REFUSED) | set(port_workflow_files.NOT_RUN) <= names
+    assert not set(port_workflow_files.REFUSED) & set(port_workflow_files.NOT_RUN)
 
 
 @pytest.mark.parametrize(("method", "inputs", "differs"), [("subtract", 3, "took their mean"), ("subtract", 2, None),
