@@ -60,6 +60,15 @@ def test_presets_and_weight_types_exist_here():
     assert set(vocabulary.SIMPLE_WEIGHT_TYPES.values()) <= set(weight_types["options"])
     methods = next(e for e in schema[vocabulary.COMBINE]["inputs"] if e["name"] == "method")["options"]
     assert set(vocabulary.COMBINE_METHODS) <= set(methods)
+    faceid_presets = next(e for e in schema[vocabulary.UNIFIED_LOADER_FACEID]["inputs"] if e["name"] == "preset")
+    assert {ours for ours, _ in vocabulary.FACEID_PRESETS.values()} <= set(faceid_presets["options"])
+
+
+def test_community_presets_exist_here():
+    presets = next(e for e in golden_nodes()[vocabulary.UNIFIED_LOADER]["inputs"] if e["name"] == "preset")["options"]
+    if not any("(community)" in preset for preset in presets):
+        pytest.skip("the community presets are not in the pinned schema yet (made by a branch not yet merged)")
+    assert set(vocabulary.COMMUNITY_PRESETS.values()) <= set(presets)
 
 
 # --- small graphs, editor format ----------------------------------------------------------------------------------
@@ -525,3 +534,333 @@ def test_combine_says_where_the_port_computed_otherwise(method, inputs, differs)
     check_api_graph(out)
     assert any(differs in line for line in report) if differs else not any("the port took" in line or
                                                                            "the port divided" in line for line in report)  # fmt: skip
+
+
+# --- FaceID -----------------------------------------------------------------------------------------------------
+
+
+def faceid_graph(*, face_image_to=None):
+    """Checkpoint -> the port's FaceID Unified Loader (Plus V2, LoRA 0.6, CUDA) -> IPAdapter FaceID -> KSampler."""
+    graph = EditorGraph()
+    ckpt = graph.add("CheckpointLoaderSimple", ["v1-5-pruned-emaonly.safetensors"],
+                     outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])  # fmt: skip
+    loader = graph.add("IPAdapterUnifiedLoaderFaceID", ["FACEID PLUS V2", 0.6, "CUDA"],
+                       inputs=port_shape_inputs("IPAdapterUnifiedLoaderFaceID"),
+                       outputs=vocabulary.PORT_NODES["IPAdapterUnifiedLoaderFaceID"].outputs)  # fmt: skip
+    image = graph.add("LoadImage", ["face.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")])
+    faceid = graph.add("IPAdapterFaceID", [0.8, 2.0, "linear", "concat", 0.0, 1.0], inputs=port_shape_inputs("IPAdapterFaceID"),
+                       outputs=vocabulary.PORT_NODES["IPAdapterFaceID"].outputs)  # fmt: skip
+    sampler = graph.add("KSampler", [1, "fixed", 20, 7, "euler", "normal", 1],
+                        inputs=[("model", "MODEL"), ("positive", "CONDITIONING")], outputs=[("LATENT", "LATENT")])  # fmt: skip
+    graph.link(ckpt, 0, loader, "model")
+    graph.link(loader, 0, faceid, "model")
+    graph.link(loader, 1, faceid, "ipadapter")
+    graph.link(image, 0, faceid, "image")
+    graph.link(faceid, 0, sampler, "model")
+    if face_image_to is not None:
+        preview = graph.add(face_image_to, [], inputs=[("images", "IMAGE")])
+        graph.link(faceid, 1, preview, "images")
+    return graph.workflow()
+
+
+def test_faceid_becomes_encode_face_and_apply_advanced_with_the_loaders_lora_strength():
+    workflow = faceid_graph()
+    out, report = convert(workflow)
+    check_editor_graph(workflow, out)
+    (loader,) = nodes_of(out, vocabulary.UNIFIED_LOADER_FACEID)
+    assert loader["widgets_values"] == ["FaceID Plus V2", "SD1.5", "CUDA"]
+    (encode,) = nodes_of(out, vocabulary.ENCODE_FACE)
+    assert input_origin(out, encode, "ipadapter") == (vocabulary.UNIFIED_LOADER_FACEID, 0)
+    assert input_origin(out, encode, "clip_vision") == (vocabulary.UNIFIED_LOADER_FACEID, 1)
+    assert input_origin(out, encode, "insightface") == (vocabulary.UNIFIED_LOADER_FACEID, 2)
+    assert input_origin(out, encode, "image") == ("LoadImage", 0)
+    (apply,) = nodes_of(out, vocabulary.APPLY_ADVANCED)
+    # weight, start, end, type, scaling (an old save: V only), block weights, c, weight_faceidv2, the loader's LoRA
+    assert apply["widgets_values"] == [0.8, 0.0, 1.0, "linear", "V only", "", 1.0, 2.0, 0.6, False]
+    assert input_origin(out, apply, "model") == ("CheckpointLoaderSimple", 0)
+    assert input_origin(out, apply, "embeds") == (vocabulary.ENCODE_FACE, 0)
+    assert any("FaceID LoRA on the model at 0.6" in line for line in report)
+    assert any("provider 'CUDA'" in line for line in report)
+    assert convert(out) == (out, [])
+
+
+def test_faceid_face_image_output_connected_is_refused():
+    convert(faceid_graph())
+    with pytest.raises(NotConvertible, match="IPAdapterFaceID .*face_image output is connected"):
+        convert(faceid_graph(face_image_to="PreviewImage"))
+
+
+def test_faceid_preset_without_a_file_for_the_base_is_refused():
+    workflow = faceid_graph()
+    workflow["nodes"][0]["widgets_values"] = ["sd_xl_base_1.0.safetensors"]
+    workflow["nodes"][1]["widgets_values"][0] = "FACEID PLUS - SD1.5 only"
+    with pytest.raises(NotConvertible, match="'FACEID PLUS - SD1.5 only' has no SDXL file"):
+        convert(workflow)
+
+
+def faceid_api_graph(lora_loader="LoraLoaderModelOnly", lora_file="ip-adapter-faceid-plusv2_sd15_lora.safetensors"):
+    """Checkpoint -> a core LoRA loader of `lora_file` (0.7) -> IPAdapter FaceID (Model Loader, InsightFace Loader,
+    CLIP vision loader) -> KSampler; a text encoder reads the LoRA loader's CLIP when it has one."""
+    lora_inputs = {"lora_name": lora_file, "strength_model": 0.7, "model": ["1", 0]}
+    if lora_loader == "LoraLoader":
+        lora_inputs.update(strength_clip=0.5, clip=["1", 1])
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "2": {"class_type": lora_loader, "inputs": lora_inputs},
+        "3": {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": "ip-adapter-faceid-plusv2_sd15.bin"}},
+        "4": {"class_type": "IPAdapterInsightFaceLoader", "inputs": {"provider": "CPU", "model_name": "antelopev2"}},
+        "5": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "vit-h.safetensors"}},
+        "6": {"class_type": "LoadImage", "inputs": {"image": "face.png"}},
+        "7": {"class_type": "IPAdapterFaceID", "inputs": {
+            "model": ["2", 0], "ipadapter": ["3", 0], "image": ["6", 0], "clip_vision": ["5", 0], "insightface": ["4", 0],
+            "weight": 0.9, "weight_faceidv2": 1.5, "weight_type": "ease in", "combine_embeds": "concat", "start_at": 0.0,
+            "end_at": 1.0, "embeds_scaling": "K+V"}},  # fmt: skip
+        "8": {"class_type": "KSampler", "inputs": {"model": ["7", 0]}},
+        "9": {"class_type": "CLIPTextEncode", "inputs": {"text": "a face", "clip": ["2", 1] if lora_loader == "LoraLoader"
+                                                         else ["1", 1]}},  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize("lora_loader", ["LoraLoaderModelOnly", "LoraLoader"])
+def test_faceid_lora_loader_is_left_out_and_its_strength_is_applys_lora_strength(lora_loader):
+    out, report = convert(faceid_api_graph(lora_loader))
+    check_api_graph(out)
+    assert "2" not in out
+    apply = out["7"]
+    assert apply["class_type"] == vocabulary.APPLY_ADVANCED
+    assert apply["inputs"]["model"] == ["1", 0]  # the LoRA loader's own model
+    assert apply["inputs"]["lora_strength"] == 0.7 and apply["inputs"]["faceid_v2_weight"] == 1.5
+    assert out["9"]["inputs"]["clip"] == ["1", 1]  # its CLIP consumers read its CLIP input's source
+    encode = next(node for node in out.values() if node["class_type"] == vocabulary.ENCODE_FACE)
+    assert encode["inputs"]["insightface"] == ["4", 0] and encode["inputs"]["clip_vision"] == ["5", 0]
+    assert out["4"] == {"class_type": vocabulary.INSIGHTFACE_LOADER, "inputs": {"model_name": "antelopev2", "provider": "CPU"}}
+    assert any("#2 -> (left out)" == line for line in report)
+    assert any("FaceID LoRA of #2 (strength 0.7) is Apply's lora_strength" in line for line in report)
+
+
+def test_faceid_without_a_lora_has_lora_strength_0_and_another_lora_stays():
+    workflow = faceid_api_graph(lora_file="add_detail.safetensors")
+    out, report = convert(workflow)
+    assert out["2"] == workflow["2"] and out["7"]["inputs"]["model"] == ["2", 0]
+    assert out["7"]["inputs"]["lora_strength"] == 0
+    assert any("no FaceID LoRA" in line for line in report)
+
+
+def test_faceid_node_with_an_adapter_that_is_not_faceid_encodes_pictures():
+    """The port's FaceID node with a non-FaceID file was its Advanced node (weight_faceidv2 unused)."""
+    workflow = faceid_api_graph()
+    workflow["3"]["inputs"]["ipadapter_file"] = "ip-adapter-full-face_sd15.safetensors"
+    del workflow["7"]["inputs"]["insightface"]
+    out, report = convert(workflow)
+    assert not [node for node in out.values() if node["class_type"] == vocabulary.ENCODE_FACE]
+    encode = next(node for node in out.values() if node["class_type"] == vocabulary.ENCODE)
+    assert encode["inputs"]["image"] == ["6", 0]
+    assert out["2"] == workflow["2"]  # no FaceID image prompt: the LoRA loader stays
+    assert out["7"]["inputs"]["faceid_v2_weight"] == 1.0 and any("weight_faceidv2 is dropped" in line for line in report)
+
+
+# --- style and composition, precise, Mad Scientist, Community ------------------------------------------------------
+
+
+def image_prompt_api(node_type, checkpoint="sd_xl_base_1.0.safetensors", **widgets):
+    """Checkpoint -> the port's Unified Loader (PLUS) -> `node_type` with a LoadImage ('image' and, for style and
+    composition, two images) -> KSampler."""
+    inputs = {"model": ["2", 0], "ipadapter": ["2", 1], **widgets}
+    if node_type.startswith("IPAdapterStyleComposition"):
+        inputs.update(image_style=["3", 0], image_composition=["4", 0])
+    else:
+        inputs["image"] = ["3", 0]
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "IPAdapterUnifiedLoader", "inputs": {"model": ["1", 0], "preset": "PLUS (high strength)"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "style.png"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "composition.png"}},
+        "5": {"class_type": node_type, "inputs": inputs},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["5", 0]}},
+    }
+
+
+def made(out, node_type):
+    return [(node_id, node) for node_id, node in out.items() if node["class_type"] == node_type]
+
+
+@pytest.mark.parametrize(("expand", "weight_type"), [(False, "style and composition"), (True, "strong style and composition")])
+def test_style_composition_encodes_both_images_and_weights_them(expand, weight_type):
+    out, _ = convert(image_prompt_api("IPAdapterStyleComposition", weight_style=1.2, weight_composition=0.7,
+                                      expand_style=expand, combine_embeds="average", start_at=0.1, end_at=0.9,
+                                      embeds_scaling="V only"))  # fmt: skip
+    check_api_graph(out)
+    apply = out["5"]["inputs"]
+    assert out["5"]["class_type"] == vocabulary.APPLY_ADVANCED
+    assert (apply["weight"], apply["composition_weight"], apply["weight_type"]) == (1.2, 0.7, weight_type)
+    encodes = dict(made(out, vocabulary.ENCODE))
+    assert encodes[apply["embeds"][0]]["inputs"]["image"] == ["3", 0]
+    assert encodes[apply["composition_embeds"][0]]["inputs"]["image"] == ["4", 0]
+
+
+@pytest.mark.parametrize(("node_type", "boost", "weight_type"), [
+    ("IPAdapterPreciseStyleTransfer", "style_boost", "style transfer precise"),
+    ("IPAdapterPreciseComposition", "composition_boost", "composition precise"),
+])  # fmt: skip
+def test_precise_types_boost_equal_to_the_weight_is_the_type_alone(node_type, boost, weight_type):
+    widgets = {"weight": 0.8, boost: 0.8, "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0,
+               "embeds_scaling": "K+V"}  # fmt: skip
+    out, _ = convert(image_prompt_api(node_type, **widgets))
+    assert out["5"]["inputs"]["weight_type"] == weight_type and out["5"]["inputs"]["block_weights"] == ""
+
+
+@pytest.mark.parametrize(("node_type", "checkpoint", "block_weights"), [
+    # SDXL composition precise, w 0.8, composition_boost 0.4: 3 reads w, 6 the boost, the rest 0.1 boost (not 4)
+    ("IPAdapterPreciseComposition", "sd_xl_base_1.0.safetensors",
+     "0:0.05, 1:0.05, 2:0.05, 3:1, 5:0.05, 6:0.5, 7:0.05, 8:0.05, 9:0.05, 10:0.05"),
+    # SD1.5 style transfer precise, w 0.8, style_boost 0.4: 4 and 5 (the composition modules) read the boost
+    ("IPAdapterPreciseStyleTransfer", "v1-5-pruned-emaonly.safetensors",
+     "0:1, 1:1, 2:1, 3:1, 4:0.125, 5:0.5, 9:1, 10:1, 11:1, 12:1, 13:1, 14:1, 15:1"),
+])  # fmt: skip
+def test_precise_types_boost_other_than_the_weight_becomes_block_weights(node_type, checkpoint, block_weights):
+    boost = "style_boost" if "Style" in node_type else "composition_boost"
+    widgets = {"weight": 0.8, boost: 0.4, "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0,
+               "embeds_scaling": "V only"}  # fmt: skip
+    out, report = convert(image_prompt_api(node_type, checkpoint, **widgets))
+    assert out["5"]["inputs"]["block_weights"] == block_weights
+    assert any(f"{boost} 0.4" in line and "block_weights" in line for line in report)
+
+
+@pytest.mark.parametrize(("weight_type", "ours"), [("style transfer", "linear"), ("composition precise", "composition precise")])
+def test_mad_scientist_layer_weights_are_block_weights(weight_type, ours):
+    widgets = {"weight": 0.9, "weight_faceidv2": 1.3, "weight_type": weight_type, "combine_embeds": "concat",
+               "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only", "layer_weights": "3:0.8, 6:0.35"}  # fmt: skip
+    out, report = convert(image_prompt_api("IPAdapterMS", **widgets))
+    apply = out["5"]["inputs"]
+    assert (apply["block_weights"], apply["weight_type"], apply["faceid_v2_weight"]) == ("3:0.8, 6:0.35", ours, 1.0)
+    assert any("weight_faceidv2 is dropped" in line for line in report)
+
+
+@pytest.mark.parametrize(("checkpoint", "preset"), [("sd_xl_base_1.0.safetensors", "SDXL composition (community)"),
+                                                    ("v1-5-pruned-emaonly.safetensors", "SD1.5 composition (community)")])  # fmt: skip
+def test_community_composition_preset_follows_the_checkpoint_and_kolors_is_refused(checkpoint, preset):
+    workflow = image_prompt_api("IPAdapterAdvanced", checkpoint, weight=1.0, weight_type="linear",
+                                combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")  # fmt: skip
+    workflow["2"] = {"class_type": "IPAdapterUnifiedLoaderCommunity", "inputs": {"model": ["1", 0], "preset": "Composition"}}
+    out, _ = convert(workflow)
+    assert out["2"] == {"class_type": vocabulary.UNIFIED_LOADER, "inputs": {"preset": preset}}
+    workflow["2"]["inputs"]["preset"] = "Kolors"
+    with pytest.raises(NotConvertible, match="IPAdapterUnifiedLoaderCommunity .*Kolors"):
+        convert(workflow)
+
+
+# --- Batch variants, weight strategies, enhancer, tiles, embeds files, regional bundles -------------------------
+
+
+def test_batch_variant_unfolds_and_keeps_the_weights_link():
+    workflow = image_prompt_api("IPAdapterBatch", weight=["7", 0], weight_type="linear", start_at=0.0, end_at=1.0,
+                                embeds_scaling="V only", encode_batch_size=8)  # fmt: skip
+    workflow["7"] = {"class_type": "IPAdapterWeights", "inputs": {
+        "weights": "1.0, 0.0", "timing": "ease_in", "frames": 6, "start_frame": 0, "end_frame": 9999,
+        "add_starting_frames": 2, "add_ending_frames": 0, "method": "alternate batches", "image": ["3", 0]}}  # fmt: skip
+    out, report = convert(workflow)
+    check_api_graph(out)
+    apply = out["5"]["inputs"]
+    assert apply["unfold_batch"] is True and apply["weight"] == ["7", 0]
+    assert out["7"] == {"class_type": vocabulary.WEIGHTS, "inputs": {
+        "weights": "1.0, 0.0", "timing": "ease_in", "frames": 6, "start_frame": 0, "end_frame": 9999,
+        "add_starting_frames": 2, "add_ending_frames": 0, "method": "alternate batches", "seed": 0,
+        "image": ["3", 0]}}  # fmt: skip
+    assert any("encode_batch_size 8 is dropped" in line for line in report)
+    assert not any("random" in line for line in report)  # its timing is not random
+
+
+def test_weight_strategy_nodes_keep_their_inputs_and_outputs_in_the_editor():
+    graph = EditorGraph()
+    weights = graph.add("IPAdapterWeights", ["1.0, 0.5", "random", 4, 0, 9999, 0, 0, "full batch"],
+                        inputs=[("image", "IMAGE")], outputs=vocabulary.PORT_NODES["IPAdapterWeights"].outputs)  # fmt: skip
+    strategy = graph.add("IPAdapterPromptScheduleFromWeightsStrategy", ["a cat\na dog"],
+                         inputs=[("weights_strategy", "WEIGHTS_STRATEGY")], outputs=[("prompt_schedule", "STRING")])  # fmt: skip
+    combine = graph.add("IPAdapterCombineWeights", [0.0, 0.3], inputs=[("weights_1", "FLOAT")],
+                        outputs=[("weights", "FLOAT"), ("count", "INT")])  # fmt: skip
+    graph.link(weights, 5, strategy, "weights_strategy")
+    graph.link(weights, 1, combine, "weights_1")
+    workflow = graph.workflow()
+    out, report = convert(workflow)
+    check_editor_graph(workflow, out)
+    (ours,) = nodes_of(out, vocabulary.WEIGHTS)
+    assert ours["widgets_values"] == ["1.0, 0.5", "random", 4, 0, 9999, 0, 0, "full batch", 0]
+    assert any("timing 'random' is drawn from seed (0)" in line for line in report)
+    (schedule,) = nodes_of(out, vocabulary.PROMPT_SCHEDULE)
+    assert input_origin(out, schedule, "weights_strategy") == (vocabulary.WEIGHTS, 5)
+    assert schedule["widgets_values"] == ["a cat\na dog"]
+    (combined,) = nodes_of(out, vocabulary.COMBINE_WEIGHTS)
+    assert input_origin(out, combined, "weights_1") == (vocabulary.WEIGHTS, 1)
+    assert combined["widgets_values"] == [0.0, 0.3]
+
+
+def test_enhancer_sets_encodes_tiles_and_refuses_averaging_its_two_encodings():
+    widgets = {"weight": 0.8, "weight_type": "linear", "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0,
+               "embeds_scaling": "V only", "enhance_tiles": 3, "enhance_ratio": 0.6}  # fmt: skip
+    out, _ = convert(image_prompt_api("IPAdapterClipVisionEnhancer", **widgets))
+    ((_, encode),) = made(out, vocabulary.ENCODE)
+    assert (encode["inputs"]["enhance_tiles"], encode["inputs"]["enhance_ratio"]) == (3, 0.6)
+    widgets["combine_embeds"] = "average"
+    with pytest.raises(NotConvertible, match="IPAdapterClipVisionEnhancer .*two encodings"):
+        convert(image_prompt_api("IPAdapterClipVisionEnhancer", **widgets))
+    widgets["enhance_tiles"] = 1  # one encoding of one picture: averaging it changes nothing
+    convert(image_prompt_api("IPAdapterClipVisionEnhancer", **widgets))
+
+
+def test_tiled_becomes_tiles_encode_and_apply_with_the_tiles_masks():
+    workflow = image_prompt_api("IPAdapterTiled", weight=0.7, weight_type="ease in", combine_embeds="concat",
+                                start_at=0.0, end_at=1.0, sharpening=0.3, embeds_scaling="V only")  # fmt: skip
+    workflow["7"] = {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}}
+    workflow["8"] = {"class_type": "MaskToImage", "inputs": {"mask": ["5", 2]}}
+    out, _ = convert(workflow)
+    check_api_graph(out)
+    ((tiles_id, tiles),) = made(out, vocabulary.TILES)
+    ((encode_id, encode),) = made(out, vocabulary.ENCODE)
+    assert tiles["inputs"] == {"sharpening": 0.3, "image": ["3", 0]}
+    assert encode["inputs"]["image"] == [tiles_id, 0]
+    assert out["5"]["inputs"]["attn_mask"] == [tiles_id, 1] and out["5"]["inputs"]["embeds"] == [encode_id, 0]
+    assert out["7"]["inputs"]["images"] == [tiles_id, 0] and out["8"]["inputs"]["mask"] == [tiles_id, 1]
+
+
+def test_load_embeds_gets_the_clip_vision_of_its_consumer():
+    workflow = api_graph()
+    workflow["8"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": "embeds/face.ipadpt"}}
+    workflow["6"]["inputs"]["pos_embed"] = ["8", 0]
+    workflow["6"]["inputs"]["clip_vision"] = ["3", 0]
+    del workflow["6"]["inputs"]["neg_embed"]
+    out, _ = convert(workflow)
+    assert out["8"] == {"class_type": vocabulary.LOAD_EMBEDS, "inputs": {"embeds_file": "embeds/face.ipadpt",
+                                                                         "clip_vision": ["3", 0]}}  # fmt: skip
+    del workflow["6"]["inputs"]["clip_vision"]  # nor a Unified Loader: left unconnected, and said
+    out, report = convert(workflow)
+    assert "clip_vision" not in out["8"]["inputs"] and any("needs clip_vision" in line for line in report)
+
+
+def test_regional_bundles_map_onto_ours_with_from_params_given_the_encoder():
+    workflow = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "2": {"class_type": "IPAdapterUnifiedLoader", "inputs": {"model": ["1", 0], "preset": "STANDARD (medium strength)"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "left.png"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "left", "clip": ["1", 1]}},
+        "5": {"class_type": "IPAdapterRegionalConditioning", "inputs": {
+            "image": ["3", 0], "mask": ["3", 1], "positive": ["4", 0], "image_weight": 0.7, "prompt_weight": 1.5,
+            "weight_type": "ease out", "start_at": 0.1, "end_at": 0.8}},
+        "6": {"class_type": "IPAdapterRegionalConditioning", "inputs": {
+            "image": ["3", 0], "image_weight": 1.0, "prompt_weight": 1.0, "weight_type": "linear", "start_at": 0.0,
+            "end_at": 1.0}},
+        "7": {"class_type": "IPAdapterCombineParams", "inputs": {"params_1": ["5", 0], "params_2": ["6", 0]}},
+        "8": {"class_type": "IPAdapterFromParams", "inputs": {
+            "model": ["2", 0], "ipadapter": ["2", 1], "ipadapter_params": ["7", 0], "combine_embeds": "average",
+            "embeds_scaling": "K+V"}},
+        "9": {"class_type": "KSampler", "inputs": {"model": ["8", 0], "positive": ["5", 1]}},
+    }  # fmt: skip
+    out, _ = convert(workflow)
+    check_api_graph(out)
+    assert out["5"] == {"class_type": vocabulary.REGIONAL, "inputs": {
+        "image_weight": 0.7, "prompt_weight": 1.5, "weight_type": "ease out", "start_at": 0.1, "end_at": 0.8,
+        "image": ["3", 0], "mask": ["3", 1], "positive": ["4", 0]}}  # fmt: skip
+    assert out["7"] == {"class_type": vocabulary.COMBINE_PARAMS, "inputs": {"params_1": ["5", 0], "params_2": ["6", 0]}}
+    assert out["8"] == {"class_type": vocabulary.FROM_PARAMS, "inputs": {
+        "combine_embeds": "average", "embeds_scaling": "K+V", "crop": "center", "model": ["1", 0], "ipadapter": ["2", 0],
+        "clip_vision": ["2", 1], "ipadapter_params": ["7", 0]}}  # fmt: skip
+    assert out["9"]["inputs"] == {"model": ["8", 0], "positive": ["5", 1]}

@@ -604,8 +604,10 @@ def convert_style_composition(graph: Graph, node: PortNode) -> Replacement:
     notes = [MIDDLE_BLOCK_NOTE, *_unfold_notes(node)]
     if "image_negative" not in node.sources:
         notes.append(NEGATIVE_NOTE)
-    notes.append("the port ran it on SDXL only; on SD1.5 the composition image goes to modules 4 and 5 here "
-                 f"({WHAT_DIFFERS})")  # fmt: skip
+    base, why = _base_of(graph, node)
+    if base == "SD1.5":
+        notes.append(f"the port ran it on SDXL only ({why}); on SD1.5 the composition image goes to modules 4 and 5 "
+                     f"here ({WHAT_DIFFERS})")  # fmt: skip
     return Replacement([apply, style, composition], {0: Made(node.id, "apply", 0)}, notes)
 
 
@@ -613,15 +615,18 @@ def _number(value) -> str:
     return f"{value:.10g}"
 
 
-# The port's maps of the precise types, as factors of the weight w and the boost b (its style_boost is the
-# composition modules' weight, its composition_boost the style weight), the middle block left out as the port did.
-PRECISE_MAPS = {
-    ("style transfer precise", "SDXL"): lambda w, b: {3: b, 6: w},
-    ("style transfer precise", "SD1.5"): lambda w, b: {**dict.fromkeys((0, 1, 2, 3, *range(9, 16)), w), 4: 0.25 * b, 5: b},
-    ("composition precise", "SDXL"): lambda w, b: {**{t: 0.1 * b for t in (0, 1, 2, 5, 7, 8, 9, 10)}, 3: w, 6: b},
-    ("composition precise", "SD1.5"): lambda w, b: {**dict.fromkeys((0, 1, 2, 3, *range(9, 16)), b), 4: 0.25 * w,
-                                                    5: w, 7: 0.1 * b, 8: 0.1 * b},  # fmt: skip
-}
+def precise_block_factors(weight_type: str, base: str, boost_ratio: float) -> dict[int, float]:
+    """The port's map of a precise type as block_weights factors of the weight, its boost being `boost_ratio` times
+    the weight (its style_boost weights the composition modules, its composition_boost the style ones); the middle
+    block (SD1.5 6, SDXL 4) is left out, as the port never reached it."""
+    sd15_style = (0, 1, 2, 3, *range(9, 16))
+    if weight_type == "style transfer precise":
+        if base == "SDXL":
+            return {3: boost_ratio, 6: 1.0}
+        return {**dict.fromkeys(sd15_style, 1.0), 4: 0.25 * boost_ratio, 5: boost_ratio}
+    if base == "SDXL":
+        return {**dict.fromkeys((0, 1, 2, 5, 7, 8, 9, 10), 0.1 * boost_ratio), 3: 1.0, 6: boost_ratio}
+    return {**dict.fromkeys(sd15_style, boost_ratio), 4: 0.25, 5: 1.0, 7: 0.1 * boost_ratio, 8: 0.1 * boost_ratio}
 
 
 def _precise(graph: Graph, node: PortNode, *, weight_type: str, boost: str) -> Replacement:
@@ -633,12 +638,12 @@ def _precise(graph: Graph, node: PortNode, *, weight_type: str, boost: str) -> R
     weight = _fixed_value(node, "weight")  # the boost acts apart from the weight: both must be known
     if boost_value != weight:
         if weight == 0:
-            raise NotConvertible(f"its {boost} {boost_value} acts where its weight is 0; block_weights scale the weight")
+            raise NotConvertible(f"its {boost} {boost_value} acts where its weight is 0 (block_weights scale it)")
         base, why = _base_of(graph, node)
-        factors = PRECISE_MAPS[(weight_type, base)](1.0, boost_value / weight)
-        apply.values["block_weights"] = ", ".join(f"{index}:{_number(factor)}" for index, factor in sorted(factors.items()))
-        notes.append(f"its {boost} {boost_value} (not the weight {weight}) is in block_weights, as the port's {base} "
-                     f"map ({why}; with the other base, rewrite block_weights)")  # fmt: skip
+        factors = precise_block_factors(weight_type, base, boost_value / weight)
+        apply.values["block_weights"] = ", ".join(f"{index}:{_number(factors[index])}" for index in sorted(factors))
+        notes.append(f"its {boost} {_number(boost_value)} (not the weight {_number(weight)}) is in block_weights, as "
+                     f"the port's {base} map ({why}; with the other base, rewrite block_weights)")  # fmt: skip
     return Replacement([apply, encode], {0: Made(node.id, "apply", 0)}, notes)
 
 
@@ -743,8 +748,10 @@ def _same_inputs(graph: Graph, node: PortNode, our_type: str, notes=()) -> Repla
 
 
 def convert_weights(graph: Graph, node: PortNode) -> Replacement:
-    return _same_inputs(graph, node, WEIGHTS, ["timing 'random' is drawn from seed (0) here, reproducibly; the "
-                                               "port drew it anew each run"])  # fmt: skip
+    notes = []
+    if "timing" in node.sources or node.values["timing"] == "random":
+        notes.append("timing 'random' is drawn from seed (0) here, the same each run; the port drew anew each run")
+    return _same_inputs(graph, node, WEIGHTS, notes)
 
 
 def convert_weights_from_strategy(graph: Graph, node: PortNode) -> Replacement:

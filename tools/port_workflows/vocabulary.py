@@ -38,13 +38,10 @@ IMAGE_PROMPT_SOCKETS = (
     ("clip_vision", "CLIP_VISION"),
 )
 STYLE_COMPOSITION_SOCKETS = (
-    ("model", "MODEL"),
-    ("ipadapter", "IPADAPTER"),
+    *IMAGE_PROMPT_SOCKETS[:2],
     ("image_style", "IMAGE"),
     ("image_composition", "IMAGE"),
-    ("image_negative", "IMAGE"),
-    ("attn_mask", "MASK"),
-    ("clip_vision", "CLIP_VISION"),
+    *IMAGE_PROMPT_SOCKETS[3:],
 )
 STYLE_COMPOSITION_WEIGHTS = (("weight_style", 1.0), ("weight_composition", 1.0), ("expand_style", False))
 WEIGHTS_OUTPUTS = (
@@ -82,14 +79,7 @@ PORT_NODES = {
         (("MODEL", "MODEL"),),
     ),
     "IPAdapterAdvanced": NodeShape(
-        (
-            ("model", "MODEL"),
-            ("ipadapter", "IPADAPTER"),
-            ("image", "IMAGE"),
-            ("image_negative", "IMAGE"),
-            ("attn_mask", "MASK"),
-            ("clip_vision", "CLIP_VISION"),
-        ),
+        IMAGE_PROMPT_SOCKETS,
         (("weight", 1.0), ("weight_type", "linear"), ("combine_embeds", "concat"), *START_END, EMBEDS_SCALING),
         (("MODEL", "MODEL"),),
     ),
@@ -317,7 +307,9 @@ OUR_NODES = {
         (("preset", None), ("base", "SD1.5"), ("provider", "CPU")),
         (("ipadapter", IPADAPTER), ("clip_vision", "CLIP_VISION"), ("insightface", INSIGHTFACE)),
     ),
-    INSIGHTFACE_LOADER: NodeShape((), (("model_name", "buffalo_l"), ("provider", "CPU")), (("insightface", INSIGHTFACE),)),
+    INSIGHTFACE_LOADER: NodeShape(
+        (), (("model_name", "buffalo_l"), ("provider", "CPU")), (("insightface", INSIGHTFACE),)
+    ),
     ENCODE_FACE: NodeShape(
         (("ipadapter", IPADAPTER), ("insightface", INSIGHTFACE), ("image", "IMAGE"), ("clip_vision", "CLIP_VISION")),
         (("skip_images_without_face", False),),
@@ -380,7 +372,8 @@ FACEID_PRESETS = {
 # The port's Community loader's Composition preset (ostris's files), by base; its Kolors preset is refused.
 COMMUNITY_PRESETS = {"SD1.5": "SD1.5 composition (community)", "SDXL": "SDXL composition (community)"}
 # The port's InsightFace providers as onnxruntime names them (without "ExecutionProvider"), as this pack lists them.
-PROVIDERS = {"CPU": "CPU", "CUDA": "CUDA", "ROCM": "ROCM", "DirectML": "Dml", "OpenVINO": "OpenVINO", "CoreML": "CoreML"}
+PROVIDERS = {"CPU": "CPU", "CUDA": "CUDA", "ROCM": "ROCM", "DirectML": "Dml", "OpenVINO": "OpenVINO",
+             "CoreML": "CoreML"}  # fmt: skip
 
 # IPAdapter (the port's simple node) maps its three weight types onto these, as the port does when it runs.
 SIMPLE_WEIGHT_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
