@@ -864,3 +864,28 @@ def test_regional_bundles_map_onto_ours_with_from_params_given_the_encoder():
         "combine_embeds": "average", "embeds_scaling": "K+V", "crop": "center", "model": ["1", 0], "ipadapter": ["2", 0],
         "clip_vision": ["2", 1], "ipadapter_params": ["7", 0]}}  # fmt: skip
     assert out["9"]["inputs"] == {"model": ["8", 0], "positive": ["5", 1]}
+
+
+@pytest.mark.parametrize("node_type", ["IPAdapterAdvanced", "IPAdapterPreciseStyleTransfer"])
+def test_combine_embeds_over_an_image_batch_encodes_each_picture_and_combines_them(node_type):
+    widgets = {"weight": 0.8, "combine_embeds": "subtract", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only"}
+    widgets.update({"weight_type": "linear"} if node_type == "IPAdapterAdvanced" else {"style_boost": 0.8})
+    workflow = image_prompt_api(node_type, **widgets)
+    workflow["7"] = {"class_type": "PrepImageForClipVision", "inputs": {"image": ["4", 0], "interpolation": "LANCZOS",
+                                                                        "crop_position": "top", "sharpening": 0.0}}  # fmt: skip
+    workflow["8"] = {"class_type": "ImageBatch", "inputs": {"image1": ["3", 0], "image2": ["7", 0]}}
+    workflow["9"] = {"class_type": "ImageBatch", "inputs": {"image1": ["8", 0], "image2": ["3", 0]}}
+    workflow["5"]["inputs"]["image"] = ["9", 0]
+    out, report = convert(workflow)
+    check_api_graph(out)
+    ((combine_id, combine),) = made(out, vocabulary.COMBINE)
+    assert out["5"]["inputs"]["embeds"] == [combine_id, 0] and combine["inputs"]["method"] == "subtract"
+    encodes = dict(made(out, vocabulary.ENCODE))
+    pictures = [encodes[combine["inputs"][f"embeds_{index}"][0]]["inputs"]["image"] for index in (1, 2, 3)]
+    assert pictures == [["3", 0], ["7", 0], ["3", 0]]  # the batch's order: (3, prep of 4), 3
+    assert any("3 pictures of its ImageBatch" in line for line in report)
+    assert any("took their mean" in line for line in report)  # subtract of three differs from the port's
+    workflow["7"]["inputs"]["image"] = ["10", 0]  # a picture of unknown count: refused as before
+    workflow["10"] = {"class_type": "VHS_LoadVideo", "inputs": {}}
+    with pytest.raises(NotConvertible, match="combine_embeds 'subtract' over a batch"):
+        convert(workflow)

@@ -219,18 +219,69 @@ def _apply_advanced(node: PortNode, embeds: Source | Made, *, weight_type, weigh
     return apply
 
 
-def _check_combine(graph: Graph, node: PortNode, image: str) -> None:
+def _combine_method(node: PortNode) -> str:
     if "combine_embeds" not in node.values:  # the Batch variants: concat
-        return
+        return "concat"
     method = _fixed_value(node, "combine_embeds")
     if method not in COMBINE_METHODS:
         raise NotConvertible(f"combine_embeds '{method}' is not one of the port's methods")
-    origin = graph.origin(node.sources.get(image))
-    if method != "concat" and (origin is None or graph.types.get(origin.node) != "LoadImage"):
+    return method
+
+
+def _is_single_picture(graph: Graph, source: Source | None) -> bool:
+    """A LoadImage's picture, or the port's Prep Image of one."""
+    origin = graph.origin(source)
+    node_type = None if origin is None else graph.types.get(origin.node)
+    if node_type == "PrepImageForClipVision":
+        return _is_single_picture(graph, graph.source(origin.node, "image"))
+    return node_type == "LoadImage"
+
+
+def _batched_pictures(graph: Graph, source: Source | None) -> list[Source] | None:
+    """The single pictures a tree of core ImageBatch nodes puts together, in batch order; None for anything else."""
+    origin = graph.origin(source)
+    if origin is None or graph.types.get(origin.node) != "ImageBatch":
+        return None
+    pictures = []
+    for name in ("image1", "image2"):
+        part = graph.source(origin.node, name)
+        nested = _batched_pictures(graph, part)
+        if nested is None and not _is_single_picture(graph, part):
+            return None
+        pictures += [part] if nested is None else nested
+    return pictures
+
+
+def _check_combine(graph: Graph, node: PortNode, image: str) -> None:
+    """A combine_embeds but concat acts only on a batch, which Encode makes one prompt of (concat)."""
+    method = _combine_method(node)
+    if method != "concat" and not _is_single_picture(graph, node.sources.get(image)):
         raise NotConvertible(
             f"combine_embeds '{method}' over a batch of references: Encode makes one prompt of a batch (concat); "
             "use Combine Embeds on separately encoded references"
         )
+
+
+def _references(graph: Graph, node: PortNode) -> tuple[list[NewNode], Made, list[str]]:
+    """(the nodes that encode the port node's `image`, the embeds Apply reads, the report's lines): one Encode Image,
+    or, for a combine_embeds but concat over a core ImageBatch of single pictures (at most five), an Encode Image per
+    picture and Combine Embeds with that method, as the port combined the batch's embeds."""
+    method = _combine_method(node)
+    pictures = _batched_pictures(graph, node.sources.get("image")) if method != "concat" else None
+    if pictures is None or len(pictures) > len(OUR_NODES[COMBINE].sockets):
+        _check_combine(graph, node, "image")
+        return [_encode(graph, node, image="image", negative="image_negative")], Made(node.id, "encode", 0), []
+    encodes = []
+    combine = NewNode("combine", COMBINE, {"method": method})
+    for index, picture in enumerate(pictures, start=1):
+        encode = _encode(graph, node, image="image", negative="image_negative")
+        encode.key, encode.sources["image"] = f"encode_{index}", picture
+        encodes.append(encode)
+        combine.sources[f"embeds_{index}"] = Made(node.id, encode.key, 0)
+    notes = [f"the {len(pictures)} pictures of its ImageBatch are encoded one by one and combined by Combine Embeds "
+             f"({method}), as the port combined the batch; ImageBatch resized the later pictures to the first's size, "
+             "here each is encoded as it is", *_combine_notes(method, len(pictures))]  # fmt: skip
+    return [*encodes, combine], Made(node.id, "combine", 0), notes
 
 
 MIDDLE_BLOCK_NOTE = (
@@ -297,10 +348,9 @@ def convert_simple(graph: Graph, node: PortNode) -> Replacement:
 
 
 def convert_advanced(graph: Graph, node: PortNode) -> Replacement:
-    _check_combine(graph, node, "image")
-    encode = _encode(graph, node, image="image", negative="image_negative")
-    apply = _apply_advanced(node, Made(node.id, "encode", 0), weight_type=_fixed_value(node, "weight_type"))
-    return Replacement([apply, encode], {0: Made(node.id, "apply", 0)}, _image_prompt_notes(node))
+    encoding, embeds, notes = _references(graph, node)
+    apply = _apply_advanced(node, embeds, weight_type=_fixed_value(node, "weight_type"))
+    return Replacement([apply, *encoding], {0: Made(node.id, "apply", 0)}, [*_image_prompt_notes(node), *notes])
 
 
 def _image_prompt_notes(node: PortNode) -> list[str]:
@@ -385,13 +435,19 @@ def convert_combine(graph: Graph, node: PortNode) -> Replacement:
     combine = NewNode("combine", COMBINE, {"method": method})
     combine.sources.update({f"embeds_{index}": source for index, source in enumerate(linked, start=1)})
     notes = ["the negatives are combined too (the average of the inputs' negatives for the arithmetic methods)"]
-    if method == "subtract" and len(linked) > 2:
+    return Replacement([combine], {0: Made(node.id, "combine", 0)}, [*notes, *_combine_notes(method, len(linked))])
+
+
+def _combine_notes(method: str, count: int) -> list[str]:
+    """Where Combine Embeds computes otherwise than the port's combination of `count` embeds."""
+    notes = []
+    if method == "subtract" and count > 2:
         notes.append("subtract takes the later inputs from the first one by one here; the port took their mean "
                      f"({WHAT_DIFFERS})")  # fmt: skip
     if method == "norm average":
         notes.append("norm average makes each input unit-length here; the port divided by the norm across the inputs "
                      f"({WHAT_DIFFERS})")  # fmt: skip
-    return Replacement([combine], {0: Made(node.id, "combine", 0)}, notes)
+    return notes
 
 
 def convert_save_embeds(graph: Graph, node: PortNode) -> Replacement:
@@ -511,21 +567,21 @@ def _faceid_apply(graph: Graph, node: PortNode, apply: NewNode) -> list[str]:
 def convert_faceid(graph: Graph, node: PortNode) -> Replacement:
     """The port's FaceID nodes and its Mad Scientist: faces encoded for a FaceID adapter, else pictures (as the
     port did, whose FaceID node with another adapter is its Advanced node)."""
-    _check_combine(graph, node, "image")
     weight_type = _fixed_value(node, "weight_type")
     faceid = _is_faceid(graph, node)
     if faceid:
         if graph.consumers(Source(node.id, 1)):
             raise NotConvertible("its face_image output is connected; IPAdapter Encode Face has no such output here")
-        encode = _encode_face(graph, node)
+        _check_combine(graph, node, "image")
+        encoding, embeds, combined = [_encode_face(graph, node)], Made(node.id, "encode", 0), []
     else:
-        encode = _encode(graph, node, image="image", negative="image_negative")
+        encoding, embeds, combined = _references(graph, node)
     layer_weights = _fixed_value(node, "layer_weights") if "layer_weights" in node.values else ""
     if layer_weights.strip() and weight_type not in ("style transfer precise", "composition precise"):
         weight_type = "linear"  # the port's layer_weights replace any other type's map and routing
-    apply = _apply_advanced(node, Made(node.id, "encode", 0), weight_type=weight_type)
+    apply = _apply_advanced(node, embeds, weight_type=weight_type)
     apply.values["block_weights"] = layer_weights
-    notes = _image_prompt_notes(node) if not faceid else [MIDDLE_BLOCK_NOTE, *_unfold_notes(node)]
+    notes = [*_image_prompt_notes(node), *combined] if not faceid else [MIDDLE_BLOCK_NOTE, *_unfold_notes(node)]
     if layer_weights.strip():
         notes.append("layer_weights is block_weights here (the same 'index:weight' items, times weight); the port "
                      "never patched the middle block (SD1.5 6, SDXL 4): a weight given to it acts here")  # fmt: skip
@@ -533,7 +589,7 @@ def convert_faceid(graph: Graph, node: PortNode) -> Replacement:
         notes += _faceid_apply(graph, node, apply)
     else:
         notes.append("its weight_faceidv2 is dropped: the adapter is not a FaceID one")
-    return Replacement([apply, encode], {0: Made(node.id, "apply", 0)}, notes)
+    return Replacement([apply, *encoding], {0: Made(node.id, "apply", 0)}, notes)
 
 
 def convert_unified_loader_faceid(graph: Graph, node: PortNode) -> Replacement:
@@ -630,10 +686,9 @@ def precise_block_factors(weight_type: str, base: str, boost_ratio: float) -> di
 
 
 def _precise(graph: Graph, node: PortNode, *, weight_type: str, boost: str) -> Replacement:
-    _check_combine(graph, node, "image")
-    encode = _encode(graph, node, image="image", negative="image_negative")
-    apply = _apply_advanced(node, Made(node.id, "encode", 0), weight_type=weight_type)
-    notes = _image_prompt_notes(node)
+    encoding, embeds, combined = _references(graph, node)
+    apply = _apply_advanced(node, embeds, weight_type=weight_type)
+    notes = [*_image_prompt_notes(node), *combined]
     boost_value = _fixed_value(node, boost)
     weight = _fixed_value(node, "weight")  # the boost acts apart from the weight: both must be known
     if boost_value != weight:
@@ -644,7 +699,7 @@ def _precise(graph: Graph, node: PortNode, *, weight_type: str, boost: str) -> R
         apply.values["block_weights"] = ", ".join(f"{index}:{_number(factors[index])}" for index in sorted(factors))
         notes.append(f"its {boost} {_number(boost_value)} (not the weight {_number(weight)}) is in block_weights, as "
                      f"the port's {base} map ({why}; with the other base, rewrite block_weights)")  # fmt: skip
-    return Replacement([apply, encode], {0: Made(node.id, "apply", 0)}, notes)
+    return Replacement([apply, *encoding], {0: Made(node.id, "apply", 0)}, notes)
 
 
 def convert_precise_style(graph: Graph, node: PortNode) -> Replacement:
@@ -673,12 +728,12 @@ def convert_enhancer(graph: Graph, node: PortNode) -> Replacement:
     if node.values.get("combine_embeds", "concat") != "concat" and ("enhance_tiles" in node.sources or tiles > 1):
         raise NotConvertible(f"combine_embeds '{node.values['combine_embeds']}' over the port's two encodings of one "
                              "picture (whole and tiled): Encode here keeps them as one prompt (concat)")  # fmt: skip
-    _check_combine(graph, node, "image")
-    encode = _encode(graph, node, image="image", negative="image_negative")
-    for name in ("enhance_tiles", "enhance_ratio"):
-        _carry(node, encode, name)
-    apply = _apply_advanced(node, Made(node.id, "encode", 0), weight_type=_fixed_value(node, "weight_type"))
-    return Replacement([apply, encode], {0: Made(node.id, "apply", 0)}, _image_prompt_notes(node))
+    encoding, embeds, combined = _references(graph, node)
+    for encode in (new for new in encoding if new.type == ENCODE):
+        for name in ("enhance_tiles", "enhance_ratio"):
+            _carry(node, encode, name)
+    apply = _apply_advanced(node, embeds, weight_type=_fixed_value(node, "weight_type"))
+    return Replacement([apply, *encoding], {0: Made(node.id, "apply", 0)}, [*_image_prompt_notes(node), *combined])
 
 
 def convert_tiled(graph: Graph, node: PortNode) -> Replacement:
