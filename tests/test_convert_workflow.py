@@ -889,3 +889,19 @@ def test_combine_embeds_over_an_image_batch_encodes_each_picture_and_combines_th
     workflow["10"] = {"class_type": "VHS_LoadVideo", "inputs": {}}
     with pytest.raises(NotConvertible, match="combine_embeds 'subtract' over a batch"):
         convert(workflow)
+
+
+@pytest.mark.parametrize(("node_type", "weight_type"), [("IPAdapterAdvanced", "ease in"),
+                                                        ("IPAdapter", "prompt is more important")])  # fmt: skip
+def test_advanced_and_simple_with_a_faceid_adapter_encode_faces_with_the_ports_v2_weight(node_type, weight_type):
+    workflow = faceid_api_graph()
+    workflow["7"]["class_type"] = node_type
+    workflow["7"]["inputs"]["weight_type"] = weight_type
+    ours = set(vocabulary.PORT_NODES[node_type].widget_names()) | set(dict(vocabulary.PORT_NODES[node_type].sockets))
+    workflow["7"]["inputs"] = {name: value for name, value in workflow["7"]["inputs"].items() if name in ours}
+    out, report = convert(workflow)
+    assert [node["class_type"] for node in out.values()].count(vocabulary.ENCODE_FACE) == 1
+    assert out["7"]["class_type"] == vocabulary.APPLY_ADVANCED
+    assert out["7"]["inputs"]["faceid_v2_weight"] == 1.8 and out["7"]["inputs"]["lora_strength"] == 0.7
+    assert out["7"]["inputs"]["weight_type"] == ("ease in" if node_type == "IPAdapterAdvanced" else "ease out")
+    assert any("2 × weight" in line for line in report)

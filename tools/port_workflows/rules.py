@@ -328,10 +328,17 @@ def convert_unified_loader(graph: Graph, node: PortNode) -> Replacement:
     return Replacement([loader], outputs, notes)
 
 
-def convert_simple(graph: Graph, node: PortNode) -> Replacement:
+def _simple_weight_type(node: PortNode) -> str:
     weight_type = SIMPLE_WEIGHT_TYPES.get(_fixed_value(node, "weight_type"))
     if weight_type is None:
         raise NotConvertible(f"weight_type '{node.values['weight_type']}' is not one of the port's")
+    return weight_type
+
+
+def convert_simple(graph: Graph, node: PortNode) -> Replacement:
+    weight_type = _simple_weight_type(node)
+    if _is_faceid(graph, node):  # the port encoded faces for a FaceID adapter whatever its node
+        return convert_faceid(graph, node)
     encode = _encode(graph, node, image="image")
     embeds = Made(node.id, "encode", 0)
     if weight_type == "linear":
@@ -348,6 +355,8 @@ def convert_simple(graph: Graph, node: PortNode) -> Replacement:
 
 
 def convert_advanced(graph: Graph, node: PortNode) -> Replacement:
+    if _is_faceid(graph, node):  # the port encoded faces for a FaceID adapter whatever its node
+        return convert_faceid(graph, node)
     encoding, embeds, notes = _references(graph, node)
     apply = _apply_advanced(node, embeds, weight_type=_fixed_value(node, "weight_type"))
     return Replacement([apply, *encoding], {0: Made(node.id, "apply", 0)}, [*_image_prompt_notes(node), *notes])
@@ -555,19 +564,25 @@ def _encode_face(graph: Graph, node: PortNode, *, image: str = "image") -> NewNo
 
 
 def _faceid_apply(graph: Graph, node: PortNode, apply: NewNode) -> list[str]:
-    """Apply's FaceID widgets from the port node: weight_faceidv2 and the LoRA's strength; the report's lines."""
-    _carry(node, apply, "weight_faceidv2", "faceid_v2_weight")
+    """Apply's FaceID widgets from the port node: weight_faceidv2 (a node without it: the port's 2 × weight) and the
+    LoRA's strength; the report's lines."""
+    apply.values["lora_strength"], notes = _lora_strength(graph, node)
+    if "weight_faceidv2" in node.values:
+        _carry(node, apply, "weight_faceidv2", "faceid_v2_weight")
+    else:
+        apply.values["faceid_v2_weight"] = 2 * _fixed_value(node, "weight")
+        notes.append(f"faceid_v2_weight is 2 × weight ({_number(apply.values['faceid_v2_weight'])}), what the port "
+                     "gave a PlusV2 file on a node without weight_faceidv2")  # fmt: skip
     v2 = apply.values.get("faceid_v2_weight", 0.0)
     if v2 < 0:
         raise NotConvertible(f"its weight_faceidv2 {v2} is negative; faceid_v2_weight here is 0 or more")
-    apply.values["lora_strength"], notes = _lora_strength(graph, node)
     return notes
 
 
 def convert_faceid(graph: Graph, node: PortNode) -> Replacement:
     """The port's FaceID nodes and its Mad Scientist: faces encoded for a FaceID adapter, else pictures (as the
     port did, whose FaceID node with another adapter is its Advanced node)."""
-    weight_type = _fixed_value(node, "weight_type")
+    weight_type = _simple_weight_type(node) if node.type == "IPAdapter" else _fixed_value(node, "weight_type")
     faceid = _is_faceid(graph, node)
     if faceid:
         if graph.consumers(Source(node.id, 1)):
@@ -587,7 +602,7 @@ def convert_faceid(graph: Graph, node: PortNode) -> Replacement:
                      "never patched the middle block (SD1.5 6, SDXL 4): a weight given to it acts here")  # fmt: skip
     if faceid:
         notes += _faceid_apply(graph, node, apply)
-    else:
+    elif "weight_faceidv2" in node.values:
         notes.append("its weight_faceidv2 is dropped: the adapter is not a FaceID one")
     return Replacement([apply, *encoding], {0: Made(node.id, "apply", 0)}, notes)
 
