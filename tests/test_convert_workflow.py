@@ -894,14 +894,20 @@ def test_combine_embeds_over_an_image_batch_encodes_each_picture_and_combines_th
 @pytest.mark.parametrize(("node_type", "weight_type"), [("IPAdapterAdvanced", "ease in"),
                                                         ("IPAdapter", "prompt is more important")])  # fmt: skip
 def test_advanced_and_simple_with_a_faceid_adapter_encode_faces_with_the_ports_v2_weight(node_type, weight_type):
+    """The port's nodes read InsightFace from its FaceID Unified Loader and gave PlusV2 s = 2 × weight."""
     workflow = faceid_api_graph()
-    workflow["7"]["class_type"] = node_type
-    workflow["7"]["inputs"]["weight_type"] = weight_type
-    ours = set(vocabulary.PORT_NODES[node_type].widget_names()) | set(dict(vocabulary.PORT_NODES[node_type].sockets))
-    workflow["7"]["inputs"] = {name: value for name, value in workflow["7"]["inputs"].items() if name in ours}
+    workflow["3"] = {"class_type": "IPAdapterUnifiedLoaderFaceID", "inputs": {
+        "model": ["2", 0], "preset": "FACEID PLUS V2", "lora_strength": 0.5, "provider": "CPU"}}  # fmt: skip
+    shape = vocabulary.PORT_NODES[node_type]
+    inputs = {**workflow["7"]["inputs"], "weight_type": weight_type, "model": ["3", 0], "ipadapter": ["3", 1]}
+    workflow["7"] = {"class_type": node_type, "inputs": {name: inputs[name] for name in
+                                                          {*shape.widget_names(), *dict(shape.sockets)} & set(inputs)}}  # fmt: skip
     out, report = convert(workflow)
-    assert [node["class_type"] for node in out.values()].count(vocabulary.ENCODE_FACE) == 1
-    assert out["7"]["class_type"] == vocabulary.APPLY_ADVANCED
-    assert out["7"]["inputs"]["faceid_v2_weight"] == 1.8 and out["7"]["inputs"]["lora_strength"] == 0.7
-    assert out["7"]["inputs"]["weight_type"] == ("ease in" if node_type == "IPAdapterAdvanced" else "ease out")
+    check_api_graph(out)
+    ((_, encode),) = made(out, vocabulary.ENCODE_FACE)
+    assert encode["inputs"]["insightface"] == ["3", 2]
+    apply = out["7"]["inputs"]
+    assert out["7"]["class_type"] == vocabulary.APPLY_ADVANCED and apply["model"] == ["1", 0]
+    assert (apply["faceid_v2_weight"], apply["lora_strength"]) == (1.8, 0.5 + 0.7)  # the loader's LoRA and #2's
+    assert apply["weight_type"] == ("ease in" if node_type == "IPAdapterAdvanced" else "ease out")
     assert any("2 × weight" in line for line in report)
