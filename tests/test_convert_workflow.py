@@ -17,7 +17,7 @@ import pytest
 
 import port_workflow_files
 from port_workflows import vocabulary
-from port_workflows.rules import NotConvertible, faceid_lora_bypasses
+from port_workflows.rules import RULES, NotConvertible, faceid_lora_bypasses
 from port_workflows.formats import LINK_FIELDS, convert, port_node_types, read_api, read_editor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +62,13 @@ def test_presets_and_weight_types_exist_here():
     assert set(vocabulary.COMBINE_METHODS) <= set(methods)
     faceid_presets = next(e for e in schema[vocabulary.UNIFIED_LOADER_FACEID]["inputs"] if e["name"] == "preset")
     assert {ours for ours, _ in vocabulary.FACEID_PRESETS.values()} <= set(faceid_presets["options"])
+
+
+def test_every_node_of_the_port_is_mapped_or_refused_with_a_reason():
+    """The port's NODE_CLASS_MAPPINGS at its last release (9d076a3) has 37 nodes; each has a rule or a reason."""
+    assert set(RULES) <= set(vocabulary.PORT_NODES) and not set(RULES) & set(vocabulary.PORT_NODES_NOT_YET)
+    assert len(set(RULES) | set(vocabulary.PORT_NODES_NOT_YET)) == 37
+    assert all(vocabulary.PORT_NODES_NOT_YET.values())
 
 
 def test_community_presets_exist_here():
