@@ -500,9 +500,10 @@ def _is_faceid(graph: Graph, node: PortNode) -> bool:
     if "insightface" in node.sources:
         return True
     loader_type, values = _adapter_origin(graph, node)
-    file = values.get("ipadapter_file")
-    if loader_type == "IPAdapterUnifiedLoaderFaceID" or isinstance(file, str):
-        return loader_type == "IPAdapterUnifiedLoaderFaceID" or "faceid" in file.lower()
+    if loader_type == "IPAdapterUnifiedLoaderFaceID":
+        return True
+    if isinstance(values.get("ipadapter_file"), str):
+        return "faceid" in values["ipadapter_file"].lower()
     return node.type in FACEID_APPLY_NODES and loader_type not in UNIFIED_LOADERS
 
 
@@ -547,14 +548,14 @@ def _insightface(graph: Graph, node: PortNode) -> Source | Made:
     raise NotConvertible("it has no insightface input and its ipadapter does not come from the FaceID Unified Loader")
 
 
-def _encode_face(graph: Graph, node: PortNode, *, image: str = "image") -> NewNode:
-    """IPAdapter Encode Face for a port node that encoded faces itself."""
+def _encode_face(graph: Graph, node: PortNode) -> NewNode:
+    """IPAdapter Encode Face for a port node that encoded the faces of its `image` itself."""
     if "image_negative" in node.sources:
         raise NotConvertible("its image_negative: IPAdapter Encode Face takes no negative picture here")
     encode = NewNode("encode", ENCODE_FACE, {"skip_images_without_face": False})
     encode.sources["ipadapter"] = node.sources.get("ipadapter")
     encode.sources["insightface"] = _insightface(graph, node)
-    encode.sources["image"] = node.sources.get(image)
+    encode.sources["image"] = node.sources.get("image")
     adapter = graph.origin(node.sources.get("ipadapter"))
     if "clip_vision" in node.sources:
         encode.sources["clip_vision"] = node.sources["clip_vision"]
@@ -580,8 +581,8 @@ def _faceid_apply(graph: Graph, node: PortNode, apply: NewNode) -> list[str]:
 
 
 def convert_faceid(graph: Graph, node: PortNode) -> Replacement:
-    """The port's FaceID nodes and its Mad Scientist: faces encoded for a FaceID adapter, else pictures (as the
-    port did, whose FaceID node with another adapter is its Advanced node)."""
+    """The port's FaceID nodes and Mad Scientist, and its IPAdapter and Advanced nodes given a FaceID adapter: faces
+    encoded for a FaceID adapter, else pictures (the port's FaceID node with another adapter is its Advanced node)."""
     weight_type = _simple_weight_type(node) if node.type == "IPAdapter" else _fixed_value(node, "weight_type")
     faceid = _is_faceid(graph, node)
     if faceid:
@@ -659,7 +660,7 @@ def faceid_lora_bypasses(graph: Graph) -> dict:
     return bypassed
 
 
-# --- style and composition, precise, Mad Scientist --------------------------------------------------------------
+# --- style and composition, precise, the Community loader -------------------------------------------------------
 
 
 def convert_style_composition(graph: Graph, node: PortNode) -> Replacement:
@@ -792,8 +793,8 @@ def convert_load_embeds(graph: Graph, node: PortNode) -> Replacement:
     load = NewNode("load", LOAD_EMBEDS)
     _carry(node, load, "embeds", "embeds_file")
     clip_vision = _consumer_clip_vision(graph, Source(node.id, 0))
-    notes = ["the .ipadpt file is read with torch.load(weights_only=True); it becomes the positive, the negative "
-             "is made as Encode makes it"]  # fmt: skip
+    notes = ["the .ipadpt file is read safely (tensors only) as the positive; its negative is the reference's (zeros, "
+             "or for hidden states the encoder's output on zero pixels)"]  # fmt: skip
     if clip_vision is not None:
         load.sources["clip_vision"] = clip_vision
     else:
