@@ -17,7 +17,7 @@ import pytest
 
 import port_workflow_files
 from port_workflows import vocabulary
-from port_workflows.rules import RULES, NotConvertible, faceid_lora_bypasses
+from port_workflows.rules import RULES, NotConvertible, replacements
 from port_workflows.formats import LINK_FIELDS, convert, port_node_types, read_api, read_editor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -428,8 +428,8 @@ def pinned_inputs(schema: dict, node_type: str) -> list:
 
 def bypassed_loras(workflow: dict) -> set[str]:
     """The ids of the core LoRA loaders of a FaceID LoRA that the conversion leaves out."""
-    graph = (read_editor if "nodes" in workflow else read_api)(workflow)
-    return set(faceid_lora_bypasses(graph))
+    done, _ = replacements((read_editor if "nodes" in workflow else read_api)(workflow))
+    return {lora_id for replacement in done.values() for lora_id in replacement.left_out}
 
 
 def check_editor_graph(source: dict, out: dict) -> None:
@@ -918,3 +918,11 @@ def test_advanced_and_simple_with_a_faceid_adapter_encode_faces_with_the_ports_v
     assert (apply["faceid_v2_weight"], apply["lora_strength"]) == (1.8, 0.5 + 0.7)  # the loader's LoRA and #2's
     assert apply["weight_type"] == ("ease in" if node_type == "IPAdapterAdvanced" else "ease out")
     assert any("2 × weight" in line for line in report)
+
+
+def test_faceid_lora_strength_from_a_link_is_refused_not_guessed():
+    workflow = faceid_api_graph()
+    workflow["2"]["inputs"]["strength_model"] = ["10", 0]
+    workflow["10"] = {"class_type": "PrimitiveFloat", "inputs": {"value": 0.4}}
+    with pytest.raises(NotConvertible, match="IPAdapterFaceID .*strength_model of #2 comes from a link"):
+        convert(workflow)

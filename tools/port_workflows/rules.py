@@ -108,6 +108,7 @@ class Replacement:
     nodes: list
     outputs: dict
     notes: list = field(default_factory=list)
+    left_out: list = field(default_factory=list)  # ids of other nodes it takes the place of (a FaceID LoRA's loader)
 
 
 class Graph:
@@ -516,9 +517,16 @@ def _faceid_loras(graph: Graph, node: PortNode) -> list[tuple[str, float]]:
         values = graph.values(source.node)
         name = values.get("lora_name")
         if graph.types.get(source.node) in LORA_LOADERS and isinstance(name, str) and FACEID_LORA_FILE.search(name):
-            found.append((source.node, values["strength_model"]))
+            found.append((source.node, _widget_value(graph, source.node, "strength_model")))
         source = graph.origin(graph.source(source.node, "model"))
     return found
+
+
+def _widget_value(graph: Graph, node_id: str, name: str):
+    """Another node's widget whose value the mapping takes: it must not come from a link."""
+    if graph.source(node_id, name) is not None or name not in graph.values(node_id):
+        raise NotConvertible(f"the {name} of #{node_id} comes from a link, and the mapping takes its value")
+    return graph.values(node_id)[name]
 
 
 def _lora_strength(graph: Graph, node: PortNode) -> tuple[float, list[str]]:
@@ -527,7 +535,7 @@ def _lora_strength(graph: Graph, node: PortNode) -> tuple[float, list[str]]:
     strengths, notes = [], []
     loader_type, values = _adapter_origin(graph, node)
     if loader_type == "IPAdapterUnifiedLoaderFaceID" and not str(values.get("preset")).startswith("FACEID PORTRAIT"):
-        strengths.append(values["lora_strength"])
+        strengths.append(_widget_value(graph, graph.origin(node.sources["ipadapter"]).node, "lora_strength"))
         notes.append(f"the port's FaceID Unified Loader put the FaceID LoRA on the model at {values['lora_strength']}; "
                      "here Apply puts the adapter file's own LoRA on at lora_strength")  # fmt: skip
     for lora_id, strength in _faceid_loras(graph, node):
@@ -601,11 +609,13 @@ def convert_faceid(graph: Graph, node: PortNode) -> Replacement:
     if layer_weights.strip():
         notes.append("layer_weights is block_weights here (the same 'index:weight' items, times weight); the port "
                      "never patched the middle block (SD1.5 6, SDXL 4): a weight given to it acts here")  # fmt: skip
+    left_out = []
     if faceid:
         notes += _faceid_apply(graph, node, apply)
+        left_out = [lora_id for lora_id, _ in _faceid_loras(graph, node)]
     elif "weight_faceidv2" in node.values:
         notes.append("its weight_faceidv2 is dropped: the adapter is not a FaceID one")
-    return Replacement([apply, *encoding], {0: Made(node.id, "apply", 0)}, notes)
+    return Replacement([apply, *encoding], {0: Made(node.id, "apply", 0)}, notes, left_out)
 
 
 def convert_unified_loader_faceid(graph: Graph, node: PortNode) -> Replacement:
@@ -642,22 +652,12 @@ def convert_insightface_loader(graph: Graph, node: PortNode) -> Replacement:
     return Replacement([loader], {0: Made(node.id, "loader", 0)}, notes)
 
 
-def faceid_lora_bypasses(graph: Graph) -> dict:
-    """{id: Replacement} of the core LoRA loaders of a FaceID LoRA file that feed a FaceID image prompt: left out,
-    their MODEL and CLIP consumers fed from their own inputs (the LoRA is Apply's lora_strength here)."""
-    bypassed = {}
-    for node_id, node_type in graph.types.items():
-        shape = PORT_NODES.get(node_type)
-        if shape is None or "model" not in dict(shape.sockets) or "ipadapter" not in dict(shape.sockets):
-            continue
-        node = graph.port_node(node_id)
-        if not _is_faceid(graph, node):
-            continue
-        for lora_id, strength in _faceid_loras(graph, node):
-            outputs = {0: graph.source(lora_id, "model"), 1: graph.source(lora_id, "clip")}
-            note = f"a FaceID LoRA (strength {strength}): left out, Apply's lora_strength puts the same LoRA on"
-            bypassed[lora_id] = Replacement([], outputs, [note])
-    return bypassed
+def _left_out_lora(graph: Graph, lora_id: str) -> Replacement:
+    """A core LoRA loader of the FaceID LoRA that Apply's lora_strength replaces: its MODEL and CLIP consumers read
+    its own inputs."""
+    strength = _widget_value(graph, lora_id, "strength_model")
+    outputs = {0: graph.source(lora_id, "model"), 1: graph.source(lora_id, "clip")}
+    return Replacement([], outputs, [f"a FaceID LoRA (strength {strength}): left out, Apply's lora_strength puts it on"])
 
 
 # --- style and composition, precise, the Community loader -------------------------------------------------------
@@ -912,7 +912,8 @@ def replacements(graph: Graph) -> tuple[dict, dict]:
             done[node_id] = RULES[node_type](graph, graph.port_node(node_id))
         except NotConvertible as error:
             refused.setdefault(node_type, f"#{node_id}: {error}")
-    done.update(faceid_lora_bypasses(graph))
+    for lora_id in {lora_id for replacement in list(done.values()) for lora_id in replacement.left_out}:
+        done[lora_id] = _left_out_lora(graph, lora_id)
     return done, refused
 
 
