@@ -657,7 +657,7 @@ def _left_out_lora(graph: Graph, lora_id: str) -> Replacement:
     its own inputs."""
     strength = _widget_value(graph, lora_id, "strength_model")
     outputs = {0: graph.source(lora_id, "model"), 1: graph.source(lora_id, "clip")}
-    return Replacement([], outputs, [f"a FaceID LoRA (strength {strength}): left out, Apply's lora_strength puts it on"])
+    return Replacement([], outputs, [f"a FaceID LoRA (strength {strength}): left out, Apply's lora_strength is it"])
 
 
 # --- style and composition, precise, the Community loader -------------------------------------------------------
