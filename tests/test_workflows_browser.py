@@ -227,24 +227,15 @@ STANDIN_CHECKPOINT, STANDIN_VIT_H = "v1-5-pruned-emaonly.safetensors", "CLIP-ViT
 
 
 def _port_editor_files() -> list[Path]:
-    """The shared port workflows in the editor format that the converter maps (the others it refuses: tested in
-    tests/test_convert_workflow.py)."""
-    from port_workflows.formats import convert
-    from port_workflows.rules import NotConvertible
+    """The shared port workflows in the editor format that the converter maps: those tests/port_workflow_files.py
+    does not list as refused (tests/test_convert_workflow.py holds the converter to that list)."""
+    import port_workflow_files
 
     if not PORT_WORKFLOWS.is_dir():
         return []
-    convertible = []
-    for path in sorted(PORT_WORKFLOWS.glob("*/*.json")):
-        workflow = json.loads(path.read_text())
-        if "nodes" not in workflow:
-            continue
-        try:
-            convert(workflow)
-        except NotConvertible:
-            continue
-        convertible.append(path)
-    return convertible
+    return [path for path in sorted(PORT_WORKFLOWS.glob("*/*.json"))
+            if f"{path.parent.name}/{path.name}" not in port_workflow_files.REFUSED
+            and "nodes" in json.loads(path.read_text())]  # fmt: skip
 
 
 def _on_sd15_standins(prompt: dict, pictures: list[str]) -> dict:
@@ -292,9 +283,11 @@ LOAD_ANSWERING = """async ([workflow, name, accept]) => {
 def test_port_workflows_are_offered_converted_in_the_editor_and_run(page_on_server):
     """Each shared port workflow the converter maps, opened one after another in one page: the editor asks, the
     answer yes gives this pack's nodes and no missing node the file did not already miss (a third pack's), the
-    front-end's prompt uses only them, and a file of core nodes and ours runs on the SD1.5 stand-ins: once, in the
-    pass on the host's own front-end (the newest front-end's pass converts and checks the graphs; the prompts the
-    runs would send are the backend's business, the same in both passes)."""
+    front-end's prompt uses only them, and a file of core nodes and ours runs on the SD1.5 stand-ins (but those
+    tests/port_workflow_files.py lists as not run): once, in the pass on the host's own front-end (the newest
+    front-end's pass converts and checks the graphs; the prompts the runs would send are the backend's business, the
+    same in both passes)."""
+    import port_workflow_files
     from port_workflows.rules import is_port_node
 
     server, page = page_on_server
@@ -312,7 +305,7 @@ def test_port_workflows_are_offered_converted_in_the_editor_and_run(page_on_serv
         assert not [kind for kind in seen["types"] if is_port_node(kind)], (path.name, seen["types"])
         assert set(seen["unregistered"]) <= third_party, (path.name, seen["unregistered"])
         assert any(kind.startswith("DecoupledIPAdapter") for kind in seen["types"]), path.name
-        if third_party or not run_them:
+        if third_party or not run_them or f"{path.parent.name}/{path.name}" in port_workflow_files.NOT_RUN:
             continue
         prompt = _on_sd15_standins(seen["output"], pictures)
         entry = run_prompt(server, prompt)
@@ -327,7 +320,7 @@ def test_declining_the_offer_leaves_the_port_nodes_and_an_unmappable_file_says_w
     simple = json.loads((PORT_WORKFLOWS / "examples" / "ipadapter_simple.json").read_text())
     seen = page.evaluate(LOAD_ANSWERING, [simple, "simple.json", False])
     assert len(seen["asked"]) == 1 and {"IPAdapter", "IPAdapterUnifiedLoader"} <= set(seen["unregistered"]), seen
-    tiled = json.loads((PORT_WORKFLOWS / "examples" / "ipadapter_tiled.json").read_text())
-    seen = page.evaluate(LOAD_ANSWERING, [tiled, "tiled.json", True])
-    assert "IPAdapterTiled" in seen["unregistered"], seen
-    assert any("Not converted" in toast and "IPAdapterTiled (tiled references" in toast for toast in seen["toasts"]), seen
+    kolors = json.loads((PORT_WORKFLOWS / "examples" / "ipadapter_kolors.json").read_text())
+    seen = page.evaluate(LOAD_ANSWERING, [kolors, "kolors.json", True])
+    assert "IPAdapterModelLoader" in seen["unregistered"], seen
+    assert any("Not converted" in toast and "is a Kolors adapter" in toast for toast in seen["toasts"]), seen

@@ -7,7 +7,7 @@ Editor format: {"nodes": [...], "links": [[id, origin, origin_slot, target, targ
 import copy
 
 from .rules import (
-    MODEL_FILE_WIDGETS,
+    CORE_NODE_WIDGETS,
     Graph,
     NotConvertible,
     Resolver,
@@ -59,9 +59,8 @@ def read_editor(workflow: dict) -> Graph:
         inputs[node_id] = linked
         if node["type"] in PORT_NODES:
             values[node_id] = _named_values(node["type"], node.get("widgets_values"))
-        elif node["type"] in MODEL_FILE_WIDGETS and isinstance(node.get("widgets_values"), list):
-            file_widget = MODEL_FILE_WIDGETS[node["type"]]
-            values[node_id] = {file_widget: (node["widgets_values"] or [None])[0]}
+        elif node["type"] in CORE_NODE_WIDGETS and isinstance(node.get("widgets_values"), list):
+            values[node_id] = dict(zip(CORE_NODE_WIDGETS[node["type"]], node["widgets_values"]))
     return Graph(types, inputs, values)
 
 
@@ -79,7 +78,7 @@ def read_api(workflow: dict) -> Graph:
         shape = PORT_NODES.get(node["class_type"])
         if shape is not None:
             values[node_id] = {name: plain.get(name, default) for name, default in shape.widgets}
-        elif node["class_type"] in MODEL_FILE_WIDGETS:
+        elif node["class_type"] in CORE_NODE_WIDGETS:
             values[node_id] = plain
     return Graph(types, inputs, values)
 
