@@ -339,7 +339,7 @@ OUR_NODES = {
         (("model", "MODEL"), ("ipadapter", IPADAPTER), ("clip_vision", "CLIP_VISION"), ("ipadapter_params", PARAMS),
          ("image_negative", "IMAGE")),  # fmt: skip
         (("combine_embeds", "concat"), EMBEDS_SCALING, ("crop", "center")),
-        (("model", "MODEL"),),
+        (("MODEL", "MODEL"),),
     ),
 }
 
