@@ -5,7 +5,8 @@ An `ImagePromptTerm` holds the adapter, the embeds, the step range and, per laye
 image tokens the layer reads, the precise swap). It caches, per device and dtype, the projected image tokens (once
 per embeds) and each layer's K'/V' (once per layer, not per step), with the layer's λ and the embeds scaling already
 folded in: `Attn(Q, K', s·V') = s·Attn(Q, K', V')`. A term with an attention mask also caches the mask brought to
-each query count.
+each query count. A term with a weight per latent or `unfold_batch` (`per_latent`, unfold.py; UNet only) caches
+instead one K'/V' per batch row, for each layout of rows it is called with (`row_keys_values`).
 
 Every term keeps one contract, whatever its mechanism: `acts_at(layer, sigma)` and `keys_values(layer, device, dtype,
 *, sigma)` (sigma: the step, which only the SD3 term's K'/V' depend on). A layer is anything with a `number` (the
@@ -25,6 +26,7 @@ from .embeds_scaling import scale_image_kv
 from .masks import downsample_mask
 from .patch_protocol import is_same_device
 from .schedule import SigmaRange, model_sigma_range
+from .unfold import PerLatent, padded_index, row_items
 
 UNPATCHED = LayerControl(weight=0.0)
 
@@ -61,14 +63,20 @@ class TermBasics:
         """λ at `layer`: the term's weight, unless the term has a control per layer."""
         return self.weight
 
+    def acts_on(self, layer) -> bool:
+        """Whether the term ever adds anything at `layer` (a layer where it does not gets no patch from it)."""
+        return self.layer_weight(layer) != 0
+
     def acts_at(self, layer, sigma: float | None) -> bool:
-        return self.layer_weight(layer) != 0 and self.sigmas.contains(sigma)
+        return self.acts_on(layer) and self.sigmas.contains(sigma)
 
 
 def term_basics(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, options: ApplyOptions) -> dict:
-    """The `TermBasics` arguments of one Apply call on the ModelPatcher `model`."""
+    """The `TermBasics` arguments of one Apply call on the ModelPatcher `model` (a weight list: its first value; the
+    per-latent term reads the whole list)."""
     sigmas = model_sigma_range(model, start_at=options.start_at, end_at=options.end_at)
-    return {"adapter": adapter, "weights_patcher": weights_patcher, "embeds": embeds, "weight": float(options.weight), "sigmas": sigmas}
+    weight = options.weight[0] if isinstance(options.weight, tuple) else float(options.weight)
+    return {"adapter": adapter, "weights_patcher": weights_patcher, "embeds": embeds, "weight": weight, "sigmas": sigmas}
 
 
 class ImagePromptTerm(TermBasics):
@@ -80,9 +88,11 @@ class ImagePromptTerm(TermBasics):
         composition_embeds: ImagePromptEmbeds | None = None,
         mask: torch.Tensor | None = None,
         faceid_v2_weight: float = 1.0,
+        per_latent: PerLatent | None = None,
         **basics,
     ):
         super().__init__(**basics)
+        self.per_latent = per_latent  # None: one λ and one image prompt for every latent
         self.faceid_v2_weight = faceid_v2_weight  # FaceID PlusV2's s (the shortcut's scale)
         self.controls = controls  # layer key → LayerControl; None: every layer λ = weight, the main embeds
         self.embeds_scaling = embeds_scaling
@@ -100,6 +110,11 @@ class ImagePromptTerm(TermBasics):
 
     def layer_weight(self, layer) -> float:
         return self.control(layer).weight
+
+    def acts_on(self, layer) -> bool:
+        if self.per_latent is None:
+            return super().acts_on(layer)
+        return self.per_latent.acts_on(layer.key)
 
     def keys_values(
         self, layer, device: torch.device, dtype: torch.dtype, *, sigma: float | None = None
@@ -121,13 +136,42 @@ class ImagePromptTerm(TermBasics):
             per_layer[layer.number] = (keys, values)
         return per_layer[layer.number]
 
+    def row_keys_values(
+        self, layer, device: torch.device, dtype: torch.dtype, *, sides: tuple[int, ...], indices: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K' and V' of `layer` for every row of a batch of `len(sides)` chunks holding the latents `indices`:
+        `[B, T, hidden]` each, row by row the embeds scaling of that latent's λ (`scale_image_kv` with λ per row;
+        V only: λ folded into V'), its side's tokens and, with `unfold`, only its image's tokens (else all N images'
+        side by side). Cached per layout of rows."""
+        per_layer = self._keys_values.setdefault((device, dtype), {})
+        key = (layer.number, sides, indices)
+        if key not in per_layer:
+            control = self.control(layer)
+            groups = self.source(control.embeds).image_count if self.per_latent.unfold else 1
+            with torch.no_grad():
+                keys, values = self.adapter.model.layer(layer.number)(self.tokens(device, dtype, embeds=control.embeds))
+                keys, values = (x.reshape(2, groups, x.shape[1] // groups, x.shape[2]) for x in (keys, values))  # [2, G, T, hidden]
+                if control.swap_cond_uncond:
+                    keys, values = (torch.stack([torch.zeros_like(x[COND]), x[COND]]) for x in (keys, values))  # [2, G, T, hidden]
+                rows = row_items(sides, indices, groups)
+                keys, values = (torch.stack([x[side, group] for side, group in rows]) for x in (keys, values))  # [B, T, hidden]
+                weights = self.per_latent.row_weights(layer.key, indices) * len(sides)
+                weights = torch.tensor(weights, device=device, dtype=dtype).view(-1, 1, 1)  # [B, 1, 1]
+                keys, values, scale = scale_image_kv(keys, values, weight=weights, embeds_scaling=self.embeds_scaling)
+                per_layer[key] = (keys, values * scale)
+        return per_layer[key]
+
+    def source(self, embeds: str) -> ImagePromptEmbeds:
+        """The embeds a layer reads: the composition ones where it reads them and they are given, else the main ones."""
+        return self.composition_embeds if embeds == "composition" and self.composition_embeds is not None else self.embeds
+
     def tokens(self, device: torch.device, dtype: torch.dtype, *, embeds: str = "main") -> torch.Tensor:
         """The projected image tokens `[2 (cond, uncond), N·T, C]` of the main or the composition embeds (the main
         ones when there are no composition embeds): the N images of the prompt side by side."""
         if self.composition_embeds is None:
             embeds = "main"
         if (embeds, device, dtype) not in self._tokens:
-            source = self.composition_embeds if embeds == "composition" else self.embeds
+            source = self.source(embeds)
             projection = self.adapter.model.image_proj
             with torch.no_grad():
                 both = torch.cat([source.positive, source.negative]).to(device=device, dtype=dtype)
@@ -147,6 +191,21 @@ class ImagePromptTerm(TermBasics):
         if key not in self._masks:
             small = downsample_mask(self.mask, queries=queries, latent_size=latent_size)  # [M, queries]
             self._masks[key] = small.to(device=device, dtype=dtype).unsqueeze(-1)  # [M, queries, 1]
+        return self._masks[key]
+
+    def row_masks(
+        self, queries: int, device: torch.device, dtype: torch.dtype, *, latent_size: tuple[int, int] | None,
+        chunks: int, indices: tuple[int, ...],
+    ) -> torch.Tensor:
+        """Under `unfold`: the mask of every row of a batch of `chunks` chunks holding the latents `indices`, `[B,
+        queries, 1]` (one mask: `[1, queries, 1]`, every row); latent i takes mask min(i, M − 1)."""
+        masks = self.masks(queries, device, dtype, latent_size=latent_size)  # [M, queries, 1]
+        if masks.shape[0] == 1:
+            return masks
+        key = (queries, latent_size, device, dtype, chunks, indices)
+        if key not in self._masks:
+            picked = [masks[padded_index(index, masks.shape[0])] for index in indices]
+            self._masks[key] = torch.stack(picked * chunks)  # [B, queries, 1]
         return self._masks[key]
 
     def keep_cached_only_on(self, device: torch.device) -> None:
