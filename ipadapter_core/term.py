@@ -6,7 +6,8 @@ image tokens the layer reads, the precise swap). It caches, per device and dtype
 per embeds) and each layer's K'/V' (once per layer, not per step), with the layer's λ and the embeds scaling already
 folded in: `Attn(Q, K', s·V') = s·Attn(Q, K', V')`. A term with an attention mask also caches the mask brought to
 each query count. A term with a weight per latent or `unfold_batch` (`per_latent`, unfold.py; UNet only) caches
-instead one K'/V' per batch row, for each layout of rows it is called with (`row_keys_values`).
+instead each image's unscaled K'/V' and λ per entry of the weight list, and gathers every call's rows from them
+(`row_keys_values`).
 
 Every term keeps one contract, whatever its mechanism: `acts_at(layer, sigma)` and `keys_values(layer, device, dtype,
 *, sigma)` (sigma: the step, which only the SD3 term's K'/V' depend on). A layer is anything with a `number` (the
@@ -26,7 +27,7 @@ from .embeds_scaling import scale_image_kv
 from .masks import downsample_mask
 from .patch_protocol import is_same_device
 from .schedule import SigmaRange, model_sigma_range
-from .unfold import PerLatent, padded_index, row_items
+from .unfold import PerLatent, row_items
 
 UNPATCHED = LayerControl(weight=0.0)
 
@@ -102,6 +103,7 @@ class ImagePromptTerm(TermBasics):
         self._tokens: dict[tuple, torch.Tensor] = {}
         self._keys_values: dict[tuple, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._masks: dict[tuple, torch.Tensor] = {}
+        self._row_indexes: dict[tuple, torch.Tensor] = {}  # per-latent terms: see row_index
 
     def control(self, layer) -> LayerControl:
         if self.controls is None:
@@ -140,11 +142,23 @@ class ImagePromptTerm(TermBasics):
         self, layer, device: torch.device, dtype: torch.dtype, *, sides: tuple[int, ...], indices: tuple[int, ...]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """K' and V' of `layer` for every row of a batch of `len(sides)` chunks holding the latents `indices`:
-        `[B, T, hidden]` each, row by row the embeds scaling of that latent's λ (`scale_image_kv` with λ per row;
-        V only: λ folded into V'), its side's tokens and, with `unfold`, only its image's tokens (else all N images'
-        side by side). Cached per layout of rows."""
+        `[B, T, hidden]` each: the row's side, with `unfold` only its latent's image's tokens (else all N images' side
+        by side), and the embeds scaling of its latent's λ (`scale_image_kv` with λ per row; V only: λ folded into
+        V'). Cached per layer: the K'/V' of each image and λ of each entry of the weight list; gathered per call
+        with cached row indexes (no device sync), so context windows that move every step cost no memory."""
+        keys, values, weights = self.per_image_keys_values(layer, device, dtype)  # [2, G, T, hidden] ×2, [L]
+        side_of_row = self.row_index(device, sides, indices, count=None)  # [B]
+        image_of_row = self.row_index(device, sides, indices, count=keys.shape[1])  # [B]
+        weight_of_row = weights[self.row_index(device, sides, indices, count=weights.shape[0])].view(-1, 1, 1)  # [B, 1, 1]
+        row_keys, row_values = keys[side_of_row, image_of_row], values[side_of_row, image_of_row]  # [B, T, hidden]
+        row_keys, row_values, scale = scale_image_kv(row_keys, row_values, weight=weight_of_row, embeds_scaling=self.embeds_scaling)
+        return row_keys, row_values * scale
+
+    def per_image_keys_values(self, layer, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """K' and V' of `layer` `[2 (cond, uncond), G, T, hidden]`, unscaled (G: the N images under `unfold`, else 1
+        holding all N·T tokens; the precise swap applied), and λ of `layer` for each entry of the weight list `[L]`."""
         per_layer = self._keys_values.setdefault((device, dtype), {})
-        key = (layer.number, sides, indices)
+        key = ("per image", layer.number)
         if key not in per_layer:
             control = self.control(layer)
             groups = self.source(control.embeds).image_count if self.per_latent.unfold else 1
@@ -153,13 +167,17 @@ class ImagePromptTerm(TermBasics):
                 keys, values = (x.reshape(2, groups, x.shape[1] // groups, x.shape[2]) for x in (keys, values))  # [2, G, T, hidden]
                 if control.swap_cond_uncond:
                     keys, values = (torch.stack([torch.zeros_like(x[COND]), x[COND]]) for x in (keys, values))  # [2, G, T, hidden]
-                rows = row_items(sides, indices, groups)
-                keys, values = (torch.stack([x[side, group] for side, group in rows]) for x in (keys, values))  # [B, T, hidden]
-                weights = self.per_latent.row_weights(layer.key, indices) * len(sides)
-                weights = torch.tensor(weights, device=device, dtype=dtype).view(-1, 1, 1)  # [B, 1, 1]
-                keys, values, scale = scale_image_kv(keys, values, weight=weights, embeds_scaling=self.embeds_scaling)
-                per_layer[key] = (keys, values * scale)
+            weights = torch.tensor(self.per_latent.entry_weights(layer.key), device=device, dtype=dtype)  # [L]
+            per_layer[key] = (keys, values, weights)
         return per_layer[key]
+
+    def row_index(self, device: torch.device, sides: tuple[int, ...], indices: tuple[int, ...], *, count: int | None) -> torch.Tensor:
+        """`[B]` on `device`: each row's side (count None), or the entry of a list of `count` its latent takes."""
+        key = (device, sides, indices, count)
+        if key not in self._row_indexes:
+            rows = row_items(sides, indices, count or 1)
+            self._row_indexes[key] = torch.tensor([side if count is None else entry for side, entry in rows], device=device)
+        return self._row_indexes[key]
 
     def source(self, embeds: str) -> ImagePromptEmbeds:
         """The embeds a layer reads: the composition ones where it reads them and they are given, else the main ones."""
@@ -195,21 +213,18 @@ class ImagePromptTerm(TermBasics):
 
     def row_masks(
         self, queries: int, device: torch.device, dtype: torch.dtype, *, latent_size: tuple[int, int] | None,
-        chunks: int, indices: tuple[int, ...],
+        sides: tuple[int, ...], indices: tuple[int, ...],
     ) -> torch.Tensor:
-        """Under `unfold`: the mask of every row of a batch of `chunks` chunks holding the latents `indices`, `[B,
-        queries, 1]` (one mask: `[1, queries, 1]`, every row); latent i takes mask min(i, M − 1)."""
+        """Under `unfold`: the mask of every row of a batch of `len(sides)` chunks holding the latents `indices`,
+        `[B, queries, 1]` (one mask: `[1, queries, 1]`, every row); latent i takes mask min(i, M − 1)."""
         masks = self.masks(queries, device, dtype, latent_size=latent_size)  # [M, queries, 1]
         if masks.shape[0] == 1:
             return masks
-        key = (queries, latent_size, device, dtype, chunks, indices)
-        if key not in self._masks:
-            picked = [masks[padded_index(index, masks.shape[0])] for index in indices]
-            self._masks[key] = torch.stack(picked * chunks)  # [B, queries, 1]
-        return self._masks[key]
+        return masks[self.row_index(device, sides, indices, count=masks.shape[0])]  # [B, queries, 1]
 
     def keep_cached_only_on(self, device: torch.device) -> None:
-        """Drop the tokens, K'/V' and masks held on other devices (the model moved): memory is freed where it left."""
+        """Drop the tokens, K'/V', masks and row indexes held on other devices (the model moved): memory is freed where it left."""
         self._tokens = {key: value for key, value in self._tokens.items() if is_same_device(key[1], device)}
         self._keys_values = {key: value for key, value in self._keys_values.items() if is_same_device(key[0], device)}
         self._masks = {key: value for key, value in self._masks.items() if is_same_device(key[2], device)}
+        self._row_indexes = {key: value for key, value in self._row_indexes.items() if is_same_device(key[0], device)}

@@ -93,13 +93,16 @@ class PerLatent:
 
     def acts_on(self, key: Hashable) -> bool:
         """Whether some latent gets a non-zero λ at this layer."""
-        line = self.layer_weights.get(key)
-        return line is not None and any(line.at(weight) != 0 for weight in self.weights)
+        return key in self.layer_weights and any(self.entry_weights(key))
 
-    def row_weights(self, key: Hashable, indices: Sequence[int]) -> list[float]:
-        """λ of this layer for the latents `indices` of one chunk."""
-        line = self.layer_weights[key]
-        return [line.at(self.weights[padded_index(index, len(self.weights))]) for index in indices]
+    def entry_weights(self, key: Hashable) -> list[float]:
+        """λ of this layer for each entry of the weight list."""
+        return [self.layer_weights[key].at(weight) for weight in self.weights]
+
+    def acts_on_latents(self, key: Hashable, indices: Sequence[int]) -> bool:
+        """Whether some latent of `indices` gets a non-zero λ at this layer."""
+        weights = self.entry_weights(key)
+        return any(weights[padded_index(index, len(weights))] != 0 for index in indices)
 
 
 def row_items(sides: Sequence[int], indices: Sequence[int], count: int) -> list[tuple[int, int]]:

@@ -20,6 +20,7 @@ from decoupled_ipadapter.ipadapter_core.embeds import make_embeds
 from decoupled_ipadapter.ipadapter_core.encoders import FACE_EMBEDDING, PENULTIMATE
 from decoupled_ipadapter.ipadapter_core.errors import IPAdapterError
 from decoupled_ipadapter.ipadapter_core.memory import manage
+from decoupled_ipadapter.ipadapter_core.unet.layer_map import cross_attention_layers
 
 LATENTS = 3
 CHUNKS = (1, 0)  # [uncond, cond], as KSampler batches them
@@ -144,6 +145,31 @@ def test_unfold_with_a_mask_per_image_masks_each_latent(sd15):
         model, managed, embeds, {"unfold_batch": True, "attn_mask": masks},
         lambda j: (one_image(embeds, min(j, 1)), {"attn_mask": masks[min(j, 1)]}),
     )  # fmt: skip
+
+
+def test_a_weight_list_with_a_mask_per_image_of_one_prompt(sd15):
+    model, managed = sd15
+    embeds = image_embeds(21, images=2)
+    masks = torch.zeros(2, 64, 64)
+    masks[0, :40], masks[1, :, 16:] = 1.0, 1.0
+    weights = [1.2, 0.0, 0.6]
+    check_latents(
+        model, managed, embeds, {"weight": weights, "attn_mask": masks, "embeds_scaling": "K+V"},
+        lambda j: (embeds, {"weight": weights[j], "attn_mask": masks, "embeds_scaling": "K+V"}),
+    )  # fmt: skip
+
+
+def test_moving_context_windows_keep_one_cache_entry_per_layer(sd15):
+    """AnimateDiff's windows move from step to step: the K'/V' cache must not grow with them."""
+    model, managed = sd15
+    patched = apply(model, managed, image_embeds(22, images=4), unfold_batch=True, weight=[0.5, 1.0])
+    x, text = batch_inputs(model)
+    (term,) = {patch.terms[0] for patch in patched.model_options["transformer_options"]["patches_replace"]["attn2"].values()}
+    sizes = []
+    for start in range(3):
+        forward(patched, x, text, ad_params={"sub_idxs": list(range(start, start + LATENTS)), "full_length": 8})
+        sizes.append(len(term._keys_values[(torch.device("cpu"), torch.float32)]))
+    assert sizes[0] == sizes[-1] == len(cross_attention_layers(model.model.diffusion_model))
 
 
 @pytest.mark.parametrize("kind", ["faceid", "plus"])

@@ -116,14 +116,14 @@ class LayerPatch(TermsPatch):
         D]`; None where every latent of this call has λ = 0 here."""
         batch, _, queries = q_heads.shape[:3]
         indices = latent_indices(extra_options, chunk_rows(batch, sides))
-        if not any(term.per_latent.row_weights(self.layer.key, indices)):
+        if not term.per_latent.acts_on_latents(self.layer.key, indices):
             return None
         device, dtype = q_heads.device, q_heads.dtype
         keys, values = term.row_keys_values(self.layer, device, dtype, sides=tuple(sides), indices=indices)  # [B, T, H·D]
         if term.mask is None:
             masks = ()
         elif term.per_latent.unfold:  # one mask per latent (or one for all)
-            masks = (term.row_masks(queries, device, dtype, latent_size=latent_size, chunks=len(sides), indices=indices),)
+            masks = (term.row_masks(queries, device, dtype, latent_size=latent_size, sides=tuple(sides), indices=indices),)
         else:  # one mask per image of the prompt (or one for all)
             masks = tuple(term.masks(queries, device, dtype, latent_size=latent_size).split(1))  # M × [1, Nq, 1]
         return row_image_prompt_attention(q_heads, keys, values, attention, masks=masks)
