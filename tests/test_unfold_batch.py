@@ -136,6 +136,23 @@ def test_a_context_window_picks_images_and_weights_by_its_indices(sd15, window):
     )  # fmt: skip
 
 
+def test_comfyui_context_windows_through_the_sampler(sd15):
+    """ComfyUI's own Context Windows node (batched windows of 2 on a batch of 4, no overlap): the second window's
+    latents sample as a batch of 2 holding latents 2 and 3 alone, with images 2 and 3 and weights 2 and 3."""
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    model, managed = sd15
+    embeds = image_embeds(23, images=4)
+    weights = [1.0, 0.8, 0.6, 1.4]
+    windowed = ContextWindowsManualNode.execute(model, 2, 0, "batched", 1, False, "flat", 0).result[0]
+    # ComfyUI 0.3.75 finds the step by comparing its sigmas (steps + 1) with the per-row timestep element-wise, which
+    # works on a batch (dim 0) only where the batch is steps + 1 long: 3 steps for 4 latents
+    batch = sample(apply(windowed, managed, embeds, unfold_batch=True, weight=weights), cfg=2.0, steps=3, batch=4)
+    second = make_embeds(embeds.positive[2:], embeds.negative[2:], clip_output=embeds.clip_output)
+    alone = sample(apply(model, managed, second, unfold_batch=True, weight=weights[2:]), cfg=2.0, steps=3, batch=2)
+    assert close(batch[2:], alone)
+
+
 def test_unfold_with_a_mask_per_image_masks_each_latent(sd15):
     model, managed = sd15
     embeds = image_embeds(17, images=2)
