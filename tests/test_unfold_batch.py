@@ -32,25 +32,25 @@ def sd15(comfy_host):
     return model, linear_adapter(model, seed=6)
 
 
-def batch_inputs(model, *, seed: int = 7):
-    """LATENTS latents and a [uncond, cond] text pair for each, as one cfg batch `[2·LATENTS, …]`."""
+def batch_inputs(model, *, seed: int = 7, chunks=CHUNKS):
+    """LATENTS latents and a text for each chunk, as one batch `[chunks·LATENTS, …]`."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(LATENTS, 4, 8, 8, generator=generator).repeat(len(CHUNKS), 1, 1, 1)  # [2L, 4, h, w]
-    texts = torch.randn(len(CHUNKS), 1, 77, text_width(model), generator=generator)  # [chunks, 1, 77, C]
-    text = texts.repeat_interleave(LATENTS, dim=0).reshape(len(CHUNKS) * LATENTS, 77, -1)  # [2L, 77, C]
+    x = torch.randn(LATENTS, 4, 8, 8, generator=generator).repeat(len(chunks), 1, 1, 1)  # [chunks·L, 4, h, w]
+    texts = torch.randn(len(chunks), 1, 77, text_width(model), generator=generator)  # [chunks, 1, 77, C]
+    text = texts.repeat_interleave(LATENTS, dim=0).reshape(len(chunks) * LATENTS, 77, -1)  # [chunks·L, 77, C]
     return x, text
 
 
-def forward(model, x, text, **transformer_options) -> torch.Tensor:
+def forward(model, x, text, *, chunks=CHUNKS, **transformer_options) -> torch.Tensor:
     options = dict(model.model_options.get("transformer_options", {}))
-    options.update(cond_or_uncond=list(CHUNKS), sigmas=torch.ones(x.shape[0]), **transformer_options)
+    options.update(cond_or_uncond=list(chunks), sigmas=torch.ones(x.shape[0]), **transformer_options)
     with torch.no_grad():
         return model.model.diffusion_model(x, timesteps=torch.full((x.shape[0],), 500.0), context=text, transformer_options=options)
 
 
-def rows_of(latent: int, latents: int = LATENTS) -> list[int]:
-    """The rows of one latent in every chunk of a cfg batch."""
-    return [chunk * latents + latent for chunk in range(len(CHUNKS))]
+def rows_of(latent: int, *, chunks=CHUNKS) -> list[int]:
+    """The rows of one latent in every chunk of the batch."""
+    return [chunk * LATENTS + latent for chunk in range(len(chunks))]
 
 
 def apply(model, managed, embeds, **options):
@@ -62,23 +62,27 @@ def one_image(embeds, index: int):
     return make_embeds(embeds.positive[index : index + 1], embeds.negative[index : index + 1], clip_output=embeds.clip_output)
 
 
-def check_latents(model, managed, embeds, ours_options: dict, expected_of, **transformer_options):
+def check_latents(model, managed, embeds, ours_options: dict, expected_of, *, chunks=CHUNKS, **transformer_options):
     """Latent j of one per-latent run equals the run of latent j alone with `expected_of(j)` (embeds, options)."""
-    x, text = batch_inputs(model)
-    ours = forward(apply(model, managed, embeds, **ours_options), x, text, **transformer_options)
-    assert not close(ours[rows_of(0)], ours[rows_of(1)], relative=1e-3), "the latents must differ"
+    x, text = batch_inputs(model, chunks=chunks)
+    ours = forward(apply(model, managed, embeds, **ours_options), x, text, chunks=chunks, **transformer_options)
+    assert not close(ours[rows_of(0, chunks=chunks)], ours[rows_of(1, chunks=chunks)], relative=1e-3), "the latents must differ"
     for latent in range(LATENTS):
         alone_embeds, alone_options = expected_of(latent)
-        rows = rows_of(latent)
-        alone = forward(apply(model, managed, alone_embeds, **alone_options), x[rows], text[rows])
+        rows = rows_of(latent, chunks=chunks)
+        alone = forward(apply(model, managed, alone_embeds, **alone_options), x[rows], text[rows], chunks=chunks)
         assert close(ours[rows], alone), f"latent {latent}: {(ours[rows] - alone).abs().max()}"
 
 
-def test_unfold_gives_latent_j_image_j_and_repeats_the_last(sd15):
+@pytest.mark.parametrize("chunks", [CHUNKS, (0, 1, 2)])  # cfg; three conditionings (DualCFG's, PerpNeg's)
+def test_unfold_gives_latent_j_image_j_and_repeats_the_last(sd15, chunks):
     model, managed = sd15
     three, two = image_embeds(11, images=3), image_embeds(12, images=2)
-    check_latents(model, managed, three, {"unfold_batch": True, "weight": 0.8}, lambda j: (one_image(three, j), {"weight": 0.8}))
-    check_latents(model, managed, two, {"unfold_batch": True}, lambda j: (one_image(two, min(j, 1)), {}))
+    check_latents(
+        model, managed, three, {"unfold_batch": True, "weight": 0.8}, lambda j: (one_image(three, j), {"weight": 0.8}),
+        chunks=chunks,
+    )  # fmt: skip
+    check_latents(model, managed, two, {"unfold_batch": True}, lambda j: (one_image(two, min(j, 1)), {}), chunks=chunks)
 
 
 def test_unfold_with_one_image_is_the_plain_path_exactly(sd15):
@@ -136,6 +140,7 @@ def test_a_context_window_picks_images_and_weights_by_its_indices(sd15, window):
     )  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")  # ComfyUI's own context_windows.py
 def test_comfyui_context_windows_through_the_sampler(sd15):
     """ComfyUI's own Context Windows node (batched windows of 2 on a batch of 4, no overlap): the second window's
     latents sample as a batch of 2 holding latents 2 and 3 alone, with images 2 and 3 and weights 2 and 3."""
