@@ -27,7 +27,7 @@ from .embeds_scaling import scale_image_kv
 from .masks import downsample_mask
 from .patch_protocol import is_same_device
 from .schedule import SigmaRange, model_sigma_range
-from .unfold import PerLatent, row_items
+from .unfold import PerLatent, row_entries, row_sides
 
 UNPATCHED = LayerControl(weight=0.0)
 
@@ -175,8 +175,8 @@ class ImagePromptTerm(TermBasics):
         """`[B]` on `device`: each row's side (count None), or the entry of a list of `count` its latent takes."""
         key = (device, sides, indices, count)
         if key not in self._row_indexes:
-            rows = row_items(sides, indices, count or 1)
-            self._row_indexes[key] = torch.tensor([side if count is None else entry for side, entry in rows], device=device)
+            rows = row_sides(sides, len(indices)) if count is None else row_entries(len(sides), indices, count)
+            self._row_indexes[key] = torch.tensor(rows, device=device)  # [B]
         return self._row_indexes[key]
 
     def source(self, embeds: str) -> ImagePromptEmbeds:

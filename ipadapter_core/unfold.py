@@ -101,10 +101,15 @@ class PerLatent:
 
     def acts_on_latents(self, key: Hashable, indices: Sequence[int]) -> bool:
         """Whether some latent of `indices` gets a non-zero λ at this layer."""
-        weights = self.entry_weights(key)
-        return any(weights[padded_index(index, len(weights))] != 0 for index in indices)
+        line = self.layer_weights[key]
+        return any(line.at(self.weights[padded_index(index, len(self.weights))]) != 0 for index in indices)
 
 
-def row_items(sides: Sequence[int], indices: Sequence[int], count: int) -> list[tuple[int, int]]:
-    """(side, item) of every batch row, chunk after chunk: the chunk's side and the entry (of `count`) its latent takes."""
-    return [(side, padded_index(index, count)) for side in sides for index in indices]
+def row_sides(sides: Sequence[int], latents: int) -> list[int]:
+    """The side of every batch row, chunk after chunk (each chunk `latents` rows)."""
+    return [side for side in sides for _ in range(latents)]
+
+
+def row_entries(chunks: int, indices: Sequence[int], count: int) -> list[int]:
+    """The entry of a list of `count` (images, weights, masks) every batch row takes, chunk after chunk."""
+    return [padded_index(index, count) for index in indices] * chunks

@@ -100,7 +100,7 @@ def apply_unet_image_prompt(
     if composition_embeds is not None:
         check_embeds_fit(composition_embeds, adapter.spec, adapter.source)
     masks = check_mask_fits(options.attn_mask, embeds, composition_embeds) if options.attn_mask is not None else None
-    per_latent = options.unfold_batch or isinstance(options.weight, tuple)
+    is_per_latent = options.unfold_batch or isinstance(options.weight, tuple)
 
     def controls_at(weight: float):
         return layer_controls(
@@ -111,7 +111,14 @@ def apply_unet_image_prompt(
             block_weights=options.block_weights,
         )
 
-    controls = controls_at(1.0 if per_latent else float(options.weight))
+    controls = controls_at(1.0 if is_per_latent else float(options.weight))  # per latent: the routing; λ below
+    per_latent = None
+    if is_per_latent:
+        per_latent = PerLatent(
+            weights=options.weight if isinstance(options.weight, tuple) else (float(options.weight),),
+            unfold=options.unfold_batch,
+            layer_weights=affine_weights(controls, controls_at(0.0)),
+        )
     term = ImagePromptTerm(
         **term_basics(model, adapter, weights_patcher, embeds, options),
         controls=controls,
@@ -119,12 +126,8 @@ def apply_unet_image_prompt(
         composition_embeds=composition_embeds,
         mask=masks,
         faceid_v2_weight=float(options.faceid_v2_weight),
-        per_latent=PerLatent(
-            weights=options.weight if isinstance(options.weight, tuple) else (float(options.weight),),
-            unfold=options.unfold_batch,
-            layer_weights=affine_weights(controls, controls_at(0.0)),
-        ) if per_latent else None,
-    )  # fmt: skip
+        per_latent=per_latent,
+    )
     patched = model.clone()
     add_faceid_lora(patched, adapter, strength=options.lora_strength)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
