@@ -17,6 +17,7 @@ from .flux.instantx_format import InstantXFluxSpec
 from .mmdit.apply import apply_sd3_image_prompt
 from .mmdit.format import SD3_FAMILY, SD3AdapterSpec
 from .unet.apply import apply_unet_image_prompt
+from .unfold import weight_values
 
 
 def mechanism_apply(model, adapter: LoadedAdapter):
@@ -33,5 +34,7 @@ def mechanism_apply(model, adapter: LoadedAdapter):
 
 def apply_image_prompt(model, adapter: LoadedAdapter, weights_patcher, embeds: ImagePromptEmbeds, **options):
     """A clone of the ModelPatcher `model` that also attends to the image prompt, through its family's mechanism;
-    `options` are the fields of `ApplyOptions` (Apply IPAdapter (advanced)'s inputs)."""
-    return mechanism_apply(model, adapter)(model, adapter, weights_patcher, embeds, ApplyOptions(**options))
+    `options` are the fields of `ApplyOptions` (Apply IPAdapter (advanced)'s inputs); `weight` may be a list (one
+    per latent, `weight_values`)."""
+    options = ApplyOptions(**{**options, "weight": weight_values(options["weight"])})
+    return mechanism_apply(model, adapter)(model, adapter, weights_patcher, embeds, options)

@@ -25,6 +25,14 @@ def rows_for_batch(by_side: torch.Tensor, sides: Sequence[int], rows: int) -> to
     `by_side` is `[2, T, W]` (COND, UNCOND); the batch is `len(sides)` equal chunks, `sides[i]` naming the tokens of
     chunk i. Returns `[rows, T, W]` (expanded views, concatenated), with no index tensor and no device sync.
     """
+    chunk = chunk_rows(rows, sides)
+    if len(set(sides)) == 1:
+        return by_side[sides[0]].expand(rows, -1, -1)  # [rows, T, W]
+    return torch.cat([by_side[side].expand(chunk, -1, -1) for side in sides])  # [rows, T, W]
+
+
+def chunk_rows(rows: int, sides: Sequence[int]) -> int:
+    """The rows of each of the `len(sides)` equal chunks of a batch of `rows` rows (refused if they do not split)."""
     if rows % len(sides):
         raise IPAdapterError(
             f"Apply IPAdapter: a cross-attention call has {rows} batch rows, which do not split into the "
@@ -32,10 +40,7 @@ def rows_for_batch(by_side: torch.Tensor, sides: Sequence[int], rows: int) -> to
             "between the sampler and the model changed the batch without updating cond_or_uncond: remove that "
             "node, or give it a batch that is a multiple of the chunks."
         )
-    chunk = rows // len(sides)
-    if len(set(sides)) == 1:
-        return by_side[sides[0]].expand(rows, -1, -1)  # [rows, T, W]
-    return torch.cat([by_side[side].expand(chunk, -1, -1) for side in sides])  # [rows, T, W]
+    return rows // len(sides)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -83,5 +88,30 @@ def masked_image_prompt_attention(
     for index, mask in enumerate(masks):
         one_image = slice(index * tokens, (index + 1) * tokens)
         out = image_prompt_attention(q_heads, image_keys[:, one_image], image_values[:, one_image], sides, attention) * mask
+        total = out if total is None else total.add_(out)
+    return total  # [B, H, Nq, D]
+
+
+def row_image_prompt_attention(
+    q_heads: torch.Tensor,
+    row_keys: torch.Tensor,
+    row_values: torch.Tensor,
+    attention: Attention,
+    *,
+    masks: Sequence[torch.Tensor] = (),
+) -> torch.Tensor:
+    """`Attn(Q, K'_b, V'_b)` with K'/V' given per batch row b (`[B, T, H·D]`), in the heads layout. With `masks` (each
+    `[B or 1, Nq, 1]`) the tokens split into `len(masks)` equal slices, one per mask: `Σ_m Attn(Q, K'_m, V'_m) ·
+    mask_m`, each slice its own softmax. Returns `[B, H, Nq, D]`."""
+    heads = q_heads.shape[1]
+    if not masks:
+        return attention(q_heads, split_heads(row_keys, heads), split_heads(row_values, heads))  # [B, H, Nq, D]
+    tokens = row_keys.shape[1] // len(masks)  # per slice
+    total = None
+    for index, mask in enumerate(masks):
+        one_slice = slice(index * tokens, (index + 1) * tokens)
+        keys = split_heads(row_keys[:, one_slice], heads)  # [B, H, T/M, D]
+        values = split_heads(row_values[:, one_slice], heads)  # [B, H, T/M, D]
+        out = attention(q_heads, keys, values) * mask.unsqueeze(1)  # [B, H, Nq, D] · [B or 1, 1, Nq, 1]
         total = out if total is None else total.add_(out)
     return total  # [B, H, Nq, D]

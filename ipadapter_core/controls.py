@@ -12,7 +12,7 @@ from .embeds import ImagePromptEmbeds
 class ApplyOptions:
     """The inputs of Apply IPAdapter (advanced); Apply IPAdapter leaves the advanced ones at their defaults."""
 
-    weight: float  # λ
+    weight: float | tuple[float, ...]  # λ, or one per latent (unfold.py; a list of one is given as its number)
     start_at: float  # the fraction of the denoising where the prompt starts acting
     end_at: float  # … and where it stops
     weight_type: str = "linear"
@@ -23,6 +23,7 @@ class ApplyOptions:
     composition_weight: float = 1.0
     faceid_v2_weight: float = 1.0  # FaceID PlusV2's s; other files ignore it
     lora_strength: float = 1.0  # the FaceID LoRA inside the adapter file; 0: none
+    unfold_batch: bool = False  # latent j reads reference image j (unfold.py), not all images as one prompt
 
 
 @dataclass(frozen=True)

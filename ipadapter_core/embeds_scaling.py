@@ -1,7 +1,8 @@
 """`embeds_scaling`: where a layer's λ enters the image-prompt term (the modes of cubiq's ComfyUI_IPAdapter_plus).
 
 K', V' are the layer's image keys and values `[…, T, C]` (T image tokens, C the layer's attention width), λ the
-layer's weight (`weight` × its block weight). The term added to the text attention is `scale · Attn(Q, K', V')`:
+layer's weight (`weight` × its block weight): a number, or one per batch row (`[B, 1, 1]`, with K', V' `[B, T, C]`:
+the same formulas row by row). The term added to the text attention is `scale · Attn(Q, K', V')`:
 
 - V only (the paper, diffusers): K', V' as they are, scale λ.
 - K+V: K' ← λK', V' ← λV', scale 1.
@@ -25,8 +26,8 @@ def check_embeds_scaling(embeds_scaling: str) -> None:
 
 
 def scale_image_kv(
-    keys: torch.Tensor, values: torch.Tensor, *, weight: float, embeds_scaling: str
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+    keys: torch.Tensor, values: torch.Tensor, *, weight: float | torch.Tensor, embeds_scaling: str
+) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
     """(K', V', scale) of one layer for `embeds_scaling`; keys and values `[…, T, C]`."""
     check_embeds_scaling(embeds_scaling)
     if embeds_scaling == "V only":

@@ -14,6 +14,8 @@ def refuse_unet_options(family: str, options: ApplyOptions, *, takes_block_weigh
         "attn_mask" * (options.attn_mask is not None),
         "composition_embeds" * (options.composition_embeds is not None),
         f"composition_weight {options.composition_weight:g}" * (options.composition_weight != 1.0),
+        "unfold_batch (UNet only)" * options.unfold_batch,
+        "a list of weights in weight (UNet only)" * isinstance(options.weight, tuple),
     ]
     refused = [item for item in refused if item]
     if refused:

@@ -22,7 +22,9 @@ def common_inputs() -> list:
             min=-1.0,
             max=5.0,
             step=0.05,
-            tooltip="λ, the strength of the image prompt: 0 gives the plain model, 1 the reference's default; around 0.5 balances image and text prompts.",
+            tooltip="λ, the strength of the image prompt: 0 gives the plain model, 1 the reference's default; around 0.5 "
+            "balances image and text prompts. A linked list of numbers (IPAdapter Weights) gives latent j of the batch "
+            "the j-th (the last repeats); SD1.5 and SDXL only.",
         ),
         *step_range_inputs(),
     ]
@@ -87,6 +89,17 @@ def faceid_inputs() -> list:
     ]
 
 
+def unfold_input():
+    return io.Boolean.Input(
+        "unfold_batch",
+        default=False,
+        optional=True,
+        tooltip="On: reference image j prompts latent j of the batch (animations, a reference per picture; fewer "
+        "images than latents: the last repeats), instead of all images as one prompt for every latent. SD1.5 and "
+        "SDXL only.",
+    )
+
+
 def apply(model, ipadapter, embeds, **options):
     """The mechanism of the adapter's and the model's family (ipadapter_core/apply.py)."""
     return apply_image_prompt(model, ipadapter.adapter, ipadapter.weights_patcher, embeds, **options)
@@ -104,18 +117,19 @@ class ApplyIPAdapter(io.ComfyNode):
                 "as in the IP-Adapter paper. Returns a patched copy; the input model is not changed. Several Apply "
                 "nodes in a row add their image prompts."
             ),
-            inputs=[*common_inputs(), mask_input(), *faceid_inputs()],
+            inputs=[*common_inputs(), mask_input(), *faceid_inputs(), unfold_input()],
             outputs=[io.Model.Output(tooltip="The model with the image prompt; connect it to a sampler.")],
         )
 
     @classmethod
     def execute(
-        cls, model, ipadapter, embeds, weight, start_at, end_at, attn_mask=None, faceid_v2_weight=1.0, lora_strength=1.0
-    ) -> io.NodeOutput:
+        cls, model, ipadapter, embeds, weight, start_at, end_at, attn_mask=None, faceid_v2_weight=1.0, lora_strength=1.0,
+        unfold_batch=False,
+    ) -> io.NodeOutput:  # fmt: skip
         with errors_named_for("Apply IPAdapter"):
             patched = apply(
                 model, ipadapter, embeds, weight=weight, start_at=start_at, end_at=end_at, attn_mask=attn_mask,
-                faceid_v2_weight=faceid_v2_weight, lora_strength=lora_strength,
+                faceid_v2_weight=faceid_v2_weight, lora_strength=lora_strength, unfold_batch=unfold_batch,
             )  # fmt: skip
         return io.NodeOutput(patched)
 
@@ -174,6 +188,7 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
                     tooltip="The weight of the composition layers in the composition types (c in the docs).",
                 ),
                 *faceid_inputs(),
+                unfold_input(),
             ],
             outputs=[io.Model.Output(tooltip="The model with the image prompt; connect it to a sampler.")],
         )
@@ -203,6 +218,7 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
         composition_weight=1.0,
         faceid_v2_weight=1.0,
         lora_strength=1.0,
+        unfold_batch=False,
     ) -> io.NodeOutput:
         with errors_named_for("Apply IPAdapter (advanced)"):
             patched = apply(
@@ -220,5 +236,6 @@ class ApplyIPAdapterAdvanced(io.ComfyNode):
                 composition_weight=composition_weight,
                 faceid_v2_weight=faceid_v2_weight,
                 lora_strength=lora_strength,
+                unfold_batch=unfold_batch,
             )
         return io.NodeOutput(patched)

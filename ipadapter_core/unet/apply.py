@@ -11,6 +11,7 @@ from ..guider_sides import add_pass_wrappers
 from ..masks import mask_batch
 from ..patch_protocol import placed_patch
 from ..term import ImagePromptTerm, term_basics
+from ..unfold import PerLatent, affine_weights
 from .blocks import unet_transformer_modules
 from .faceid_lora import add_faceid_lora
 from .format import BASE_OF_LAYER_COUNT
@@ -83,7 +84,9 @@ def apply_unet_image_prompt(
     """Return a clone of the ModelPatcher `model` whose cross-attention layers also attend to the image prompt.
 
     Every layer's λ, whose image tokens it reads and the precise swap come from `weight_type` and `block_weights`
-    (weight_types.py); a layer whose λ is 0 gets no patch from this call (it costs nothing). Several calls stack:
+    (weight_types.py); a layer whose λ is 0 gets no patch from this call (it costs nothing). A weight list or
+    `unfold_batch` makes the term per latent (unfold.py): each layer's λ as a line in the weight, from its controls at
+    weight 1 and 0; a layer gets a patch where some latent's λ is not 0. Several calls stack:
     every layer keeps one patch holding all terms (summed, each with its own softmax). A replace patch set on a
     layer by another pack is kept and called for the text attention, not dropped; a pack that comes later and calls
     `add()` on the patch it finds (cubiq's protocol) adds its callback to ours. A FaceID file's LoRA goes on the
@@ -99,13 +102,25 @@ def apply_unet_image_prompt(
     if composition_embeds is not None:
         check_embeds_fit(composition_embeds, adapter.spec, adapter.source)
     masks = check_mask_fits(options.attn_mask, embeds, composition_embeds) if options.attn_mask is not None else None
-    controls = layer_controls(
-        unet_transformer_modules(diffusion_model),
-        weight_type=options.weight_type,
-        weight=float(options.weight),
-        composition_weight=float(options.composition_weight),
-        block_weights=options.block_weights,
-    )
+    is_per_latent = options.unfold_batch or isinstance(options.weight, tuple)
+
+    def controls_at(weight: float):
+        return layer_controls(
+            unet_transformer_modules(diffusion_model),
+            weight_type=options.weight_type,
+            weight=weight,
+            composition_weight=float(options.composition_weight),
+            block_weights=options.block_weights,
+        )
+
+    controls = controls_at(1.0 if is_per_latent else float(options.weight))  # per latent: the routing; λ below
+    per_latent = None
+    if is_per_latent:
+        per_latent = PerLatent(
+            weights=options.weight if isinstance(options.weight, tuple) else (float(options.weight),),
+            unfold=options.unfold_batch,
+            layer_weights=affine_weights(controls, controls_at(0.0)),
+        )
     term = ImagePromptTerm(
         **term_basics(model, adapter, weights_patcher, embeds, options),
         controls=controls,
@@ -113,13 +128,14 @@ def apply_unet_image_prompt(
         composition_embeds=composition_embeds,
         mask=masks,
         faceid_v2_weight=float(options.faceid_v2_weight),
+        per_latent=per_latent,
     )
     patched = model.clone()
     add_faceid_lora(patched, adapter, strength=options.lora_strength)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in layers:
         patch = placed_patch(
-            existing.get(layer.key, existing.get(layer.key[:2])), term, acts=term.layer_weight(layer) != 0,
+            existing.get(layer.key, existing.get(layer.key[:2])), term, acts=term.acts_on(layer),
             new_patch=lambda base, layer=layer: LayerPatch(layer=layer, terms=(term,), base=base),
         )
         if patch is None:

@@ -7,7 +7,8 @@ through the `add(callback, **kwargs)` protocol of cubiq's IPAdapter, InstantID a
 
 Per call: the text attention, then each term that acts at this layer and step (its λ here ≠ 0, sigma in range: a
 Python decision, see guider_sides.py) adds `Attn(Q, K', λ·V')` (times its mask, if it has one) with the tokens of each
-chunk's side, then the added callbacks.
+chunk's side, then the added callbacks. A term with a weight per latent or `unfold_batch` gives each row its own K'/V'
+(`ImagePromptTerm.row_keys_values`), for the latents the rows hold (unfold.py: the context window's, if any).
 
 `__call__(q, k, v, extra_options)` returns the attention output before `to_out`; `to`, `models` and `__deepcopy__`
 are ComfyUI's patch protocol (patch_protocol.py). Stacking builds a new `LayerPatch` (`stacked_with`); every clone
@@ -17,10 +18,18 @@ terms, so another pack's `add()` on a clone changes that clone only.
 
 import torch
 
-from ..attention import image_prompt_attention, masked_image_prompt_attention, merge_heads, split_heads
+from ..attention import (
+    chunk_rows,
+    image_prompt_attention,
+    masked_image_prompt_attention,
+    merge_heads,
+    row_image_prompt_attention,
+    split_heads,
+)
 from ..guider_sides import call_sigma, chunk_sides
 from ..patch_protocol import TermsPatch, is_terms_patch
 from ..term import ImagePromptTerm
+from ..unfold import latent_indices
 from .layer_map import CrossAttentionLayer
 
 CLONE_CALLBACK_KEY = "decoupled_ipadapter"
@@ -65,16 +74,17 @@ class LayerPatch(TermsPatch):
         out = (host_attention if self.base is None else self.base)(q, k, v, extra_options)
         sigma = call_sigma(extra_options)
         active = [term for term in self.terms if term.acts_at(self.layer, sigma)]
-        if active:
-            out = out + self.image_prompt(q, active, extra_options)
+        prompt = self.image_prompt(q, active, extra_options) if active else None
+        if prompt is not None:
+            out = out + prompt
         for callback, kwargs in self.added:
             if other_pack_acts_at(kwargs, sigma):
                 out = out + callback(out, q, k, v, extra_options, **kwargs)
         return out
 
-    def image_prompt(self, q, terms: list[ImagePromptTerm], extra_options) -> torch.Tensor:
+    def image_prompt(self, q, terms: list[ImagePromptTerm], extra_options) -> torch.Tensor | None:
         """Σ_terms Attn(Q, K', λ·V') (· mask), each term its own attention call (its own softmax), Q split into heads
-        once for all of them. q: `[B, Nq, H·D]`."""
+        once for all of them. q: `[B, Nq, H·D]`. None where no term adds anything (per-latent weights all 0 here)."""
         sides = chunk_sides(extra_options)
         latent_shape = extra_options.get("original_shape")  # [B, C, H, W] of the latent, as ComfyUI's UNet gives it
         latent_size = tuple(latent_shape[-2:]) if latent_shape is not None else None
@@ -85,6 +95,11 @@ class LayerPatch(TermsPatch):
 
         total = None
         for term in terms:
+            if term.per_latent is not None:
+                term_out = self.per_latent_prompt(term, q_heads, sides, extra_options, attention, latent_size=latent_size)
+                if term_out is not None:
+                    total = term_out if total is None else total.add_(term_out)
+                continue
             keys, values = term.keys_values(self.layer, q.device, q.dtype)  # [2, T, H·D] each
             if term.mask is None:
                 term_out = image_prompt_attention(q_heads, keys, values, sides, attention)  # [B, H, Nq, D], new
@@ -92,7 +107,26 @@ class LayerPatch(TermsPatch):
                 masks = term.masks(q.shape[1], q.device, q.dtype, latent_size=latent_size)  # [M, Nq, 1]
                 term_out = masked_image_prompt_attention(q_heads, keys, values, sides, attention, masks=masks)
             total = term_out if total is None else total.add_(term_out)
-        return merge_heads(total)  # [B, Nq, H·D]
+        return None if total is None else merge_heads(total)  # [B, Nq, H·D]
+
+    def per_latent_prompt(
+        self, term: ImagePromptTerm, q_heads, sides, extra_options, attention, *, latent_size
+    ) -> torch.Tensor | None:
+        """`Attn(Q, K'_b, V'_b)` (· mask) with each row b's own K'/V' (its latent's λ, image and side), `[B, H, Nq,
+        D]`; None where every latent of this call has λ = 0 here."""
+        batch, _, queries = q_heads.shape[:3]
+        indices = latent_indices(extra_options, chunk_rows(batch, sides))
+        if not term.per_latent.acts_on_latents(self.layer.key, indices):
+            return None
+        device, dtype = q_heads.device, q_heads.dtype
+        keys, values = term.row_keys_values(self.layer, device, dtype, sides=tuple(sides), indices=indices)  # [B, T, H·D]
+        if term.mask is None:
+            masks = ()
+        elif term.per_latent.unfold:  # one mask per latent (or one for all)
+            masks = (term.row_masks(queries, device, dtype, latent_size=latent_size, sides=tuple(sides), indices=indices),)
+        else:  # one mask per image of the prompt (or one for all)
+            masks = tuple(term.masks(queries, device, dtype, latent_size=latent_size).split(1))  # M × [1, Nq, 1]
+        return row_image_prompt_attention(q_heads, keys, values, attention, masks=masks)
 
     def add(self, callback, **kwargs) -> None:
         """The protocol of cubiq's IPAdapter, InstantID and PuLID packs: they call this on the patch they find on a
