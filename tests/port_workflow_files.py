@@ -20,8 +20,6 @@ REFUSED = {
 
 # converted files that the browser test opens but does not run, and why
 NOT_RUN = {
-    "examples/ipadapter_faceid.json": "FaceID: the stand-ins have no InsightFace pack nor FaceID file",
-    "examples/ipadapter_portrait.json": "FaceID: the stand-ins have no InsightFace pack nor FaceID file",
     "wild/aimpowerment__comfyui-workflows__updated_artistic_images_workflow.json": "its .ipadpt files are not there",
     "wild/aimpowerment__comfyui-workflows__updated_stable_video_diff_workflow.json": "its .ipadpt files are not there",
 }

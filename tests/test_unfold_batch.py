@@ -169,6 +169,18 @@ def test_unfold_with_a_mask_per_image_masks_each_latent(sd15):
     )  # fmt: skip
 
 
+def test_unfold_takes_one_mask_or_one_per_image_not_groups(sd15):
+    """Without unfold, 2 masks over 4 images are groups of 2 (IPAdapter Tiles); under unfold image j is latent j's
+    alone, so only 1 or 4 masks mean something."""
+    model, managed = sd15
+    embeds = image_embeds(19, images=4)
+    masks = torch.ones(2, 64, 64)
+    apply(model, managed, embeds, attn_mask=masks)  # groups: accepted
+    with pytest.raises(IPAdapterError, match=r"attn_mask holds 2 masks .* unfold_batch on"):
+        apply(model, managed, embeds, attn_mask=masks, unfold_batch=True)
+    apply(model, managed, embeds, attn_mask=torch.ones(4, 64, 64), unfold_batch=True)
+
+
 def test_a_weight_list_with_a_mask_per_image_of_one_prompt(sd15):
     model, managed = sd15
     embeds = image_embeds(21, images=2)

@@ -26,6 +26,7 @@ import requests
 from browser import FIT_VIEW, LOAD_AND_INSPECT, MISSING_MODELS, QUEUE, SETTINGS, SHRINK, SWAP_NODES, frontend_page, playwright_driver
 from server_harness import PACK_LINK, comfy_server, run_prompt, standin_models
 from workflow_checks import (
+    FACE_PICTURES,
     SD15_WORKFLOWS,
     SIZE_INPUTS,
     SMALL_SIZE,
@@ -240,6 +241,7 @@ def _port_editor_files() -> list[Path]:
 
 def _on_sd15_standins(prompt: dict, pictures: list[str]) -> dict:
     prompt = json.loads(json.dumps(prompt))
+    faces = any(node["class_type"] == "DecoupledIPAdapterEncodeFace" for node in prompt.values())
     for node in prompt.values():
         inputs, kind = node["inputs"], node["class_type"]
         if kind == "CheckpointLoaderSimple":
@@ -247,7 +249,9 @@ def _on_sd15_standins(prompt: dict, pictures: list[str]) -> dict:
         elif kind == "CLIPVisionLoader":
             inputs["clip_name"] = STANDIN_VIT_H
         elif kind == "LoadImage":
-            inputs["image"] = pictures[0]
+            inputs["image"] = FACE_PICTURES[0] if faces else pictures[0]  # the stand-in InsightFace pack finds its face
+        elif kind == "DecoupledIPAdapterUnifiedLoaderFaceID":
+            inputs["base"] = "SD1.5"  # the stand-ins have the SD1.5 FaceID, PlusV2 and Portrait files
         elif kind == "DecoupledIPAdapterLoader":
             plus = "plus" in inputs["ipadapter_name"]
             inputs["ipadapter_name"] = "ip-adapter-plus_sd15.safetensors" if plus else "ip-adapter_sd15.safetensors"

@@ -58,11 +58,23 @@ def check_model_is_unet(adapter: LoadedAdapter, model) -> None:
     )
 
 
-def check_mask_fits(mask: torch.Tensor, embeds: ImagePromptEmbeds, composition_embeds: ImagePromptEmbeds | None) -> torch.Tensor:
+def check_mask_fits(
+    mask: torch.Tensor, embeds: ImagePromptEmbeds, composition_embeds: ImagePromptEmbeds | None, *, unfold: bool = False
+) -> torch.Tensor:
     """The attention mask as `[M, H, W]`: one mask for the whole image prompt, or M masks for N = M·G images, mask m
-    for the G consecutive images m·G .. m·G + G - 1 (one softmax per group; G = 1: one mask per image)."""
+    for the G consecutive images m·G .. m·G + G - 1 (one softmax per group; G = 1: one mask per image). With
+    `unfold` (image j prompts latent j alone) there are no groups: one mask, or one per image (= per latent)."""
     masks = mask_batch(mask)
     images = {embeds.image_count} | ({composition_embeds.image_count} if composition_embeds is not None else set())
+    if unfold:
+        if masks.shape[0] == 1 or images == {masks.shape[0]}:
+            return masks
+        counts = " and ".join(str(count) for count in sorted(images))
+        raise IPAdapterError(
+            f"attn_mask holds {masks.shape[0]} masks but the embeds hold {counts} reference images, with unfold_batch "
+            "on. Give one mask (every latent), or one mask per reference image (latent j takes mask j, the last "
+            "repeating), in the same order as the images."
+        )
     if all(count % masks.shape[0] == 0 for count in images):
         return masks
     counts = " and ".join(str(count) for count in sorted(images))
@@ -101,7 +113,9 @@ def apply_unet_image_prompt(
     composition_embeds = options.composition_embeds
     if composition_embeds is not None:
         check_embeds_fit(composition_embeds, adapter.spec, adapter.source)
-    masks = check_mask_fits(options.attn_mask, embeds, composition_embeds) if options.attn_mask is not None else None
+    masks = None
+    if options.attn_mask is not None:
+        masks = check_mask_fits(options.attn_mask, embeds, composition_embeds, unfold=options.unfold_batch)
     is_per_latent = options.unfold_batch or isinstance(options.weight, tuple)
 
     def controls_at(weight: float):
