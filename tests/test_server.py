@@ -188,3 +188,15 @@ def test_regional_conditioning_runs_with_an_unconnected_negative(standin_server,
     }  # fmt: skip
     prompt["10"]["inputs"]["positive"] = ["21", 1]
     assert_png(run_to_png(standin_server, prompt), 64)
+
+
+def test_weights_that_are_not_numbers_are_refused_when_queued(standin_server, reference_name):
+    """IPAdapter Weights' text is checked at POST /prompt; its list reaches Apply's weight through a link."""
+    prompt = example_prompt(image=reference_name, size=64, steps=1, seed=8)
+    strategy = {"weights": "1.0, half", "timing": "linear", "frames": 2, "start_frame": 0, "end_frame": 9999,
+                "add_starting_frames": 0, "add_ending_frames": 0, "method": "full batch"}  # fmt: skip
+    prompt["30"] = {"class_type": "DecoupledIPAdapterWeights", "inputs": strategy}
+    (apply,) = nodes_of_class(prompt, "DecoupledIPAdapterApply")
+    apply["inputs"].update(weight=["30", 0], unfold_batch=True)
+    message = prompt_error(standin_server, prompt)
+    assert message.startswith(REJECTED) and "'half'" in message and "weights" in message, message
