@@ -98,7 +98,9 @@ PICTURE_TO_EDIT = "picture_to_edit.png"
 FACE = "ipadapter_face.png"  # a picture with one face
 SECOND_FACE = "ipadapter_face_2.png"
 # Apply's FaceID inputs at their defaults (files that are not FaceID ignore them): the editor stores every widget.
-FACEID_DEFAULTS = {"faceid_v2_weight": 1.0, "lora_strength": 1.0}
+# The inputs appended to Apply and Encode after the workflows were first written, at their defaults.
+APPLY_APPENDED = {"faceid_v2_weight": 1.0, "lora_strength": 1.0, "unfold_batch": False}
+ENCODE_APPENDED = {"weight": 1.0, "enhance_tiles": 1, "enhance_ratio": 1.0}
 NEGATIVE_TEXT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 QUALITY_TEXT = "best quality, high quality"
 TRAINING_FOLDER = "ipadapter_training"  # the input sub-folder the training workflow reads pictures and captions from
@@ -159,7 +161,8 @@ def _sd15_base(graph: Graph, checkpoint: ModelSource = SD15, *, ipadapter: Model
 
 
 def _encode(graph: Graph, adapter, vision, image, *, crop="center") -> Node:
-    return graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=image, crop=crop)
+    return graph.add("DecoupledIPAdapterEncode", 1, ipadapter=adapter, clip_vision=vision, image=image, crop=crop,
+                     **ENCODE_APPENDED)
 
 
 def _second_reference(graph: Graph, adapter, *, title: str) -> Node:
@@ -192,7 +195,7 @@ def _text_to_image(graph: Graph, ckpt, model, *, positive=QUALITY_TEXT, size=512
 
 def _apply(graph: Graph, ckpt, adapter, embeds, *, weight, column=2, title=None) -> Node:
     return graph.add("DecoupledIPAdapterApply", column, title=title, model=ckpt[0], ipadapter=adapter, embeds=embeds,
-                     weight=weight, start_at=0.0, end_at=1.0, **FACEID_DEFAULTS)  # fmt: skip
+                     weight=weight, start_at=0.0, end_at=1.0, **APPLY_APPENDED)  # fmt: skip
 
 
 def image_prompt_only() -> Graph:
@@ -379,7 +382,7 @@ def _apply_advanced(graph: Graph, model, adapter, embeds, *, weight, weight_type
     """Apply IPAdapter (advanced); `links`: its optional sockets (attn_mask, composition_embeds)."""
     return graph.add("DecoupledIPAdapterApplyAdvanced", 2, model=model, ipadapter=adapter, embeds=embeds,
                      weight=weight, start_at=0.0, end_at=1.0, weight_type=weight_type, embeds_scaling=embeds_scaling,
-                     block_weights=block_weights, composition_weight=composition_weight, **FACEID_DEFAULTS,
+                     block_weights=block_weights, composition_weight=composition_weight, **APPLY_APPENDED,
                      **links)  # fmt: skip
 
 
@@ -460,7 +463,7 @@ def regional_two_references() -> Graph:
     for side, embeds, mask in (("left", left_embeds, left), ("right", right_embeds, right)):
         model = graph.add("DecoupledIPAdapterApply", 2, title=f"Apply IPAdapter ({side} half)", model=model,
                           ipadapter=adapter, embeds=embeds, weight=0.7, start_at=0.0, end_at=1.0,
-                          attn_mask=mask, **FACEID_DEFAULTS)[0]  # fmt: skip
+                          attn_mask=mask, **APPLY_APPENDED)[0]  # fmt: skip
     _text_to_image(graph, ckpt, model, positive="two animals side by side in a meadow, best quality, high quality",
                    prefix="ipadapter_regional")  # fmt: skip
     return graph
@@ -475,7 +478,7 @@ def _dit_image_prompt(graph: Graph, model, *, encoder: ModelSource, encoder_titl
     adapter = graph.add("DecoupledIPAdapterLoader", 1, ipadapter_name=ipadapter.name)
     embeds = _encode(graph, adapter, vision, reference)
     return graph.add("DecoupledIPAdapterApply", 2, model=model, ipadapter=adapter, embeds=embeds, weight=weight,
-                     start_at=0.0, end_at=1.0, **FACEID_DEFAULTS)  # fmt: skip
+                     start_at=0.0, end_at=1.0, **APPLY_APPENDED)  # fmt: skip
 
 
 def flux_xlabs() -> Graph:
@@ -553,7 +556,8 @@ def _face_prompt(graph: Graph, adapter_source: ModelSource, *, faces=(FACE,), vi
 
 def _apply_face(graph: Graph, model, adapter, embeds, *, weight, faceid_v2_weight=1.0, title=None) -> Node:
     return graph.add("DecoupledIPAdapterApply", 2, title=title, model=model, ipadapter=adapter, embeds=embeds,
-                     weight=weight, start_at=0.0, end_at=1.0, faceid_v2_weight=faceid_v2_weight, lora_strength=1.0)  # fmt: skip
+                     weight=weight, start_at=0.0, end_at=1.0, faceid_v2_weight=faceid_v2_weight, lora_strength=1.0,
+                     unfold_batch=False)  # fmt: skip
 
 
 PORTRAIT_TEXT = "a portrait photo of a person in a garden, soft light, best quality, high quality"
@@ -580,7 +584,7 @@ def faceid_plusv2_with_image_prompt() -> Graph:
     adapter, embeds = _face_prompt(graph, FACEID_PLUSV2_SD15, vision=graph.nodes[1])
     face_model = _apply_face(graph, ckpt[0], adapter, embeds, weight=0.8, faceid_v2_weight=1.0, title="Apply FaceID Plus V2")
     model = graph.add("DecoupledIPAdapterApply", 2, title="Apply IPAdapter (look)", model=face_model[0],
-                      ipadapter=plain, embeds=style, weight=0.4, start_at=0.0, end_at=1.0, **FACEID_DEFAULTS)  # fmt: skip
+                      ipadapter=plain, embeds=style, weight=0.4, start_at=0.0, end_at=1.0, **APPLY_APPENDED)  # fmt: skip
     _text_to_image(graph, ckpt, model[0], positive=PORTRAIT_TEXT, prefix="ipadapter_faceid_plusv2")
     return graph
 

@@ -260,6 +260,16 @@ def _on_sd15_standins(prompt: dict, pictures: list[str]) -> dict:
     return shrunk(prompt)
 
 
+def _group_nodes_of_other_packs(workflow: dict, registered: set) -> set[str]:
+    """The names the front-end gives a group node (`workflow/<name>`, `workflow><name>`; an unregistered one is
+    reported as `workflow<name>`) whose inner nodes include one of a third pack."""
+    names = set()
+    for name, group in workflow.get("extra", {}).get("groupNodes", {}).items():
+        if {node["type"] for node in group.get("nodes", [])} - registered:
+            names |= {f"workflow/{name}", f"workflow>{name}", f"workflow{name}"}
+    return names
+
+
 LOAD_ANSWERING = """async ([workflow, name, accept]) => {
     const asked = [];
     const confirm = window.confirm;
@@ -303,6 +313,7 @@ def test_port_workflows_are_offered_converted_in_the_editor_and_run(page_on_serv
         workflow = json.loads(path.read_text())
         third_party = {node["type"] for node in workflow["nodes"]} - registered
         third_party = {node_type for node_type in third_party if not is_port_node(node_type)}
+        third_party |= _group_nodes_of_other_packs(workflow, registered)
         print(f"port workflow: {path.parent.name}/{path.name}", flush=True)  # where a crashed page was
         seen = page.evaluate(LOAD_ANSWERING, [workflow, path.name, True])
         assert len(seen["asked"]) == 1 and "ComfyUI_IPAdapter_plus" in seen["asked"][0], (path.name, seen["asked"])
