@@ -47,12 +47,3 @@ def one_of(options, *, input_name: str) -> Callable[[object], None]:
             raise IPAdapterError(f"'{value}' is not an option of {input_name}; use one of: {', '.join(map(str, allowed))}.")
 
     return check
-
-
-def first_validation_failure(*checked: tuple[object, Callable[[object], object]]) -> bool | str:
-    """What a V3 `validate_inputs` returns for several (value, check) pairs: the first message, else True."""
-    for value, check in checked:
-        result = validation_result(value, check)
-        if result is not True:
-            return result
-    return True

@@ -15,7 +15,7 @@ from ..ipadapter_core.frame_weights import (
     plan_frames,
     prompt_schedule,
 )
-from .errors import errors_named_for, first_validation_failure, one_of
+from .errors import errors_named_for, first_refusal, one_of
 from .types import WeightsStrategyType
 
 CATEGORY = "decoupled_ipadapter"
@@ -115,7 +115,7 @@ class Weights(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, weights=None, timing=None, method=None):
-        return first_validation_failure(
+        return first_refusal(
             (weights, parse_weights_text),
             (timing, one_of(TIMINGS, input_name="timing")),
             (method, one_of(METHODS, input_name="method")),

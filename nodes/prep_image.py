@@ -3,7 +3,7 @@
 from comfy_api.latest import io
 
 from ..ipadapter_core.pictures.prep import CROP_POSITIONS, INTERPOLATIONS, PREP_SIZE, prepared_pictures
-from .errors import errors_named_for, one_of, validation_result
+from .errors import errors_named_for, first_refusal, one_of
 
 
 class PrepImage(io.ComfyNode):
@@ -35,14 +35,10 @@ class PrepImage(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, interpolation=None, crop_position=None):
-        for value, check in (
+        return first_refusal(
             (interpolation, one_of(INTERPOLATIONS, input_name="interpolation")),
             (crop_position, one_of(CROP_POSITIONS, input_name="crop_position")),
-        ):
-            result = validation_result(value, check)
-            if result is not True:
-                return result
-        return True
+        )
 
     @classmethod
     def execute(cls, image, interpolation, crop_position, sharpening, size) -> io.NodeOutput:

@@ -67,23 +67,23 @@ def check_mask_fits(
     masks = mask_batch(mask)
     images = {embeds.image_count} | ({composition_embeds.image_count} if composition_embeds is not None else set())
     if unfold:
-        if masks.shape[0] == 1 or images == {masks.shape[0]}:
-            return masks
-        counts = " and ".join(str(count) for count in sorted(images))
-        raise IPAdapterError(
-            f"attn_mask holds {masks.shape[0]} masks but the embeds hold {counts} reference images, with unfold_batch "
-            "on. Give one mask (every latent), or one mask per reference image (latent j takes mask j, the last "
-            "repeating), in the same order as the images."
+        fits = masks.shape[0] == 1 or images == {masks.shape[0]}
+        rule = (
+            ", with unfold_batch on. Give one mask (every latent), or one mask per reference image (latent j takes "
+            "mask j, the last repeating), in the same order as the images."
         )
-    if all(count % masks.shape[0] == 0 for count in images):
+    else:
+        fits = all(count % masks.shape[0] == 0 for count in images)
+        rule = (
+            ". Give one mask (it applies to the whole image prompt), one mask per reference image (each image then "
+            "acts only in its own mask), in the same order as the images, or a number of masks the image count is a "
+            "multiple of (each mask then covers that many consecutive images, which share one softmax, as IPAdapter "
+            "Tiles' masks do)."
+        )
+    if fits:
         return masks
     counts = " and ".join(str(count) for count in sorted(images))
-    raise IPAdapterError(
-        f"attn_mask holds {masks.shape[0]} masks but the embeds hold {counts} reference images. Give one mask (it "
-        "applies to the whole image prompt), one mask per reference image (each image then acts only in its own "
-        "mask), in the same order as the images, or a number of masks the image count is a multiple of (each mask "
-        "then covers that many consecutive images, which share one softmax, as IPAdapter Tiles' masks do)."
-    )
+    raise IPAdapterError(f"attn_mask holds {masks.shape[0]} masks but the embeds hold {counts} reference images{rule}")
 
 
 def apply_unet_image_prompt(
