@@ -25,7 +25,7 @@ from .embeds import ImagePromptEmbeds, encoder_of_width, make_embeds
 from .encoders import ENCODER_FILES, FACE_EMBEDDING, IMAGE_EMBEDS, PENULTIMATE, SIGLIP, SIGLIP_POOLED, EncoderReadingSpec
 from .enhancer import check_enhancer_fits, merge_tiles, mix_with_whole, split_into_tiles
 from .errors import IPAdapterError
-from .face_analysis import FaceAnalyser, find_faces
+from .face_analysis import CLIP_CROP_SIZE, FACE_IMAGE_SIZE, FaceAnalyser, aligned_faces, find_faces
 from .siglip_pooling import LOADER_NAME, SIGLIP_WITH_HEAD_FILE, pooled_output
 
 ENCODE_BATCH_SIZE = 16
@@ -214,10 +214,12 @@ def encode_image_prompt(
 
 def encode_faces(
     analyser: FaceAnalyser, spec, source: str, images: torch.Tensor, clip_vision=None, *, skip_missing: bool, after_image
-) -> ImagePromptEmbeds:
+) -> tuple[ImagePromptEmbeds, torch.Tensor]:
     """The FaceID embeds of the first face of each picture: the face embeddings (negative: zeros) and, for FaceID
     Plus, CLIP's penultimate hidden states of each aligned 224×224 face crop (negative: the encoder's output on zero
-    pixel values). Several faces are one image prompt, their tokens side by side (Portrait: n×16 tokens)."""
+    pixel values). Several faces are one image prompt, their tokens side by side (Portrait: n×16 tokens).
+    Also the aligned crops of those faces at the port's face_image size for the adapter's base model
+    `[N, S, S, 3]` RGB in 0..1, for another adapter (a plus-face one) to read."""
     if not getattr(spec, "face_embedding", ""):
         raise IPAdapterError(
             f"'{source}' ({spec.variant}) is not an IP-Adapter FaceID file. Load an ip-adapter-faceid* file for IPAdapter "
@@ -233,16 +235,15 @@ def encode_faces(
                 f"encoder ({ENCODER_FILES[spec.image_encoder]}, with CLIPVisionLoader) to clip_vision."
             )
         check_encoder_fits(clip_vision, spec, source)
-    faces = find_faces(
-        analyser, images, raw_embedding=spec.face_embedding == "raw", crop=plus, skip_missing=skip_missing, after_image=after_image
-    )
+    faces = find_faces(analyser, images, raw_embedding=spec.face_embedding == "raw", skip_missing=skip_missing, after_image=after_image)
+    face_images = aligned_faces(images, faces, size=FACE_IMAGE_SIZE[spec.base])  # [N, S, S, 3] RGB
     embeddings = torch.from_numpy(np.stack([face.embedding for face in faces]))  # [N, 512]
     zeros = torch.zeros_like(embeddings[:1])  # [1, 512], the reference's negative
     common = dict(adapter_variant=spec.variant, image_encoder=f"InsightFace {analyser.name}")
     if not plus:
-        return make_embeds(embeddings, zeros, clip_output=FACE_EMBEDDING, **common)
-    crops = torch.from_numpy(np.stack([face.crop for face in faces])).float() / 255.0  # [N, 224, 224, 3] RGB
+        return make_embeds(embeddings, zeros, clip_output=FACE_EMBEDDING, **common), face_images
+    crops = face_images if face_images.shape[1] == CLIP_CROP_SIZE else aligned_faces(images, faces, size=CLIP_CROP_SIZE)  # [N, 224, 224, 3]
     hidden = encode_images(clip_vision, crops, clip_output=PENULTIMATE)  # [N, 257, 1280]
     negative = unconditional_output(clip_vision, hidden, clip_output=PENULTIMATE)  # [1, 257, 1280]
     common["image_encoder"] += f" + {spec.image_encoder}"
-    return make_embeds(hidden, negative, clip_output=PENULTIMATE, face_positive=embeddings, face_negative=zeros, **common)
+    return make_embeds(hidden, negative, clip_output=PENULTIMATE, face_positive=embeddings, face_negative=zeros, **common), face_images

@@ -8,8 +8,9 @@ Conventions (ours where the reference is loose): each picture on its own is `np.
 RGB → BGR, `FaceAnalysis(name, root, providers=[provider + "ExecutionProvider"])` (the detection and recognition
 models only: the other models of a pack change neither the faces found nor their embeddings),
 `prepare(det_size=(640, 640))` with the default threshold 0.5, and `faces[0]`, InsightFace's highest-scoring
-detection. Its `normed_embedding` (its raw `embedding` for the Portrait file trained on those, `unnorm`), and for
-Plus `norm_crop(bgr, kps, 224)` back in RGB.
+detection. Its `normed_embedding` (its raw `embedding` for the Portrait file trained on those, `unnorm`), and its
+aligned crop `norm_crop(bgr, kps, size)` back in RGB: 224 px for FaceID Plus's CLIP input (the reference's, SD1.5
+and SDXL alike), and for Encode Face's face_image 224 px (SD1.5) or 256 px (SDXL), the port's sizes.
 """
 
 import importlib
@@ -29,7 +30,8 @@ PACK_SOURCE = (
     "unzip it so that models/insightface/models/buffalo_l/ holds det_10g.onnx and w600k_r50.onnx"
 )
 DET_SIZE = (640, 640)
-CROP_SIZE = 224
+CLIP_CROP_SIZE = 224  # the aligned crop FaceID Plus reads with CLIP, on SD1.5 and SDXL (the reference's)
+FACE_IMAGE_SIZE = {"SD1.5": 224, "SDXL": 256}  # Encode Face's face_image output per base model (the port's)
 CPU = "CPU"
 REMOTE = {"AzureExecutionProvider"}  # runs models on a remote endpoint, not here
 
@@ -147,14 +149,21 @@ def to_bgr(picture: torch.Tensor) -> np.ndarray:
 class FaceFound:
     index: int  # the picture's index in the batch
     embedding: np.ndarray  # [512], normed or raw as asked
-    crop: np.ndarray | None  # [224, 224, 3] uint8 RGB, when asked
+    landmarks: np.ndarray  # [5, 2] the five key points (eyes, nose, mouth corners) in the picture's pixels
 
 
-def find_faces(analyser: FaceAnalyser, images: torch.Tensor, *, raw_embedding: bool, crop: bool, skip_missing: bool, after_image=lambda: None) -> list[FaceFound]:
-    """The first face (InsightFace's highest score) of each picture of `images` `[B, H, W, C]`. A picture without
-    a face is an error naming its index, or left out when `skip_missing`; no face at all is always an error."""
+def aligned_faces(images: torch.Tensor, faces: list[FaceFound], *, size: int) -> torch.Tensor:
+    """InsightFace's aligned crop (`norm_crop` to the ArcFace template) of each found face, `size` pixels square,
+    in the order of `faces`: `[N, size, size, 3]` RGB in 0..1."""
     from insightface.utils import face_align
 
+    crops = [face_align.norm_crop(to_bgr(images[face.index]), landmark=face.landmarks, image_size=size)[:, :, ::-1] for face in faces]
+    return torch.from_numpy(np.ascontiguousarray(np.stack(crops))).float() / 255.0  # [N, size, size, 3]
+
+
+def find_faces(analyser: FaceAnalyser, images: torch.Tensor, *, raw_embedding: bool, skip_missing: bool, after_image=lambda: None) -> list[FaceFound]:
+    """The first face (InsightFace's highest score) of each picture of `images` `[B, H, W, C]`. A picture without
+    a face is an error naming its index, or left out when `skip_missing`; no face at all is always an error."""
     found, missing = [], []
     for index in range(images.shape[0]):
         bgr = to_bgr(images[index])
@@ -171,10 +180,7 @@ def find_faces(analyser: FaceAnalyser, images: torch.Tensor, *, raw_embedding: b
             continue
         face = faces[0]
         embedding = face.embedding if raw_embedding else face.normed_embedding
-        aligned = None
-        if crop:
-            aligned = np.ascontiguousarray(face_align.norm_crop(bgr, landmark=face.kps, image_size=CROP_SIZE)[:, :, ::-1])
-        found.append(FaceFound(index=index, embedding=np.asarray(embedding, dtype=np.float32), crop=aligned))
+        found.append(FaceFound(index=index, embedding=np.asarray(embedding, dtype=np.float32), landmarks=np.asarray(face.kps)))
     if not found:
         raise IPAdapterError(
             f"No face was found in any of the {images.shape[0]} images. Use pictures where the face is large, "

@@ -87,7 +87,8 @@ class EncodeFace(io.ComfyNode):
             description=(
                 "Encodes the face of each picture for an IP-Adapter FaceID file: InsightFace's embedding of the "
                 "highest-scoring face (and, for FaceID Plus / PlusV2, CLIP ViT-H's hidden states of the aligned face "
-                "crop). Several pictures are one image prompt (Portrait: 16 tokens per face, one softmax)."
+                "crop). Several pictures are one image prompt (Portrait: 16 tokens per face, one softmax). face_image "
+                "gives the aligned face crops (224 px for SD1.5, 256 px for SDXL) for a plus-face adapter."
             ),
             inputs=[
                 IPAdapterType.Input("ipadapter", tooltip="A FaceID adapter (ip-adapter-faceid*) from Load IPAdapter."),
@@ -106,7 +107,14 @@ class EncodeFace(io.ComfyNode):
                     "A batch with no face at all is always an error.",
                 ),
             ],
-            outputs=[EmbedsType.Output(display_name="embeds", tooltip="Face embeds; connect to Apply IPAdapter.")],
+            outputs=[
+                EmbedsType.Output(display_name="embeds", tooltip="Face embeds; connect to Apply IPAdapter."),
+                io.Image.Output(
+                    display_name="face_image",
+                    tooltip="The aligned face crops, one per face used (in the order of the embeds), 224 px for SD1.5 "
+                    "adapters and 256 px for SDXL; connect to a plus-face adapter's IPAdapter Encode.",
+                ),
+            ],
         )
 
     @classmethod
@@ -124,8 +132,8 @@ class EncodeFace(io.ComfyNode):
 
         with errors_named_for("IPAdapter Encode Face"):
             adapter = ipadapter.adapter
-            embeds = encode_faces(
+            embeds, face_image = encode_faces(
                 insightface, adapter.spec, adapter.source, image, clip_vision,
                 skip_missing=skip_images_without_face, after_image=after_image,
             )  # fmt: skip
-        return io.NodeOutput(embeds)
+        return io.NodeOutput(embeds, face_image)

@@ -1,6 +1,6 @@
 """InsightFace's face analysis for FaceID, exact to InsightFace itself, and the nodes around it: Load InsightFace
 (packs, providers, a missing pack, a damaged ONNX file, missing packages) and IPAdapter Encode Face (FaceID,
-Portrait, Plus with its CLIP face crop, a picture without a face, a file that is not FaceID).
+Portrait, Plus with its CLIP face crop, the face_image crops, a picture without a face, a file that is not FaceID).
 
 The pack is the synthetic one of devkit/tiny_insightface.py: buffalo_l's file names and interfaces, read by
 InsightFace's own model zoo. `make test` reruns this module with the oldest insightface and onnxruntime the pack
@@ -28,15 +28,28 @@ def insightface_root(tmp_path_factory):
     return root
 
 
-def reference_embedding(root, picture: torch.Tensor, *, raw: bool = False) -> np.ndarray:
-    """InsightFace itself, as the reference's model card runs it (all the pack's modules, det_size 640)."""
+def reference_face(root, picture: torch.Tensor):
+    """InsightFace itself, as the reference's model card runs it (all the pack's modules, det_size 640): the BGR
+    picture and its first face."""
     from insightface.app import FaceAnalysis
 
     analysis = FaceAnalysis(name=PACK, root=str(root), providers=["CPUExecutionProvider"])
     analysis.prepare(ctx_id=0, det_size=(640, 640))
     bgr = np.clip(255 * picture[0].numpy(), 0, 255).astype(np.uint8)[:, :, ::-1]
-    face = analysis.get(bgr)[0]
+    return bgr, analysis.get(bgr)[0]
+
+
+def reference_embedding(root, picture: torch.Tensor, *, raw: bool = False) -> np.ndarray:
+    _, face = reference_face(root, picture)
     return face.embedding if raw else face.normed_embedding
+
+
+def reference_crop(root, picture: torch.Tensor, *, size: int) -> torch.Tensor:
+    """InsightFace's own `norm_crop` of the first face at `size`, in RGB 0..1: `[size, size, 3]`."""
+    from insightface.utils import face_align
+
+    bgr, face = reference_face(root, picture)
+    return torch.from_numpy(face_align.norm_crop(bgr, landmark=face.kps, image_size=size)[:, :, ::-1].copy()).float() / 255.0
 
 
 def test_face_embedding_is_insightface_exactly(insightface_root):
@@ -45,11 +58,11 @@ def test_face_embedding_is_insightface_exactly(insightface_root):
     analyser = load_face_analysis([str(insightface_root)], PACK, "CPU")
     two_faces = face_picture(seed=5, centres=((0.3, 0.3), (0.7, 0.7)), brightness=(0.8, 1.0), face=0.3)
     pictures = torch.cat([face_picture(seed=1), two_faces])  # [2, 256, 256, 3]
-    found = find_faces(analyser, pictures, raw_embedding=False, crop=False, skip_missing=False)
+    found = find_faces(analyser, pictures, raw_embedding=False, skip_missing=False)
     for face, index in zip(found, (0, 1)):
         assert np.array_equal(face.embedding, reference_embedding(insightface_root, pictures[index : index + 1]))
     assert not np.allclose(found[0].embedding, found[1].embedding, atol=1e-3), "different faces, different embeddings"
-    raw = find_faces(analyser, pictures[:1], raw_embedding=True, crop=False, skip_missing=False)[0].embedding
+    raw = find_faces(analyser, pictures[:1], raw_embedding=True, skip_missing=False)[0].embedding
     assert np.array_equal(raw, reference_embedding(insightface_root, pictures[:1], raw=True))
     assert abs(np.linalg.norm(raw) - 1.0) > 0.1, "the unnorm file reads the raw embedding"
 
@@ -60,11 +73,11 @@ def test_picture_without_face(insightface_root):
     analyser = load_face_analysis([str(insightface_root)], PACK, "CPU")
     batch = torch.cat([face_picture(seed=1), blank_picture(), face_picture(seed=2)])
     with pytest.raises(IPAdapterError, match="No face was found in image 1 of the batch"):
-        find_faces(analyser, batch, raw_embedding=False, crop=False, skip_missing=False)
-    kept = find_faces(analyser, batch, raw_embedding=False, crop=False, skip_missing=True)
+        find_faces(analyser, batch, raw_embedding=False, skip_missing=False)
+    kept = find_faces(analyser, batch, raw_embedding=False, skip_missing=True)
     assert [face.index for face in kept] == [0, 2]
     with pytest.raises(IPAdapterError, match="No face was found in any of the 2 images"):
-        find_faces(analyser, torch.cat([blank_picture(), blank_picture()]), raw_embedding=False, crop=False, skip_missing=True)
+        find_faces(analyser, torch.cat([blank_picture(), blank_picture()]), raw_embedding=False, skip_missing=True)
 
 
 # --- the nodes, in-process ------------------------------------------------------------------------------------------
@@ -107,7 +120,7 @@ def test_encode_face_node(face_nodes, sd15, insightface_root, tmp_path):
     (analyser,) = run(face_nodes["insightface"], model_name=PACK, provider="CPU")
     pictures = torch.cat([face_picture(seed=1), face_picture(seed=2, centres=((0.4, 0.6),))])
     portrait = managed_faceid(tmp_path, sd15, "portrait", "ip-adapter-faceid-portrait_sd15.bin")
-    (embeds,) = run(face_nodes["face"], ipadapter=portrait, insightface=analyser, image=pictures)
+    embeds, _ = run(face_nodes["face"], ipadapter=portrait, insightface=analyser, image=pictures)
     assert embeds.clip_output == FACE_EMBEDDING and embeds.positive.shape == (2, 512)
     for index in range(2):
         assert np.array_equal(embeds.positive[index].numpy(), reference_embedding(insightface_root, pictures[index : index + 1]))
@@ -117,7 +130,7 @@ def test_encode_face_node(face_nodes, sd15, insightface_root, tmp_path):
     with pytest.raises(IPAdapterError, match="connect the ViT-H image encoder"):
         run(face_nodes["face"], ipadapter=plus, insightface=analyser, image=pictures[:1])
     clip_vision = tiny_clip_vision("ViT-H", tmp_path, seed=5)
-    (embeds,) = run(face_nodes["face"], ipadapter=plus, insightface=analyser, image=pictures[:1], clip_vision=clip_vision)
+    embeds, _ = run(face_nodes["face"], ipadapter=plus, insightface=analyser, image=pictures[:1], clip_vision=clip_vision)
     bgr = np.clip(255 * pictures[0].numpy(), 0, 255).astype(np.uint8)[:, :, ::-1]
     face = analyser.analysis.get(bgr)[0]
     crop_rgb = face_align.norm_crop(bgr, landmark=face.kps, image_size=224)[:, :, ::-1].copy()
@@ -126,6 +139,38 @@ def test_encode_face_node(face_nodes, sd15, insightface_root, tmp_path):
     assert np.array_equal(embeds.face_positive[0].numpy(), face.normed_embedding)
     with pytest.raises(IPAdapterError, match="IPAdapter Encode Face"):
         run(face_nodes["encode"], ipadapter=plus, clip_vision=clip_vision, image=pictures[:1])
+
+
+def test_encode_face_gives_the_aligned_face_crops(face_nodes, sd15, insightface_root, tmp_path):
+    """face_image: InsightFace's own norm_crop of each face used (RGB, 0..1), in the order of the embeds, pictures
+    without a face left out; 224 px for SD1.5 adapters, 256 px for SDXL. FaceID Plus's CLIP input stays the 224 px
+    crop on SDXL too (the reference's)."""
+    from dataclasses import replace
+
+    from tiny_clip_vision import tiny_clip_vision
+
+    from decoupled_ipadapter.ipadapter_core.encoding import encode_faces
+
+    (analyser,) = run(face_nodes["insightface"], model_name=PACK, provider="CPU")
+    batch = torch.cat([face_picture(seed=2, centres=((0.4, 0.6),)), blank_picture(), face_picture(seed=1)])
+    faceid = managed_faceid(tmp_path, sd15, "faceid", "ip-adapter-faceid_sd15.bin")
+    embeds, face_image = run(face_nodes["face"], ipadapter=faceid, insightface=analyser, image=batch, skip_images_without_face=True)
+    assert face_image.shape == (2, 224, 224, 3) and embeds.image_count == 2
+    for row, index in enumerate((0, 2)):
+        assert torch.equal(face_image[row], reference_crop(insightface_root, batch[index : index + 1], size=224))
+        assert np.array_equal(embeds.positive[row].numpy(), reference_embedding(insightface_root, batch[index : index + 1]))
+
+    plus = managed_faceid(tmp_path, sd15, "plus", "ip-adapter-faceid-plusv2_sd15.bin")
+    clip_vision = tiny_clip_vision("ViT-H", tmp_path, seed=5)
+    pictures = batch[2:]
+    sd15_embeds, sd15_face_image = encode_faces(
+        analyser, plus.adapter.spec, "plus", pictures, clip_vision, skip_missing=False, after_image=lambda: None
+    )  # fmt: skip
+    sdxl_spec = replace(plus.adapter.spec, base="SDXL")
+    sdxl_embeds, sdxl_face_image = encode_faces(analyser, sdxl_spec, "plus", pictures, clip_vision, skip_missing=False, after_image=lambda: None)
+    assert torch.equal(sd15_face_image[0], reference_crop(insightface_root, pictures, size=224))
+    assert torch.equal(sdxl_face_image[0], reference_crop(insightface_root, pictures, size=256))
+    assert torch.equal(sdxl_embeds.positive, sd15_embeds.positive), "Plus reads the 224 px crop with CLIP on SDXL too"
 
 
 def test_encode_face_refuses_a_picture_without_face_and_a_file_that_is_not_faceid(face_nodes, sd15, tmp_path):
@@ -137,7 +182,7 @@ def test_encode_face_refuses_a_picture_without_face_and_a_file_that_is_not_facei
     batch = torch.cat([face_picture(seed=1), blank_picture()])
     with pytest.raises(IPAdapterError, match="IPAdapter Encode Face: No face was found in image 1"):
         run(face_nodes["face"], ipadapter=faceid, insightface=analyser, image=batch)
-    (embeds,) = run(face_nodes["face"], ipadapter=faceid, insightface=analyser, image=batch, skip_images_without_face=True)
+    embeds, _ = run(face_nodes["face"], ipadapter=faceid, insightface=analyser, image=batch, skip_images_without_face=True)
     assert embeds.image_count == 1
     plain_path = tmp_path / "ip-adapter_sd15.safetensors"
     save_file(adapter_state_dict("linear", hidden_sizes=layer_hidden_sizes(sd15), text_width=768, seed=4), str(plain_path))
