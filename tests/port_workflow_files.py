@@ -8,8 +8,6 @@ not named here converts, and the browser test runs it when it needs no third-par
 REFUSED = {
     "examples/IPAdapter_FaceIDv2_Kolors.json": {"IPAdapterFaceIDKolors", "IPAdapterModelLoader"},  # Kolors
     "examples/ipadapter_clipvision_enhancer.json": {"IPAdapterClipVisionEnhancer"},  # average over whole + tiled
-    "examples/ipadapter_faceid_batch.json": {"IPAdapterFaceID"},  # its face_image output feeds another IPAdapter
-    "examples/ipadapter_ideal_faceid_config.json": {"IPAdapterFaceID"},  # the same
     "examples/ipadapter_kolors.json": {"IPAdapterModelLoader"},  # Kolors
     "wild/MinusZoneAI__ComfyUI-Kolors-MZ__workflow_ipa.json": {"IPAdapterModelLoader"},  # Kolors
     "wild/cozymantis__experiment-character-turnaround-animation-sv3d-ipadapter-batch-comfyui-workflow__"

@@ -591,10 +591,13 @@ def test_faceid_becomes_encode_face_and_apply_advanced_with_the_loaders_lora_str
     assert convert(out) == (out, [])
 
 
-def test_faceid_face_image_output_connected_is_refused():
-    convert(faceid_graph())
-    with pytest.raises(NotConvertible, match="IPAdapterFaceID .*face_image output is connected"):
-        convert(faceid_graph(face_image_to="PreviewImage"))
+def test_faceid_face_image_output_is_encode_faces():
+    workflow = faceid_graph(face_image_to="PreviewImage")
+    out, _ = convert(workflow)
+    check_editor_graph(workflow, out)
+    (preview,) = nodes_of(out, "PreviewImage")
+    assert input_origin(out, preview, "images") == (vocabulary.ENCODE_FACE, 1)
+    assert convert(out) == (out, [])
 
 
 def test_faceid_preset_without_a_file_for_the_base_is_refused():

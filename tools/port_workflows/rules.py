@@ -594,8 +594,6 @@ def convert_faceid(graph: Graph, node: PortNode) -> Replacement:
     weight_type = _simple_weight_type(node) if node.type == "IPAdapter" else _fixed_value(node, "weight_type")
     faceid = _is_faceid(graph, node)
     if faceid:
-        if graph.consumers(Source(node.id, 1)):
-            raise NotConvertible("its face_image output is connected; IPAdapter Encode Face has no such output here")
         _check_combine(graph, node, "image")
         encoding, embeds, combined = [_encode_face(graph, node)], Made(node.id, "encode", 0), []
     else:
@@ -615,7 +613,10 @@ def convert_faceid(graph: Graph, node: PortNode) -> Replacement:
         left_out = [lora_id for lora_id, _ in _faceid_loras(graph, node)]
     elif "weight_faceidv2" in node.values:
         notes.append("its weight_faceidv2 is dropped: the adapter is not a FaceID one")
-    return Replacement([apply, *encoding], {0: Made(node.id, "apply", 0)}, notes, left_out)
+    outputs = {0: Made(node.id, "apply", 0)}
+    if faceid:
+        outputs[1] = Made(node.id, "encode", 1)  # face_image: the aligned face crops, as the port's
+    return Replacement([apply, *encoding], outputs, notes, left_out)
 
 
 def convert_unified_loader_faceid(graph: Graph, node: PortNode) -> Replacement:

@@ -313,7 +313,7 @@ OUR_NODES = {
     ENCODE_FACE: NodeShape(
         (("ipadapter", IPADAPTER), ("insightface", INSIGHTFACE), ("image", "IMAGE"), ("clip_vision", "CLIP_VISION")),
         (("skip_images_without_face", False),),
-        (("embeds", EMBEDS),),
+        (("embeds", EMBEDS), ("face_image", "IMAGE")),
     ),
     LOAD_EMBEDS: NodeShape((("clip_vision", "CLIP_VISION"),), (("embeds_file", None),), (("embeds", EMBEDS),)),
     TILES: NodeShape(
