@@ -270,7 +270,7 @@ def _group_nodes_of_other_packs(workflow: dict, registered: set) -> set[str]:
     return names
 
 
-LOAD_ANSWERING = """async ([workflow, name, accept]) => {
+LOAD_ANSWERING = """async ([workflow, name, accept, settle]) => {
     const asked = [];
     const confirm = window.confirm;
     window.confirm = question => { asked.push(question); return accept; };
@@ -280,7 +280,7 @@ LOAD_ANSWERING = """async ([workflow, name, accept]) => {
     } finally {
         window.confirm = confirm;
     }
-    await new Promise(resolve => setTimeout(resolve, 1500));
+    await new Promise(resolve => setTimeout(resolve, settle));  // the notices take a moment to show
     const nodes = window.app.graph.nodes;
     return {
         asked,
@@ -315,7 +315,7 @@ def test_port_workflows_are_offered_converted_in_the_editor_and_run(page_on_serv
         third_party = {node_type for node_type in third_party if not is_port_node(node_type)}
         third_party |= _group_nodes_of_other_packs(workflow, registered)
         print(f"port workflow: {path.parent.name}/{path.name}", flush=True)  # where a crashed page was
-        seen = page.evaluate(LOAD_ANSWERING, [workflow, path.name, True])
+        seen = page.evaluate(LOAD_ANSWERING, [workflow, path.name, True, 200])
         assert len(seen["asked"]) == 1 and "ComfyUI_IPAdapter_plus" in seen["asked"][0], (path.name, seen["asked"])
         assert not [kind for kind in seen["types"] if is_port_node(kind)], (path.name, seen["types"])
         assert set(seen["unregistered"]) <= third_party, (path.name, seen["unregistered"])
@@ -333,9 +333,9 @@ def test_port_workflows_are_offered_converted_in_the_editor_and_run(page_on_serv
 def test_declining_the_offer_leaves_the_port_nodes_and_an_unmappable_file_says_why(page_on_server):
     server, page = page_on_server
     simple = json.loads((PORT_WORKFLOWS / "examples" / "ipadapter_simple.json").read_text())
-    seen = page.evaluate(LOAD_ANSWERING, [simple, "simple.json", False])
+    seen = page.evaluate(LOAD_ANSWERING, [simple, "simple.json", False, 200])
     assert len(seen["asked"]) == 1 and {"IPAdapter", "IPAdapterUnifiedLoader"} <= set(seen["unregistered"]), seen
     kolors = json.loads((PORT_WORKFLOWS / "examples" / "ipadapter_kolors.json").read_text())
-    seen = page.evaluate(LOAD_ANSWERING, [kolors, "kolors.json", True])
+    seen = page.evaluate(LOAD_ANSWERING, [kolors, "kolors.json", True, 1500])
     assert "IPAdapterModelLoader" in seen["unregistered"], seen
     assert any("Not converted" in toast and "is a Kolors adapter" in toast for toast in seen["toasts"]), seen
