@@ -48,6 +48,12 @@ class DitBlock:
         return (self.kind, self.number if self.index is None else self.index)
 
 
+def precise_swap(by_side: torch.Tensor) -> torch.Tensor:
+    """The precise swap of `[2 (cond, uncond), …]` image keys or values: the unconditional side takes the image
+    prompt's, the conditional side zeros (whose attention is exactly 0)."""
+    return torch.stack([torch.zeros_like(by_side[COND]), by_side[COND]])  # [2, …]
+
+
 class TermBasics:
     """What every mechanism's term holds: the adapter, its weights' ModelPatcher, the embeds, λ and the step range."""
 
@@ -134,7 +140,7 @@ class ImagePromptTerm(TermBasics):
                 keys, values, scale = scale_image_kv(keys, values, weight=control.weight, embeds_scaling=self.embeds_scaling)
                 values = values * scale
                 if control.swap_cond_uncond:
-                    keys, values = (torch.stack([torch.zeros_like(x[COND]), x[COND]]) for x in (keys, values))  # [2, N·T, hidden]
+                    keys, values = precise_swap(keys), precise_swap(values)  # [2, N·T, hidden]
             per_layer[layer.number] = (keys, values)
         return per_layer[layer.number]
 
@@ -166,7 +172,7 @@ class ImagePromptTerm(TermBasics):
                 keys, values = self.adapter.model.layer(layer.number)(self.tokens(device, dtype, embeds=control.embeds))
                 keys, values = (x.reshape(2, groups, x.shape[1] // groups, x.shape[2]) for x in (keys, values))  # [2, G, T, hidden]
                 if control.swap_cond_uncond:
-                    keys, values = (torch.stack([torch.zeros_like(x[COND]), x[COND]]) for x in (keys, values))  # [2, G, T, hidden]
+                    keys, values = precise_swap(keys), precise_swap(values)  # [2, G, T, hidden]
             weights = torch.tensor(self.per_latent.entry_weights(layer.key), device=device, dtype=dtype)  # [L]
             per_layer[key] = (keys, values, weights)
         return per_layer[key]

@@ -73,7 +73,7 @@ def _input_files() -> list[str]:
         os.path.relpath(os.path.join(folder, name), directory)
         for folder, _, files in os.walk(directory)
         for name in files
-        if name.lower().endswith(PORT_EXTENSION)
+        if _is_port_file(name)
     ]
     return sorted(ours + ports)
 
